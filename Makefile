@@ -1,0 +1,43 @@
+# Every command a person runs. Nothing here needs a running service: when DATABASE_URL and
+# REDIS_URL are unset, chordline starts its own Postgres (with pgvector) and Redis.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint format bench kb-bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/chordline demo
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest tests/unit
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(BIN)/chordline bench --rate 25 --duration 20
+
+kb-bench: setup
+	$(BIN)/chordline kb bench --chunks 100000
+
+clean:
+	rm -rf $(VENV) .chordline .pytest_cache .mypy_cache .ruff_cache

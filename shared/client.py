@@ -1,0 +1,166 @@
+"""The Python client for backend services: enqueue_turn, get_turn, wait_for_turn, stream_turn.
+
+A turn exists once ``enqueue_turn`` returns: its row and its dispatch intent are committed
+in one transaction, and the workflow is published after the commit (see shared/dispatch.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from shared.config import get_settings
+from shared.db.session import session_scope
+from shared.db.tenants import require_tenant
+from shared.db.turns import accept_turn, find_by_idempotency_key, is_idempotency_conflict, load_turn
+from shared.dispatch import dispatch_committed
+from shared.errors import TurnFailed, TurnTimeout
+from shared.schemas import TERMINAL_STATUSES, TurnStatus
+from shared.streaming import StreamEvent, follow, read_events
+from shared.validation import check_idempotency_key, check_message, check_slug, check_turn_id
+
+
+@dataclass(frozen=True)
+class TurnView:
+    """A turn as a client sees it."""
+
+    id: str
+    tenant_id: str
+    conversation_id: str
+    seq: int
+    status: str
+    topology: str
+    message: str
+    phase: str | None
+    intent: str | None
+    proposed_agent: str | None
+    confidence: float | None
+    kb_information_level: str | None
+    next_agent: str | None
+    routing_reason: str | None
+    agent_response: str | None
+    agent_fallback: bool | None
+    failure_reason: str | None
+    accepted_at: float
+    completed_at: float | None
+    usage: dict[str, Any]
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.completed_at is None else (self.completed_at - self.accepted_at) * 1000
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def enqueue_turn(
+    tenant: str, conversation: str, message: str, idempotency_key: str | None = None
+) -> str:
+    """Accept a turn and return its id. Validates everything before writing anything.
+
+    The same idempotency key (per tenant) returns the same turn, and enqueues nothing new.
+    """
+    settings = get_settings()
+    check_slug("tenant", tenant)
+    check_slug("conversation", conversation, max_chars=settings.turn.max_id_chars)
+    check_message(message, max_chars=settings.turn.max_message_chars)
+    key = check_idempotency_key(idempotency_key)
+    turn_id = str(uuid.uuid4())
+    accepted_at = time.time()
+    try:
+        with session_scope() as session:
+            tenant_settings = require_tenant(session, tenant)
+            if key is not None:
+                earlier = find_by_idempotency_key(session, tenant_id=tenant, key=key)
+                if earlier is not None:
+                    return earlier.turn_id
+            accepted = accept_turn(
+                session,
+                turn_id=turn_id,
+                tenant_id=tenant,
+                conversation=conversation,
+                message=message,
+                topology=tenant_settings.topology.value,
+                idempotency_key=key,
+                accepted_at=accepted_at,
+                stage_deadline_s=settings.turn.stage_deadline_s,
+                reject_when_busy=tenant_settings.in_flight_policy == "reject",
+            )
+    except IntegrityError as exc:
+        if key is None or not is_idempotency_conflict(exc):
+            raise
+        with session_scope() as session:  # a concurrent call with the same key won the race
+            earlier = find_by_idempotency_key(session, tenant_id=tenant, key=key)
+        assert earlier is not None
+        return earlier.turn_id
+    if accepted.status is TurnStatus.QUEUED:
+        dispatch_committed([(accepted.turn_id, accepted.topology)])
+    return accepted.turn_id
+
+
+def get_turn(turn_id: str) -> TurnView:
+    turn_id = check_turn_id(turn_id)
+    with session_scope() as session:
+        turn = load_turn(session, turn_id)
+        return TurnView(
+            id=str(turn.id),
+            tenant_id=turn.tenant_id,
+            conversation_id=str(turn.conversation_id),
+            seq=turn.seq,
+            status=turn.status,
+            topology=turn.topology,
+            message=turn.message,
+            phase=turn.phase,
+            intent=turn.intent,
+            proposed_agent=turn.proposed_agent,
+            confidence=turn.confidence,
+            kb_information_level=turn.kb_information_level,
+            next_agent=turn.next_agent,
+            routing_reason=turn.routing_reason,
+            agent_response=turn.agent_response,
+            agent_fallback=turn.agent_fallback,
+            failure_reason=turn.failure_reason,
+            accepted_at=turn.accepted_at,
+            completed_at=turn.completed_at,
+            usage=dict(turn.usage),
+        )
+
+
+def wait_for_turn(
+    turn_id: str, timeout: float = 30.0, *, raise_on_failure: bool = False
+) -> TurnView:
+    """Block until the turn has ended (completed or failed), or raise TurnTimeout.
+
+    Wakes on the turn's stream in Redis, and checks Postgres, the source of truth, each time,
+    so a lost Redis entry can delay it by at most a second but never hang it.
+    """
+    deadline = time.monotonic() + timeout
+    cursor = "0"
+    while True:
+        view = get_turn(turn_id)
+        if view.ended:
+            if raise_on_failure and view.status == TurnStatus.FAILED.value:
+                raise TurnFailed(f"turn {turn_id} failed: {view.failure_reason}")
+            return view
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TurnTimeout(f"turn {turn_id} is still {view.status} after {timeout:.1f} s")
+        for event in read_events(
+            turn_id, after=cursor, block_ms=max(1, int(min(remaining, 1.0) * 1000))
+        ):
+            cursor = event.id
+
+
+def stream_turn(turn_id: str, *, after: str = "0", timeout: float = 60.0) -> Iterator[StreamEvent]:
+    """The reply's tokens as the agent produces them, then an ``end`` event.
+
+    Resume after a disconnect by passing the id of the last event seen as ``after``.
+    A ``restart`` event means the agent re-ran: discard the text shown so far.
+    """
+    yield from follow(check_turn_id(turn_id), after=after, timeout_s=timeout)

@@ -1,0 +1,224 @@
+"""Database models: Postgres is the system of record, Redis only carries messages."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Computed,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+LOCAL_EMBEDDING_DIM = 384
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    settings: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _now()
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(String(128))
+    next_seq: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    # The one turn of this conversation that may run now; later turns wait behind it.
+    active_turn_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    qualification_status: Mapped[str] = mapped_column(String(32), server_default="unknown")
+    contextual_memory: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Turn(Base):
+    __tablename__ = "turns"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "seq"),
+        Index(
+            "uq_turns_tenant_idempotency_key",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index(
+            "ix_turns_open_by_deadline",
+            "status",
+            "stage_deadline_at",
+            postgresql_where=text("status IN ('queued', 'routed')"),
+        ),
+        Index("ix_turns_tenant_created", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text)
+    topology: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = _now()
+    accepted_at: Mapped[float] = mapped_column(Float)  # client clock (epoch s) at enqueue
+    stage_deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # orchestrator
+    phase: Mapped[str | None] = mapped_column(String(32))
+    intent: Mapped[str | None] = mapped_column(String(64))
+    proposed_agent: Mapped[str | None] = mapped_column(String(32))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    handoff: Mapped[bool | None] = mapped_column(Boolean)
+    orchestration_note: Mapped[str | None] = mapped_column(Text)
+    orchestrated_at: Mapped[float | None] = mapped_column(Float)
+    # researcher
+    research_results: Mapped[list[Any] | None] = mapped_column(JSONB)
+    kb_information_level: Mapped[str | None] = mapped_column(String(8))
+    research_note: Mapped[str | None] = mapped_column(Text)
+    researched_at: Mapped[float | None] = mapped_column(Float)
+    # merge
+    next_agent: Mapped[str | None] = mapped_column(String(32))
+    routing_reason: Mapped[str | None] = mapped_column(Text)
+    routed_at: Mapped[float | None] = mapped_column(Float)
+    # agent
+    agent_response: Mapped[str | None] = mapped_column(Text)
+    agent_fallback: Mapped[bool | None] = mapped_column(Boolean)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+    # the end of a turn that did not complete
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    # accounting: {"orchestrator": {"calls": 1, "tokens_in": 10, "tokens_out": 5}, ...}
+    usage: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+
+class TurnOutbox(Base):
+    """Dispatch intents, written in the same transaction as the turn they start."""
+
+    __tablename__ = "turn_outbox"
+    __table_args__ = (
+        Index(
+            "ix_turn_outbox_pending", "created_at", postgresql_where=text("dispatched_at IS NULL")
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    turn_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("turns.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = _now()
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TurnSpan(Base):
+    """One stage of one turn: where and when it ran, and what it wrote."""
+
+    __tablename__ = "turn_spans"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    turn_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("turns.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    enqueued_at: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float] = mapped_column(Float)
+    simulated_ms: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(32))
+    fields_written: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    calls: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    tokens_in: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    tokens_out: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+class KbDocument(Base):
+    __tablename__ = "kb_documents"
+    __table_args__ = (UniqueConstraint("tenant_id", "source"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(1000))
+    title: Mapped[str] = mapped_column(String(500))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    chunk_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class KbChunk(Base):
+    """A chunk of a document, with its full-text vector and its local-model embedding.
+
+    Vectors of other embedding models live in tables of their own (one per model and
+    dimension), so that vectors of different models never mix in one index.
+    """
+
+    __tablename__ = "kb_chunks"
+    __table_args__ = (
+        UniqueConstraint("document_id", "ordinal"),
+        Index("ix_kb_chunks_tsv", "tsv", postgresql_using="gin"),
+        Index(
+            "ix_kb_chunks_embedding_hnsw",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    document_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("kb_documents.id", ondelete="CASCADE")
+    )
+    ordinal: Mapped[int] = mapped_column(Integer)
+    heading: Mapped[str] = mapped_column(String(500), server_default="")
+    text: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    tsv: Mapped[Any] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('english', heading || ' ' || text)", persisted=True)
+    )
+    embedding: Mapped[Any] = mapped_column(Vector(LOCAL_EMBEDDING_DIM))

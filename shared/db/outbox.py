@@ -1,0 +1,52 @@
+"""The outbox: dispatch intents written with the turn, marked when the broker has them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.db.models import Turn, TurnOutbox
+
+
+@dataclass(frozen=True)
+class PendingDispatch:
+    turn_id: str
+    topology: str
+
+
+def mark_dispatched(session: Session, turn_ids: Sequence[str]) -> None:
+    if not turn_ids:
+        return
+    session.execute(
+        update(TurnOutbox)
+        .where(
+            TurnOutbox.turn_id.in_([uuid.UUID(t) for t in turn_ids]),
+            TurnOutbox.dispatched_at.is_(None),
+        )
+        .values(dispatched_at=func.now())
+    )
+
+
+def claim_undispatched(
+    session: Session, *, older_than_s: float, limit: int
+) -> list[PendingDispatch]:
+    """Intents nobody dispatched: their producer died, or the broker was down.
+
+    Rows are locked with SKIP LOCKED, so relays on several machines never take the same one.
+    """
+    rows = session.execute(
+        select(TurnOutbox.id, TurnOutbox.turn_id, Turn.topology)
+        .join(Turn, Turn.id == TurnOutbox.turn_id)
+        .where(
+            TurnOutbox.dispatched_at.is_(None),
+            TurnOutbox.created_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+        )
+        .order_by(TurnOutbox.created_at)
+        .limit(limit)
+        .with_for_update(of=TurnOutbox, skip_locked=True)
+    ).all()
+    return [PendingDispatch(str(row.turn_id), row.topology) for row in rows]

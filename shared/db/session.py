@@ -1,0 +1,77 @@
+"""One SQLAlchemy engine per process, made on first use and never shared across fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import get_settings
+from shared.errors import PermanentError
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_sessions: sessionmaker[Session] | None = None
+
+
+def database_url() -> str:
+    url = get_settings().database_url
+    if not url:
+        raise PermanentError(
+            "DATABASE_URL is not set and no embedded Postgres was started; run through the "
+            "`chordline` CLI or set DATABASE_URL"
+        )
+    return url
+
+
+def _configure_connection(dbapi_connection: object, _record: object) -> None:
+    # Prepared statements can flip to a generic plan after five executions, and a generic
+    # plan cannot see the tenant's size, which the vector search depends on. Custom plans
+    # keep every execution planned with its own parameters.
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("SET plan_cache_mode = force_custom_plan")
+    cursor.close()
+    dbapi_connection.commit()  # type: ignore[attr-defined]
+
+
+def get_engine() -> Engine:
+    """The engine of this process. A forked child gets a fresh one, not its parent's sockets."""
+    global _engine, _engine_pid, _sessions
+    with _lock:
+        if _engine is None or _engine_pid != os.getpid():
+            if _engine is not None:
+                _engine.dispose(close=False)  # the parent's connections stay the parent's
+            _engine = create_engine(
+                database_url(),
+                pool_size=get_settings().db.pool_size,
+                max_overflow=get_settings().db.max_overflow,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+            )
+            event.listen(_engine, "connect", _configure_connection)
+            _engine_pid = os.getpid()
+            _sessions = sessionmaker(_engine, expire_on_commit=False)
+        return _engine
+
+
+def dispose_engine() -> None:
+    global _engine, _sessions
+    with _lock:
+        if _engine is not None:
+            _engine.dispose()
+        _engine = None
+        _sessions = None
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on any error."""
+    get_engine()
+    assert _sessions is not None
+    with _sessions() as session, session.begin():
+        yield session

@@ -1,0 +1,235 @@
+"""The turn row: acceptance, and each stage's write of the fields it owns.
+
+State ownership (DESIGN): each stage owns the fields it writes, and no two stages that can
+run at once share one. A stage that tries to write outside its fields fails loudly with
+``OwnershipViolation``, before the database sees the statement. Every stage write is a
+conditional UPDATE (``WHERE <owned output> IS NULL``), so a re-delivered task changes
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.db.models import Conversation, Turn, TurnOutbox
+from shared.errors import InvalidInput, OwnershipViolation, TurnNotFound
+from shared.schemas import Stage, TurnStatus
+
+OWNED_FIELDS: dict[Stage, frozenset[str]] = {
+    Stage.ORCHESTRATOR: frozenset(
+        {
+            "phase",
+            "intent",
+            "proposed_agent",
+            "confidence",
+            "handoff",
+            "orchestration_note",
+            "orchestrated_at",
+        }
+    ),
+    Stage.RESEARCHER: frozenset(
+        {"research_results", "kb_information_level", "research_note", "researched_at"}
+    ),
+    Stage.MERGE: frozenset(
+        {"next_agent", "routing_reason", "routed_at", "status", "stage_deadline_at"}
+    ),
+    Stage.AGENT: frozenset({"agent_response", "agent_fallback", "completed_at", "status"}),
+}
+# The column whose presence means "this stage's output is durable".
+STAGE_OUTPUT: dict[Stage, str] = {
+    Stage.ORCHESTRATOR: "orchestrated_at",
+    Stage.RESEARCHER: "researched_at",
+    Stage.MERGE: "routed_at",
+    Stage.AGENT: "completed_at",
+}
+
+
+@dataclass(frozen=True)
+class AcceptedTurn:
+    turn_id: str
+    status: TurnStatus
+    topology: str
+    existing: bool  # True when an idempotency key returned an earlier turn
+
+
+def _deadline(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> AcceptedTurn | None:
+    row = session.execute(
+        select(Turn.id, Turn.status, Turn.topology).where(
+            Turn.tenant_id == tenant_id, Turn.idempotency_key == key
+        )
+    ).first()
+    if row is None:
+        return None
+    return AcceptedTurn(str(row.id), TurnStatus(row.status), row.topology, existing=True)
+
+
+def accept_turn(
+    session: Session,
+    *,
+    turn_id: str,
+    tenant_id: str,
+    conversation: str,
+    message: str,
+    topology: str,
+    idempotency_key: str | None,
+    accepted_at: float,
+    stage_deadline_s: float,
+    reject_when_busy: bool,
+) -> AcceptedTurn:
+    """Insert the turn and, if its conversation is free, its dispatch intent (the outbox row).
+
+    The conversation row is upserted first; the upsert's row lock orders concurrent turns of
+    one conversation, and ``active_turn_id`` says which of them may run now.
+    """
+    conv = session.execute(
+        insert(Conversation)
+        .values(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            external_id=conversation,
+            next_seq=2,
+            active_turn_id=uuid.UUID(turn_id),
+        )
+        .on_conflict_do_update(
+            index_elements=[Conversation.tenant_id, Conversation.external_id],
+            set_={
+                "next_seq": Conversation.next_seq + 1,
+                "active_turn_id": func.coalesce(Conversation.active_turn_id, uuid.UUID(turn_id)),
+                "updated_at": func.now(),
+            },
+        )
+        .returning(Conversation.id, Conversation.next_seq, Conversation.active_turn_id)
+    ).one()
+    runs_now = conv.active_turn_id == uuid.UUID(turn_id)
+    if not runs_now and reject_when_busy:
+        raise InvalidInput("conversation", f"{conversation!r} already has a turn in flight")
+    status = TurnStatus.QUEUED if runs_now else TurnStatus.WAITING
+    session.add(
+        Turn(
+            id=uuid.UUID(turn_id),
+            tenant_id=tenant_id,
+            conversation_id=conv.id,
+            seq=conv.next_seq - 1,
+            idempotency_key=idempotency_key,
+            message=message,
+            topology=topology,
+            status=status.value,
+            accepted_at=accepted_at,
+            stage_deadline_at=_deadline(stage_deadline_s) if runs_now else None,
+        )
+    )
+    if runs_now:
+        session.add(TurnOutbox(turn_id=uuid.UUID(turn_id)))
+    session.flush()
+    return AcceptedTurn(turn_id, status, topology, existing=False)
+
+
+def is_idempotency_conflict(exc: IntegrityError) -> bool:
+    return "uq_turns_tenant_idempotency_key" in str(exc.orig)
+
+
+def load_turn(session: Session, turn_id: str, *, lock: bool = False) -> Turn:
+    stmt = select(Turn).where(Turn.id == uuid.UUID(turn_id))
+    if lock:
+        stmt = stmt.with_for_update()
+    turn = session.scalar(stmt)
+    if turn is None:
+        raise TurnNotFound(f"turn {turn_id} does not exist")
+    return turn
+
+
+def write_stage_fields(
+    session: Session,
+    *,
+    stage: Stage,
+    turn_id: str,
+    values: dict[str, Any],
+    only_if_unset: bool = True,
+    usage: dict[str, int] | None = None,
+) -> bool:
+    """Write a stage's own fields, once. Returns False when the output was already there."""
+    foreign = set(values) - OWNED_FIELDS[stage]
+    if foreign:
+        raise OwnershipViolation(
+            f"stage {stage.value!r} tried to write {sorted(foreign)}, which it does not own; "
+            f"it owns {sorted(OWNED_FIELDS[stage])}"
+        )
+    stmt = update(Turn).where(Turn.id == uuid.UUID(turn_id))
+    if only_if_unset:
+        stmt = stmt.where(getattr(Turn, STAGE_OUTPUT[stage]).is_(None))
+    if stage in (Stage.MERGE, Stage.AGENT):
+        stmt = stmt.where(Turn.status.notin_([TurnStatus.COMPLETED.value, TurnStatus.FAILED.value]))
+    assignments: dict[Any, Any] = dict(values)
+    if usage:
+        # usage is one JSONB column with a key per stage; each stage writes only its key.
+        assignments["usage"] = Turn.usage.op("||")(literal({stage.value: usage}, type_=JSONB))
+    result = session.execute(stmt.values(assignments).returning(Turn.id))
+    return result.first() is not None
+
+
+def release_conversation(session: Session, *, turn: Turn, stage_deadline_s: float) -> str | None:
+    """The turn has ended: hand its conversation to the next waiting turn, if any.
+
+    Returns the id of the turn that may run now; its outbox row is written in this same
+    transaction, so it is dispatched even if this process dies right after the commit.
+    """
+    next_id = session.scalar(
+        select(Turn.id)
+        .where(
+            Turn.conversation_id == turn.conversation_id, Turn.status == TurnStatus.WAITING.value
+        )
+        .order_by(Turn.seq)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    released = session.execute(
+        update(Conversation)
+        .where(Conversation.id == turn.conversation_id, Conversation.active_turn_id == turn.id)
+        .values(active_turn_id=next_id, updated_at=func.now())
+        .returning(Conversation.id)
+    ).first()
+    if released is None or next_id is None:
+        return None
+    session.execute(
+        update(Turn)
+        .where(Turn.id == next_id)
+        .values(status=TurnStatus.QUEUED.value, stage_deadline_at=_deadline(stage_deadline_s))
+    )
+    session.add(TurnOutbox(turn_id=next_id))
+    return str(next_id)
+
+
+def fail_turn(
+    session: Session, *, turn_id: str, reason: str, fallback_reply: str | None
+) -> Turn | None:
+    """End a turn failed, with a reason (and a fallback reply for the user), exactly once."""
+    row = session.execute(
+        update(Turn)
+        .where(
+            Turn.id == uuid.UUID(turn_id),
+            Turn.status.notin_([TurnStatus.COMPLETED.value, TurnStatus.FAILED.value]),
+        )
+        .values(
+            status=TurnStatus.FAILED.value,
+            failure_reason=reason[:2000],
+            agent_response=func.coalesce(Turn.agent_response, fallback_reply),
+            agent_fallback=True,
+            completed_at=text("extract(epoch from clock_timestamp())"),
+        )
+        .returning(Turn.id)
+    ).first()
+    if row is None:
+        return None
+    return load_turn(session, turn_id)

@@ -1,0 +1,77 @@
+"""One exception root, split by what the caller should do about it.
+
+``TransientError``: retry with backoff, the same call may succeed later.
+``PermanentError``: fail now, clearly; retrying cannot help.
+Docstrings double as default messages.
+"""
+
+from __future__ import annotations
+
+
+class ChordlineError(Exception):
+    """chordline failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or self.__class__.__name__).strip())
+
+
+class TransientError(ChordlineError):
+    """A dependency is briefly unavailable; retrying may succeed."""
+
+
+class PermanentError(ChordlineError):
+    """The request cannot succeed as it is; retrying will not help."""
+
+
+class InvalidInput(PermanentError):
+    """The input was rejected before anything was written or enqueued."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class UnknownTenant(InvalidInput):
+    """No such tenant."""
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(
+            "tenant", f"unknown tenant {tenant!r}; create it with `chordline tenant create`"
+        )
+
+
+class TurnNotFound(PermanentError):
+    """No such turn."""
+
+
+class OwnershipViolation(PermanentError):
+    """A stage tried to write a field it does not own."""
+
+
+class StageConflict(PermanentError):
+    """The turn is not in a state in which this stage may run."""
+
+
+class TurnFailed(PermanentError):
+    """The turn ended failed."""
+
+
+class TurnTimeout(TransientError):
+    """The turn did not end within the wait."""
+
+
+class ProviderError(TransientError):
+    """A model provider call failed transiently (rate limit, 5xx, timeout, reset)."""
+
+
+class ProviderConfigError(PermanentError):
+    """A model provider rejected the request because of its configuration."""
+
+
+class BrokerUnavailable(TransientError):
+    """The broker (Redis) cannot be reached."""
+
+
+class EmbeddedServerError(PermanentError):
+    """An embedded server could not be started."""

@@ -1,0 +1,80 @@
+"""The provider interfaces. Each has a real implementation and an offline one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared.schemas import Agent, KbLevel, Orchestration, ResearchHit
+
+
+@dataclass
+class Usage:
+    """Calls and tokens a stage spent; stored with the turn so a tenant's cost can be summed."""
+
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    simulated_ms: float = 0.0
+
+    def add(self, *, calls: int = 1, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        self.calls += calls
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+
+    def as_dict(self) -> dict[str, int]:
+        return {"calls": self.calls, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
+
+
+@dataclass(frozen=True)
+class ConversationContext:
+    """What the orchestrator and the agents know about the conversation so far."""
+
+    tenant_id: str
+    message: str
+    qualification_status: str
+    memory: dict[str, Any]
+    history: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    agent: Agent
+    context: ConversationContext
+    hits: Sequence[ResearchHit]
+    kb_information_level: KbLevel
+    routing_reason: str
+    model: str
+
+
+class ChatModel(Protocol):
+    """The orchestrator's classifier and the agents' responder."""
+
+    name: str
+
+    def orchestrate(
+        self, *, context: ConversationContext, model: str, usage: Usage, deadline: float
+    ) -> Orchestration: ...
+
+    def stream_reply(
+        self, *, request: ReplyRequest, usage: Usage, deadline: float
+    ) -> Iterator[str]: ...
+
+
+class Embedder(Protocol):
+    name: str
+    model: str
+    dim: int
+
+    def embed(self, texts: Sequence[str], *, usage: Usage | None = None) -> list[list[float]]: ...
+
+
+class Reranker(Protocol):
+    name: str
+
+    def rerank(
+        self, *, query: str, documents: Sequence[str], model: str, usage: Usage, deadline: float
+    ) -> list[float]:
+        """One relevance score in [0, 1] per document, in the documents' order."""
+        ...

@@ -1,0 +1,395 @@
+"""Offline providers: deterministic, no network, no download.
+
+- ``LocalChatModel`` classifies a turn from the message and the conversation memory with
+  weighted cue phrases, and composes agent replies from the research hits.
+- ``LocalEmbedder`` hashes words, word pairs and character trigrams into 384 dimensions.
+- ``LocalReranker`` scores how much of the question's meaning a passage covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from shared.providers.base import ConversationContext, ReplyRequest, Usage
+from shared.schemas import Agent, KbLevel, Orchestration, Phase, ResearchHit
+from shared.text import content_terms, count_tokens, stem, words
+
+# --------------------------------------------------------------------------- classifier
+
+
+@dataclass(frozen=True)
+class Intent:
+    name: str
+    phase: Phase
+    agent: Agent
+    cues: tuple[str, ...]
+
+
+# Highest priority first: a message asking for a human is a handoff even if it also
+# mentions an error.
+INTENTS: tuple[Intent, ...] = (
+    Intent(
+        "handoff",
+        Phase.HANDOFF,
+        Agent.ADAPTIVE_RESPONSE,
+        (
+            "human",
+            "real person",
+            "representative",
+            "someone from your team",
+            "call me",
+            "account manager",
+            "sales rep",
+            "talk to someone",
+            "speak to someone",
+            "speak with",
+        ),
+    ),
+    Intent(
+        "content_request",
+        Phase.CONTENT,
+        Agent.CONTENT_GENERATOR,
+        (
+            "write",
+            "draft",
+            "email",
+            "summary",
+            "summarize",
+            "summarise",
+            "one-pager",
+            "proposal",
+            "blog post",
+            "brief",
+            "deck",
+        ),
+    ),
+    Intent(
+        "support_issue",
+        Phase.SUPPORT,
+        Agent.SUPPORT,
+        (
+            "error",
+            "broken",
+            "not working",
+            "stopped",
+            "fails",
+            "failing",
+            "failed",
+            "bug",
+            "problem",
+            "can't",
+            "cannot",
+            "crash",
+            "outage",
+            "locked out",
+            "reset",
+            "troubleshoot",
+            "doesn't work",
+            "isn't working",
+        ),
+    ),
+    Intent(
+        "technical_question",
+        Phase.TECHNICAL_EVALUATION,
+        Agent.TECHNICAL_CONSULTANT,
+        (
+            "api",
+            "webhook",
+            "integrat",
+            "sso",
+            "saml",
+            "security",
+            "encrypt",
+            "deploy",
+            "on-prem",
+            "sdk",
+            "architecture",
+            "latency",
+            "rate limit",
+            "export",
+            "erp",
+            "sap",
+            "rfc",
+            "compliance",
+            "soc 2",
+            "gdpr",
+            "uptime",
+            "sla",
+            "scale",
+            "scaling",
+            "data residency",
+            "self-host",
+            "backup",
+        ),
+    ),
+    Intent(
+        "pricing",
+        Phase.QUALIFICATION,
+        Agent.DISCOVERY,
+        (
+            "price",
+            "pricing",
+            "cost",
+            "plan",
+            "trial",
+            "demo",
+            "licen",
+            "seats",
+            "budget",
+            "quote",
+            "discount",
+            "how much",
+        ),
+    ),
+    Intent(
+        "exploring",
+        Phase.DISCOVERY,
+        Agent.DISCOVERY,
+        (
+            "looking for",
+            "looking at",
+            "evaluating",
+            "interested",
+            "we run",
+            "we are",
+            "our team",
+            "we have",
+            "we use",
+            "compare",
+            "replace",
+            "options",
+            "hello",
+            "hi ",
+        ),
+    ),
+)
+OFF_TOPIC_CUES = ("weather", "joke", "football", "recipe", "movie", "horoscope")
+
+
+def _cue_hits(text: str, cues: Sequence[str]) -> int:
+    padded = f" {text} "
+    return sum(1 for cue in cues if cue in padded)
+
+
+def classify(context: ConversationContext) -> Orchestration:
+    """Phase, intent, proposed agent, confidence and handoff, from message and memory."""
+    text = " ".join(words(context.message))
+    if _cue_hits(text, OFF_TOPIC_CUES):
+        return Orchestration(
+            phase=Phase(context.memory.get("last_phase", Phase.DISCOVERY.value)),
+            intent="off_topic",
+            proposed_agent=Agent.ADAPTIVE_RESPONSE,
+            confidence=0.7,
+            handoff=False,
+        )
+    scored = [(intent, _cue_hits(text, intent.cues)) for intent in INTENTS]
+    matched = [(intent, hits) for intent, hits in scored if hits]
+    if not matched:
+        return _from_memory(context)
+    intent, hits = matched[0]
+    runner_up = max((h for i, h in matched[1:]), default=0)
+    confidence = min(0.95, 0.55 + 0.15 * hits - 0.05 * runner_up)
+    return Orchestration(
+        phase=intent.phase,
+        intent=intent.name,
+        proposed_agent=intent.agent,
+        confidence=round(max(confidence, 0.4), 2),
+        handoff=intent.name == "handoff",
+    )
+
+
+def _from_memory(context: ConversationContext) -> Orchestration:
+    """No cue in the message: continue where the conversation was, with low confidence."""
+    last_agent = context.memory.get("last_agent")
+    if last_agent in {Agent.TECHNICAL_CONSULTANT.value, Agent.SUPPORT.value, Agent.DISCOVERY.value}:
+        return Orchestration(
+            phase=Phase(context.memory.get("last_phase", Phase.DISCOVERY.value)),
+            intent="follow_up",
+            proposed_agent=Agent(last_agent),
+            confidence=0.45,
+        )
+    return Orchestration(
+        phase=Phase.DISCOVERY,
+        intent="unclear",
+        proposed_agent=Agent.ADAPTIVE_RESPONSE,
+        confidence=0.3,
+    )
+
+
+# --------------------------------------------------------------------------- responder
+
+
+def _best_sentences(hits: Sequence[ResearchHit], question: str, limit: int) -> list[str]:
+    wanted = set(content_terms(question))
+    sentences: list[tuple[float, int, str]] = []
+    for rank, hit in enumerate(hits[:3]):
+        for sentence in re.split(r"(?<=[.!?])\s+", hit.text.replace("\n", " ")):
+            sentence = sentence.strip(" -*#")
+            if len(sentence) < 20:
+                continue
+            overlap = len(wanted & set(content_terms(sentence)))
+            sentences.append((overlap - 0.1 * rank, -len(sentences), sentence))
+    sentences.sort(reverse=True)
+    return [s for _, _, s in sentences[:limit]]
+
+
+def compose_reply(request: ReplyRequest) -> str:
+    """The offline agents: a reply in each agent's manner, grounded in the hits."""
+    ctx, hits = request.context, request.hits
+    facts = _best_sentences(hits, ctx.message, 3)
+    sources = ", ".join(dict.fromkeys(h.title for h in hits[:2]))
+    agent = request.agent
+    if agent is Agent.DISCOVERY:
+        lead = " ".join(facts[:2]) or "Happy to help you find the right fit."
+        return (
+            f"{lead} To point you at the right setup: how many sites and people would use "
+            f"it, and what are you using today?"
+        )
+    if agent is Agent.SUPPORT:
+        steps = "\n".join(f"{i}. {fact}" for i, fact in enumerate(facts, 1))
+        tail = (
+            ""
+            if request.kb_information_level is KbLevel.ACCURATE
+            else (
+                " If that does not clear it, send me the exact error text and I will open a ticket."
+            )
+        )
+        return (
+            f"Sorry about the trouble. Here is what usually fixes it:\n{steps}\n"
+            f"(Source: {sources}.){tail}"
+        )
+    if agent is Agent.TECHNICAL_CONSULTANT:
+        body = " ".join(facts) or "Let me check the details with our engineers."
+        return f"{body} (Source: {sources}.) Want me to go deeper on any part of that?"
+    if agent is Agent.CONTENT_GENERATOR:
+        topics = ", ".join(ctx.memory.get("topics", [])[-4:]) or "your evaluation"
+        bullet_lines = "\n".join(f"- {fact}" for fact in facts[:3])
+        return (
+            f"Here is a draft you can send:\n\nSubject: Summary of our evaluation\n\n"
+            f"Hi,\n\nWe looked at {topics}. Key points:\n{bullet_lines}\n\nBest regards"
+        )
+    # adaptive_response: never guess. Hand off, ask, or promise a follow-up.
+    if "handoff" in request.routing_reason:
+        return (
+            "Of course. I have asked a member of our team to reach out to you directly; "
+            "they will have the full context of this conversation."
+        )
+    if "off_topic" in request.routing_reason:
+        return "I can only help with questions about our product, but I am happy to do that."
+    return (
+        "I do not have documented information on that, and I would rather not guess. "
+        "I have noted your question and a specialist will follow up with a confirmed "
+        "answer. Is there anything else about your setup I should pass along?"
+    )
+
+
+class LocalChatModel:
+    name = "local"
+
+    def orchestrate(
+        self, *, context: ConversationContext, model: str, usage: Usage, deadline: float
+    ) -> Orchestration:
+        result = classify(context)
+        usage.add(tokens_in=count_tokens(context.message), tokens_out=12)
+        return result
+
+    def stream_reply(
+        self, *, request: ReplyRequest, usage: Usage, deadline: float
+    ) -> Iterator[str]:
+        reply = compose_reply(request)
+        usage.add(
+            tokens_in=count_tokens(request.context.message)
+            + sum(count_tokens(h.text) for h in request.hits),
+            tokens_out=count_tokens(reply),
+        )
+        yield from re.findall(r"\S+\s*|\s+", reply)
+
+
+# --------------------------------------------------------------------------- embedder
+
+
+def _bucket(feature: str, dim: int) -> tuple[int, float]:
+    digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+    value = int.from_bytes(digest, "little")
+    return value % dim, 1.0 if (value >> 63) & 1 else -1.0
+
+
+class LocalEmbedder:
+    """Feature hashing of stems, stem pairs and character trigrams, L2-normalised.
+
+    Lexical rather than semantic, but deterministic, fast and free of downloads: texts that
+    share vocabulary land close together, which is what the offline demo and tests need.
+    """
+
+    name = "local"
+    model = "local-hash-384"
+    dim = 384
+
+    def embed(self, texts: Sequence[str], *, usage: Usage | None = None) -> list[list[float]]:
+        if usage is not None:
+            usage.add(tokens_in=sum(count_tokens(t) for t in texts))
+        return [self._embed_one(text) for text in texts]
+
+    def _embed_one(self, text: str) -> list[float]:
+        terms = content_terms(text)
+        features: dict[str, float] = defaultdict(float)
+        for term in terms:
+            features[f"w:{term}"] += 2.0
+            padded = f"^{term}$"
+            for i in range(len(padded) - 2):
+                features[f"c:{padded[i : i + 3]}"] += 0.25
+        for left, right in itertools.pairwise(terms):
+            features[f"b:{left}_{right}"] += 1.0
+        vector = [0.0] * self.dim
+        for feature, weight in features.items():
+            index, sign = _bucket(feature, self.dim)
+            vector[index] += sign * (1.0 + math.log(weight))
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        return [v / norm for v in vector]
+
+
+# --------------------------------------------------------------------------- reranker
+
+
+class LocalReranker:
+    """Coverage of the question's terms by the passage, weighted towards rare terms.
+
+    The score is the weighted share of the question's content terms that the passage (or
+    its heading) contains, with a bonus for adjacent pairs; it lies in [0, 1], and the
+    level thresholds are calibrated on it (see tests/data/kb_questions.jsonl).
+    """
+
+    name = "local"
+
+    def rerank(
+        self, *, query: str, documents: Sequence[str], model: str, usage: Usage, deadline: float
+    ) -> list[float]:
+        usage.add(tokens_in=count_tokens(query) + sum(count_tokens(d) for d in documents))
+        terms = list(dict.fromkeys(content_terms(query)))
+        if not terms or not documents:
+            return [0.0 for _ in documents]
+        doc_terms = [set(content_terms(doc)) for doc in documents]
+        # Terms found in every candidate explain little; weight by in-candidate rarity.
+        weights = {
+            t: 1.0 + math.log((1 + len(documents)) / (1 + sum(t in d for d in doc_terms)))
+            for t in terms
+        }
+        total = sum(weights.values())
+        pairs = list(itertools.pairwise(terms))
+        scores = []
+        for doc, present in zip(documents, doc_terms, strict=True):
+            covered = sum(weights[t] for t in terms if t in present) / total
+            stems_in_order = " ".join(stem(w) for w in words(doc))
+            pair_bonus = (
+                sum(1 for a, b in pairs if f"{a} {b}" in stems_in_order) / len(pairs)
+                if pairs
+                else 0.0
+            )
+            scores.append(round(min(1.0, 0.85 * covered + 0.15 * pair_bonus), 4))
+        return scores

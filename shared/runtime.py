@@ -1,0 +1,84 @@
+"""Services a command needs: the real ones when URLs are set, the embedded ones otherwise.
+
+``services()`` is what every CLI command that touches Postgres or Redis runs inside: with
+DATABASE_URL / REDIS_URL unset it reuses the embedded servers already running on the data
+dir, or starts them and stops them again when the command is done.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from shared.config import get_settings, reset_settings
+from shared.db.session import dispose_engine
+from shared.dispatch import reset_dispatch_app
+from shared.embedded import EmbeddedServices, ensure_services
+from shared.providers.registry import reset_providers
+from shared.redis_conn import reset_redis
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _apply_urls(database_url: str | None, redis_url: str | None) -> None:
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
+    reset_process_state()
+
+
+def reset_process_state() -> None:
+    """Forget cached settings and the connections made from them."""
+    reset_settings()
+    dispose_engine()
+    reset_redis()
+    reset_dispatch_app()
+    reset_providers()
+
+
+@contextmanager
+def services(
+    *, postgres: bool = True, redis: bool = True, keep: bool = False
+) -> Iterator[EmbeddedServices]:
+    """Make DATABASE_URL and REDIS_URL point at running servers for the duration."""
+    settings = get_settings()
+    need_pg = postgres and not settings.database_url
+    need_redis = redis and not settings.redis_url
+    embedded = ensure_services(
+        data_dir=settings.data_dir, need_postgres=need_pg, need_redis=need_redis
+    )
+    try:
+        _apply_urls(
+            embedded.postgres.url if embedded.postgres else None,
+            embedded.redis.url if embedded.redis else None,
+        )
+        yield embedded
+    finally:
+        if not keep:
+            dispose_engine()
+            reset_redis()
+            embedded.stop_started()
+            if embedded.postgres and embedded.postgres.started_here:
+                os.environ.pop("DATABASE_URL", None)
+            if embedded.redis and embedded.redis.started_here:
+                os.environ.pop("REDIS_URL", None)
+            reset_process_state()
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if database_url:
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def migrate() -> None:
+    """Bring the schema to the latest revision (idempotent)."""
+    command.upgrade(alembic_config(get_settings().database_url), "head")

@@ -1,0 +1,164 @@
+"""Pydantic models of every stage's input and output, and of per-tenant settings."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Agent(StrEnum):
+    DISCOVERY = "discovery"
+    SUPPORT = "support"
+    TECHNICAL_CONSULTANT = "technical_consultant"
+    ADAPTIVE_RESPONSE = "adaptive_response"
+    CONTENT_GENERATOR = "content_generator"
+
+
+class KbLevel(StrEnum):
+    ACCURATE = "ACCURATE"
+    PARTIAL = "PARTIAL"
+    MISSING = "MISSING"
+
+
+class Phase(StrEnum):
+    OPENING = "opening"
+    DISCOVERY = "discovery"
+    QUALIFICATION = "qualification"
+    TECHNICAL_EVALUATION = "technical_evaluation"
+    SUPPORT = "support"
+    CONTENT = "content"
+    CLOSING = "closing"
+    HANDOFF = "handoff"
+
+
+class TurnStatus(StrEnum):
+    WAITING = "waiting"  # behind another turn of the same conversation
+    QUEUED = "queued"
+    ROUTED = "routed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+TERMINAL_STATUSES = frozenset({TurnStatus.COMPLETED, TurnStatus.FAILED})
+
+
+class Stage(StrEnum):
+    ORCHESTRATOR = "orchestrator"
+    RESEARCHER = "researcher"
+    MERGE = "merge"
+    AGENT = "agent"
+
+
+class Topology(StrEnum):
+    PARALLEL = "parallel"
+    SEQUENTIAL = "sequential"
+    KB_FIRST = "kb_first"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Orchestration(Frozen):
+    """What the orchestrator decided: where the conversation is and who should answer."""
+
+    phase: Phase
+    intent: str = Field(max_length=64)
+    proposed_agent: Agent
+    confidence: Confidence
+    handoff: bool = False
+    fallback_reason: str | None = None
+
+
+class ResearchHit(Frozen):
+    chunk_id: int
+    document_id: str
+    title: str
+    text: str
+    score: float
+    vector_rank: int | None = None
+    text_rank: int | None = None
+
+
+class Research(Frozen):
+    """What the knowledge base says about the message."""
+
+    hits: list[ResearchHit] = Field(default_factory=list)
+    kb_information_level: KbLevel
+    retrieval_failed: bool = False
+    reason: str | None = None
+
+
+class RoutingDecision(Frozen):
+    next_agent: Agent
+    routing_reason: str = Field(max_length=500)
+
+
+class AgentReply(Frozen):
+    text: str
+    fallback: bool = False
+
+
+class LevelThresholds(Frozen):
+    """Reranked-score cut-offs: top score >= accurate is ACCURATE, >= partial is PARTIAL."""
+
+    accurate: Confidence = 0.62
+    partial: Confidence = 0.35
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LevelThresholds:
+        if self.partial > self.accurate:
+            raise ValueError("thresholds.partial must not exceed thresholds.accurate")
+        return self
+
+
+class StageModels(Frozen):
+    orchestrator: str = "gpt-4o-mini"
+    agent: str = "gpt-4o-mini"
+    embedding: str = "text-embedding-3-small"
+    rerank: str = "rerank-v3.5"
+
+
+class TenantSettings(Frozen):
+    """Per-tenant policy. Unknown keys are refused, so a typo never silently does nothing."""
+
+    topology: Topology = Topology.PARALLEL
+    short_circuit_research: Literal["wait", "fast_path", "cancel"] = "wait"
+    researcher_gate: Literal["always", "gated"] = "always"
+    in_flight_policy: Literal["queue", "reject"] = "queue"
+    thresholds: LevelThresholds = Field(default_factory=LevelThresholds)
+    models: StageModels = Field(default_factory=StageModels)
+    top_k: int = Field(default=5, ge=1, le=50)
+    candidates: int = Field(default=40, ge=1, le=500)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TenantSettings:
+        """A copy with dotted-key overrides applied (``thresholds.accurate=0.7``), validated."""
+        data = self.model_dump(mode="json")
+        for dotted, value in overrides.items():
+            target = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if not isinstance(target.get(part), dict):
+                    raise KeyError(dotted)
+                target = target[part]
+            if leaf not in target:
+                raise KeyError(dotted)
+            target[leaf] = value
+        return TenantSettings.model_validate(data)
+
+
+class TurnRef(Frozen):
+    """The payload of every turn task: an id, never an object."""
+
+    turn_id: Annotated[
+        str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    ]
+
+
+class AgentTaskPayload(TurnRef):
+    retrieve: bool = False  # sequential topology: the agent does its own retrieval

@@ -1,0 +1,48 @@
+"""What happens after each stage: the next step of the turn's workflow.
+
+Worker tasks call exactly one of these; each runs its stage and publishes what follows.
+"""
+
+from __future__ import annotations
+
+from shared.db.session import session_scope
+from shared.db.turns import load_turn
+from shared.dispatch import publish_agent, publish_now
+from shared.schemas import Agent, Topology
+from shared.turn.agents import run_agent
+from shared.turn.merge import run_merge
+from shared.turn.orchestrator import run_orchestrator
+from shared.turn.researcher import run_researcher
+from shared.turn.stage import StageOrigin
+
+
+def orchestrate(turn_id: str, origin: StageOrigin) -> dict[str, object]:
+    result = run_orchestrator(turn_id, origin)
+    with session_scope() as session:
+        topology = load_turn(session, turn_id).topology
+    if topology == Topology.SEQUENTIAL.value:
+        route(turn_id, origin)  # no researcher ran: route on the orchestrator alone
+    return result.model_dump(mode="json")
+
+
+def research(turn_id: str, origin: StageOrigin) -> dict[str, object]:
+    result = run_researcher(turn_id, origin)
+    return {"kb_information_level": result.kb_information_level.value, "hits": len(result.hits)}
+
+
+def route(turn_id: str, origin: StageOrigin) -> dict[str, object]:
+    routed = run_merge(turn_id, origin)
+    if routed is None:
+        return {"status": "ended"}
+    decision, agent_retrieves = routed
+    publish_agent(turn_id, decision.next_agent, retrieve=agent_retrieves)
+    return decision.model_dump(mode="json")
+
+
+def answer(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> dict[str, object]:
+    next_turn = run_agent(turn_id, agent=agent, retrieve=retrieve, origin=origin)
+    if next_turn is not None:
+        with session_scope() as session:
+            topology = load_turn(session, next_turn).topology
+        publish_now(next_turn, topology)
+    return {"agent": agent.value, "next_turn": next_turn}

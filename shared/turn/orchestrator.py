@@ -1,0 +1,99 @@
+"""The orchestrator stage: which phase is this conversation in, and who should answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from shared.db.models import Turn
+from shared.db.session import session_scope
+from shared.db.spans import record_span
+from shared.db.tenants import tenant_settings
+from shared.db.turns import load_turn, write_stage_fields
+from shared.errors import ChordlineError
+from shared.providers.base import Usage
+from shared.providers.registry import get_providers
+from shared.schemas import Agent, Orchestration, Phase, Stage
+from shared.turn.stage import (
+    StageOrigin,
+    conversation_context,
+    finish_span,
+    start_span,
+    turn_deadline,
+)
+
+log = logging.getLogger(__name__)
+
+
+def stored_orchestration(turn: Turn) -> Orchestration | None:
+    if turn.orchestrated_at is None:
+        return None
+    return Orchestration(
+        phase=Phase(turn.phase or Phase.DISCOVERY.value),
+        intent=turn.intent or "",
+        confidence=turn.confidence or 0.0,
+        proposed_agent=Agent(turn.proposed_agent or Agent.ADAPTIVE_RESPONSE.value),
+        handoff=bool(turn.handoff),
+        fallback_reason=turn.orchestration_note,
+    )
+
+
+def default_route(reason: str) -> Orchestration:
+    """The safe route when the orchestrator cannot answer: ask, never guess."""
+    return Orchestration(
+        phase=Phase.DISCOVERY,
+        intent="fallback",
+        confidence=0.0,
+        proposed_agent=Agent.ADAPTIVE_RESPONSE,
+        fallback_reason=reason[:500],
+    )
+
+
+def run_orchestrator(turn_id: str, origin: StageOrigin) -> Orchestration:
+    span = start_span(turn_id, Stage.ORCHESTRATOR, origin)
+    with session_scope() as session:
+        turn = load_turn(session, turn_id)
+        stored = stored_orchestration(turn)
+        if stored is not None:
+            return stored
+        settings = tenant_settings(session, turn.tenant_id)
+        context = conversation_context(session, turn)
+        deadline = turn_deadline(turn)
+    usage = Usage()
+    try:
+        result = get_providers().chat.orchestrate(
+            context=context, model=settings.models.orchestrator, usage=usage, deadline=deadline
+        )
+        outcome = "ok"
+    except ChordlineError as exc:
+        result = default_route(f"orchestrator failed over to the default route: {exc}")
+        outcome = "fallback"
+        log.warning(
+            "orchestrator fallback",
+            extra={
+                "action": "stage_fallback",
+                "turn_id": turn_id,
+                "stage": "orchestrator",
+                "reason": str(exc),
+            },
+        )
+    values = {
+        "phase": result.phase.value,
+        "intent": result.intent,
+        "proposed_agent": result.proposed_agent.value,
+        "confidence": result.confidence,
+        "handoff": result.handoff,
+        "orchestration_note": result.fallback_reason,
+        "orchestrated_at": time.time(),
+    }
+    with session_scope() as session:
+        if write_stage_fields(
+            session, stage=Stage.ORCHESTRATOR, turn_id=turn_id, values=values, usage=usage.as_dict()
+        ):
+            record_span(
+                session, finish_span(span, usage=usage, fields=sorted(values), outcome=outcome)
+            )
+            return result
+        stored = stored_orchestration(load_turn(session, turn_id))
+    assert stored is not None  # another delivery wrote first; its answer stands
+    return stored

@@ -1,0 +1,169 @@
+"""Turns that Redis lost are re-driven from Postgres; turns that cannot finish end failed.
+
+Delivery is at-least-once, so anything a restart, an eviction or a killed worker lost is
+found here by its stage deadline. The sweeper is safe to run on several machines at once:
+rows are claimed with ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+
+from shared.config import get_settings
+from shared.db.models import Turn
+from shared.db.outbox import claim_undispatched, mark_dispatched
+from shared.db.session import session_scope
+from shared.db.turns import fail_turn, release_conversation
+from shared.dispatch import publish_agent, publish_turn
+from shared.schemas import Agent, Topology, TurnStatus
+from shared.streaming import publish_end
+from shared.turn.agents import FALLBACK_REPLY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    redriven: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    released: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Redrive:
+    turn_id: str
+    status: str
+    topology: str
+    next_agent: str | None
+
+
+def end_turn_failed(turn_id: str, reason: str) -> tuple[str, str] | None:
+    """Fail a turn with a reason and the fallback reply; returns the released next turn."""
+    with session_scope() as session:
+        turn = fail_turn(session, turn_id=turn_id, reason=reason, fallback_reply=FALLBACK_REPLY)
+        released = None
+        if turn is not None:
+            next_id = release_conversation(
+                session, turn=turn, stage_deadline_s=get_settings().turn.stage_deadline_s
+            )
+            if next_id:
+                released = (next_id, turn.topology)
+    if turn is not None:
+        log.error(
+            "turn failed", extra={"action": "turn_failed", "turn_id": turn_id, "reason": reason}
+        )
+        publish_end(turn_id, TurnStatus.FAILED.value)
+    return released
+
+
+def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:
+    settings = get_settings().turn
+    now = datetime.now(UTC)
+    redrives: list[_Redrive] = []
+    exhausted: list[tuple[str, str]] = []
+    with session_scope() as session:
+        rows = session.execute(
+            select(Turn.id, Turn.status, Turn.topology, Turn.attempts, Turn.next_agent)
+            .where(
+                Turn.status.in_([TurnStatus.QUEUED.value, TurnStatus.ROUTED.value]),
+                Turn.stage_deadline_at < now,
+            )
+            .order_by(Turn.stage_deadline_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            if row.attempts + 1 >= settings.max_attempts:
+                exhausted.append(
+                    (str(row.id), f"stuck in {row.status} after {row.attempts + 1} attempts")
+                )
+                continue
+            session.execute(
+                update(Turn)
+                .where(Turn.id == row.id)
+                .values(
+                    attempts=Turn.attempts + 1,
+                    stage_deadline_at=now + timedelta(seconds=settings.stage_deadline_s),
+                )
+            )
+            redrives.append(_Redrive(str(row.id), row.status, row.topology, row.next_agent))
+    return redrives, exhausted
+
+
+def sweep_stuck_turns(limit: int = 200) -> SweepReport:
+    """Re-drive turns past their stage deadline from their last durable stage."""
+    report = SweepReport()
+    redrives, exhausted = _claim_stuck(limit)
+    for turn_id, reason in exhausted:
+        released = end_turn_failed(turn_id, reason)
+        report.failed.append(turn_id)
+        if released:
+            report.released.append(released)
+    for item in redrives:
+        try:
+            if item.status == TurnStatus.ROUTED.value and item.next_agent:
+                publish_agent(
+                    item.turn_id,
+                    Agent(item.next_agent),
+                    retrieve=item.topology == Topology.SEQUENTIAL.value,
+                )
+            else:  # stages whose output is already durable return it without running again
+                publish_turn(item.turn_id, item.topology)
+            report.redriven.append(item.turn_id)
+            log.warning(
+                "turn re-driven",
+                extra={"action": "turn_redriven", "turn_id": item.turn_id, "stage": item.status},
+            )
+        except Exception as exc:  # broker down: the next sweep tries again
+            log.warning(
+                "re-drive failed",
+                extra={
+                    "action": "redrive_failed",
+                    "turn_id": item.turn_id,
+                    "reason": type(exc).__name__,
+                },
+            )
+    for turn_id, topology in report.released:
+        relay_one(turn_id, topology)
+    return report
+
+
+def relay_one(turn_id: str, topology: str) -> bool:
+    try:
+        publish_turn(turn_id, topology)
+    except Exception as exc:
+        log.warning(
+            "relay failed",
+            extra={"action": "relay_failed", "turn_id": turn_id, "reason": type(exc).__name__},
+        )
+        return False
+    with session_scope() as session:
+        mark_dispatched(session, [turn_id])
+    return True
+
+
+def relay_outbox(*, older_than_s: float = 3.0, limit: int = 500) -> int:
+    """Publish dispatch intents that no producer published. Returns how many were sent."""
+    with session_scope() as session:
+        pending = claim_undispatched(session, older_than_s=older_than_s, limit=limit)
+        sent = []
+        for item in pending:
+            try:
+                publish_turn(item.turn_id, item.topology)
+            except Exception as exc:
+                log.warning(
+                    "relay failed",
+                    extra={
+                        "action": "relay_failed",
+                        "turn_id": item.turn_id,
+                        "reason": type(exc).__name__,
+                    },
+                )
+                break
+            sent.append(item.turn_id)
+        mark_dispatched(session, sent)
+    return len(sent)

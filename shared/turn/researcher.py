@@ -1,0 +1,153 @@
+"""The researcher stage: what this tenant's knowledge base says about the message."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from shared.config import get_settings
+from shared.db.models import Turn
+from shared.db.session import session_scope
+from shared.db.spans import record_span
+from shared.db.tenants import tenant_settings
+from shared.db.turns import load_turn, write_stage_fields
+from shared.errors import ChordlineError
+from shared.kb.levels import level_for
+from shared.kb.search import hybrid_search
+from shared.providers.base import ConversationContext, Usage
+from shared.providers.local import classify
+from shared.providers.registry import get_providers
+from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings
+from shared.turn.stage import StageOrigin, finish_span, start_span, turn_deadline
+
+log = logging.getLogger(__name__)
+
+GATE_SKIPS = frozenset({"handoff", "off_topic"})
+
+
+def stored_research(turn: Turn) -> Research | None:
+    if turn.researched_at is None:
+        return None
+    return Research(
+        hits=[ResearchHit.model_validate(h) for h in turn.research_results or []],
+        kb_information_level=KbLevel(turn.kb_information_level or KbLevel.MISSING.value),
+        retrieval_failed=bool(turn.research_note and "failed" in turn.research_note),
+        reason=turn.research_note,
+    )
+
+
+def research_question(
+    *, tenant_id: str, question: str, settings: TenantSettings, usage: Usage, deadline: float
+) -> Research:
+    """Embed, search (tenant-filtered hybrid), rerank, and grade the coverage."""
+    providers = get_providers()
+    kb = get_settings().kb
+    vector = providers.embedder.embed([question], usage=usage)[0]
+    with session_scope() as session:
+        candidates = hybrid_search(
+            session,
+            tenant_id=tenant_id,
+            question=question,
+            vector=vector,
+            limit=settings.candidates,
+            exact_below=kb.exact_search_below,
+            ef_search=kb.ef_search,
+        )
+    if not candidates:
+        return Research(hits=[], kb_information_level=KbLevel.MISSING, reason="no candidates")
+    scores = providers.reranker.rerank(
+        query=question,
+        documents=[f"{c.heading}\n{c.text}" for c in candidates],
+        model=settings.models.rerank,
+        usage=usage,
+        deadline=deadline,
+    )
+    ranked = sorted(zip(candidates, scores, strict=True), key=lambda pair: pair[1], reverse=True)
+    hits = [
+        ResearchHit(
+            chunk_id=c.chunk_id,
+            document_id=c.document_id,
+            title=c.title,
+            text=(f"{c.heading}: " if c.heading else "") + c.text,
+            score=score,
+            vector_rank=c.vector_rank,
+            text_rank=c.text_rank,
+        )
+        for c, score in ranked[: settings.top_k]
+    ]
+    return Research(
+        hits=hits, kb_information_level=level_for([h.score for h in hits], settings.thresholds)
+    )
+
+
+def _gate_skips(turn: Turn, settings: TenantSettings) -> bool:
+    if settings.researcher_gate != "gated":
+        return False
+    cheap = classify(
+        ConversationContext(
+            tenant_id=turn.tenant_id, message=turn.message, qualification_status="", memory={}
+        )
+    )
+    return cheap.intent in GATE_SKIPS
+
+
+def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
+    span = start_span(turn_id, Stage.RESEARCHER, origin)
+    with session_scope() as session:
+        turn = load_turn(session, turn_id)
+        stored = stored_research(turn)
+        if stored is not None:
+            return stored
+        settings = tenant_settings(session, turn.tenant_id)
+        deadline = turn_deadline(turn)
+        skip = _gate_skips(turn, settings)
+    usage = Usage()
+    outcome = "ok"
+    if skip:
+        result = Research(
+            hits=[], kb_information_level=KbLevel.MISSING, reason="skipped by the researcher gate"
+        )
+        outcome = "skipped"
+    else:
+        try:
+            result = research_question(
+                tenant_id=turn.tenant_id,
+                question=turn.message,
+                settings=settings,
+                usage=usage,
+                deadline=deadline,
+            )
+        except ChordlineError as exc:
+            result = Research(
+                hits=[],
+                kb_information_level=KbLevel.MISSING,
+                retrieval_failed=True,
+                reason=f"retrieval failed: {exc}"[:500],
+            )
+            outcome = "fallback"
+            log.warning(
+                "researcher fallback",
+                extra={
+                    "action": "stage_fallback",
+                    "turn_id": turn_id,
+                    "stage": "researcher",
+                    "reason": str(exc),
+                },
+            )
+    values = {
+        "research_results": [h.model_dump(mode="json") for h in result.hits],
+        "kb_information_level": result.kb_information_level.value,
+        "research_note": result.reason,
+        "researched_at": time.time(),
+    }
+    with session_scope() as session:
+        if write_stage_fields(
+            session, stage=Stage.RESEARCHER, turn_id=turn_id, values=values, usage=usage.as_dict()
+        ):
+            record_span(
+                session, finish_span(span, usage=usage, fields=sorted(values), outcome=outcome)
+            )
+            return result
+        stored = stored_research(load_turn(session, turn_id))
+    assert stored is not None
+    return stored

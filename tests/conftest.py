@@ -1,0 +1,70 @@
+"""The test session starts its own real Postgres (with pgvector) and Redis, migrates, and
+runs real Celery workers from the Procfile as subprocesses. With DATABASE_URL and REDIS_URL
+set, it uses those servers instead."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA_DIR = ROOT / ".chordline" / "test"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[None]:
+    """Embedded (or configured) Postgres and Redis, migrated to head."""
+    shutil.rmtree(TEST_DATA_DIR, ignore_errors=True)
+    os.environ["CHORDLINE_DATA_DIR"] = str(TEST_DATA_DIR)
+    os.environ.setdefault("CHORDLINE_LOG_FORMAT", "json")
+    from shared.runtime import migrate, reset_process_state
+    from shared.runtime import services as running_services
+
+    reset_process_state()
+    with running_services():
+        migrate()
+        yield
+
+
+@pytest.fixture(scope="session")
+def workers(services: None) -> Iterator[None]:
+    """One real worker process per turn queue, plus maintenance, as the Procfile runs them."""
+    from shared.procfile import TURN_PROCESSES, running_workers
+
+    # Simulated providers at a tenth of the field report's stage times: the header stages
+    # really run side by side (40-80 ms and 30-70 ms), and a turn still takes ~0.2 s.
+    env = {
+        "CHORDLINE_PROVIDERS": "simulated",
+        "CHORDLINE_SIMULATED_LATENCY_SCALE": "0.1",
+        "CHORDLINE_CELERY_SWEEPER_INTERVAL_S": "1",
+    }
+    with running_workers(
+        [*TURN_PROCESSES, "maintenance"], env_overrides=env, log_dir=ARTIFACTS / "worker-logs"
+    ):
+        yield
+
+
+def new_tenant(settings: dict[str, object] | None = None, *, with_demo_kb: bool = True) -> str:
+    from shared.db.session import session_scope
+    from shared.db.tenants import ensure_tenant
+    from shared.demo import DEMO_KB
+    from shared.kb.ingest import ingest_paths
+    from shared.providers.registry import get_providers
+
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    with session_scope() as session:
+        ensure_tenant(session, tenant_id=tenant, settings=settings)
+    if with_demo_kb:
+        ingest_paths([DEMO_KB], tenant_id=tenant, embedder=get_providers().embedder)
+    return tenant
+
+
+@pytest.fixture
+def tenant(services: None) -> str:
+    return new_tenant()

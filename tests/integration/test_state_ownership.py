@@ -1,0 +1,55 @@
+"""A stage that writes outside its own fields fails loudly, and writes nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared.client import enqueue_turn, wait_for_turn
+from shared.db.session import session_scope
+from shared.db.turns import load_turn, write_stage_fields
+from shared.errors import OwnershipViolation
+from shared.schemas import Stage
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    ("stage", "foreign"),
+    [
+        (Stage.ORCHESTRATOR, {"kb_information_level": "ACCURATE"}),
+        (Stage.RESEARCHER, {"proposed_agent": "support"}),
+        (Stage.MERGE, {"agent_response": "hi"}),
+        (Stage.AGENT, {"next_agent": "support"}),
+    ],
+)
+def test_writing_a_foreign_field_raises_and_changes_nothing(
+    workers: None, tenant: str, stage: Stage, foreign: dict[str, object]
+) -> None:
+    turn_id = enqueue_turn(tenant, "c1", "How much does the Growth plan cost?")
+    before = wait_for_turn(turn_id, timeout=30)
+    with (
+        pytest.raises(OwnershipViolation, match=f"stage '{stage.value}' tried to write"),
+        session_scope() as session,
+    ):
+        write_stage_fields(
+            session, stage=stage, turn_id=turn_id, values=foreign, only_if_unset=False
+        )
+    with session_scope() as session:
+        turn = load_turn(session, turn_id)
+        for column in foreign:
+            assert getattr(turn, column) == getattr(before, column)
+
+
+def test_a_redelivered_stage_changes_nothing_twice(workers: None, tenant: str) -> None:
+    turn_id = enqueue_turn(tenant, "c1", "How much does the Growth plan cost?")
+    wait_for_turn(turn_id, timeout=30)
+    with session_scope() as session:
+        wrote = write_stage_fields(
+            session, stage=Stage.ORCHESTRATOR, turn_id=turn_id, values={"intent": "overwritten"}
+        )
+    assert wrote is False
+    with session_scope() as session:
+        assert load_turn(session, turn_id).intent != "overwritten"
+    assert uuid.UUID(turn_id)

@@ -1,0 +1,21 @@
+"""Queue ``maintenance``: the outbox relay and the stuck-turn sweeper (run by beat)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.contract import RELAY_TASK, SWEEP_TASK
+from shared.turn.recovery import relay_outbox, sweep_stuck_turns
+from workers.app import app
+from workers.base import ChordlineTask
+
+
+@app.task(name=RELAY_TASK, bind=True, base=ChordlineTask, max_retries=0)
+def relay(self: ChordlineTask) -> dict[str, Any]:
+    return {"sent": relay_outbox()}
+
+
+@app.task(name=SWEEP_TASK, bind=True, base=ChordlineTask, max_retries=0)
+def sweep(self: ChordlineTask) -> dict[str, Any]:
+    report = sweep_stuck_turns()
+    return {"redriven": len(report.redriven), "failed": len(report.failed)}

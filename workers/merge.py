@@ -1,0 +1,19 @@
+"""Queue ``merge``: the chord callback that routes a turn and enqueues its agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.contract import MERGE_TASK
+from shared.schemas import TurnRef
+from shared.turn import flow
+from workers.app import app
+from workers.base import ChordlineTask, run_turn_stage
+
+
+@app.task(name=MERGE_TASK, bind=True, base=ChordlineTask)
+def merge(self: ChordlineTask, /, *_header_results: Any, **payload: Any) -> Any:
+    # The header results are ignored on purpose: Postgres holds both outputs durably.
+    return run_turn_stage(
+        self, payload, TurnRef, lambda ref, origin: flow.route(ref.turn_id, origin)
+    )

@@ -1,0 +1,18 @@
+"""Queue ``orchestrator``: phase, intent and proposed agent for a turn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.contract import ORCHESTRATOR_TASK
+from shared.schemas import TurnRef
+from shared.turn import flow
+from workers.app import app
+from workers.base import ChordlineTask, run_turn_stage
+
+
+@app.task(name=ORCHESTRATOR_TASK, bind=True, base=ChordlineTask)
+def orchestrator(self: ChordlineTask, /, **payload: Any) -> Any:
+    return run_turn_stage(
+        self, payload, TurnRef, lambda ref, origin: flow.orchestrate(ref.turn_id, origin)
+    )
