@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging.config
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shared.commands import kb as kb_commands
+from shared.commands import ops as ops_commands
+from shared.commands import providers as provider_commands
+from shared.commands import rescore as rescore_commands
+from shared.commands.common import TenantOpt, console, err, needed_services, turn_workers
 from shared.config import get_settings
 from shared.errors import ChordlineError
 from shared.logs import logging_config
@@ -24,43 +24,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-kb_app = typer.Typer(help="The knowledge base of a tenant.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants and their settings.", no_args_is_help=True)
-app.add_typer(kb_app, name="kb")
 app.add_typer(tenant_app, name="tenant")
-
-console = Console(width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True)
-
-TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.")]
+app.add_typer(kb_commands.app, name="kb")
+for module in (ops_commands, rescore_commands, provider_commands):
+    module.register(app)
 
 
 def _setup_logging() -> None:
     settings = get_settings()
     logging.config.dictConfig(logging_config(level="WARNING", fmt=settings.log_format))
-
-
-@contextlib.contextmanager
-def _services(*, redis: bool = True) -> Iterator[None]:
-    from shared.runtime import migrate, services
-
-    with services(redis=redis):
-        migrate()
-        yield
-
-
-@contextlib.contextmanager
-def _turn_workers(log_dir: Path | None = None, env: dict[str, str] | None = None) -> Iterator[None]:
-    """Use the workers that already run (e.g. `chordline up`); otherwise run our own."""
-    from shared.procfile import TURN_PROCESSES, running_workers, workers_answering
-
-    if not env and workers_answering(TURN_PROCESSES):
-        yield
-        return
-    with running_workers(
-        TURN_PROCESSES, env_overrides=env, log_dir=log_dir or get_settings().data_dir / "logs"
-    ):
-        yield
 
 
 def main() -> None:
@@ -75,7 +48,7 @@ def main() -> None:
 @app.command()
 def migrate() -> None:
     """Bring the database schema to the latest revision."""
-    with _services(redis=False):
+    with needed_services(redis=False):
         console.print("schema is at the latest revision")
 
 
@@ -97,7 +70,7 @@ def demo(
         if latency == "simulated"
         else {"CHORDLINE_PROVIDERS": "offline"}
     )
-    with _services(), _turn_workers(env=env):
+    with needed_services(), turn_workers(env=env):
         code = run_demo(console=console)
     raise typer.Exit(code)
 
@@ -117,7 +90,7 @@ def turn(
     """Send one turn and print how it was routed and answered."""
     from shared.client import enqueue_turn, get_turn, stream_turn, wait_for_turn
 
-    with _services(), _turn_workers():
+    with needed_services(), turn_workers():
         turn_id = enqueue_turn(tenant, conversation, message, idempotency_key=idempotency_key)
         if stream:
             for event in stream_turn(turn_id, timeout=timeout):
@@ -175,7 +148,7 @@ def tenant_create(
     from shared.db.session import session_scope
     from shared.db.tenants import ensure_tenant, update_tenant_settings
 
-    with _services(redis=False), session_scope() as session:
+    with needed_services(redis=False), session_scope() as session:
         settings = ensure_tenant(session, tenant_id=tenant, name=name)
         if set_:
             settings = update_tenant_settings(session, tenant, _parse_overrides(set_))
@@ -191,7 +164,7 @@ def tenant_set(
     from shared.db.session import session_scope
     from shared.db.tenants import update_tenant_settings
 
-    with _services(redis=False), session_scope() as session:
+    with needed_services(redis=False), session_scope() as session:
         settings = update_tenant_settings(session, tenant, _parse_overrides(pairs))
     console.print_json(settings.model_dump_json())
 
@@ -202,117 +175,8 @@ def tenant_show(tenant: Annotated[str, typer.Argument(help="Tenant id.")]) -> No
     from shared.db.session import session_scope
     from shared.db.tenants import require_tenant
 
-    with _services(redis=False), session_scope() as session:
+    with needed_services(redis=False), session_scope() as session:
         console.print_json(require_tenant(session, tenant).model_dump_json())
-
-
-# --------------------------------------------------------------------------- knowledge base
-
-
-@kb_app.command("ingest")
-def kb_ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .html).")],
-    tenant: TenantOpt,
-) -> None:
-    """Ingest documents into a tenant's knowledge base."""
-    from shared.kb.ingest import discover, ingest_paths
-    from shared.providers.registry import get_providers
-
-    with _services(redis=False):
-        sources, _ = discover(paths)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as progress:
-            task = progress.add_task("ingesting", total=len(sources))
-            report = ingest_paths(
-                paths,
-                tenant_id=tenant,
-                embedder=get_providers().embedder,
-                on_progress=lambda source, outcome: progress.advance(task),
-            )
-    for rejected in report.rejected:
-        err.print(f"[yellow]skipped[/] {rejected.source}: {rejected.reason}")
-    console.print(
-        f"{report.documents} documents ({report.added} added, {report.replaced} replaced, "
-        f"{report.unchanged} unchanged), {report.chunks} chunks, {len(report.rejected)} "
-        f"rejected, in {report.seconds:.2f} s"
-    )
-
-
-@kb_app.command("list")
-def kb_list(tenant: TenantOpt) -> None:
-    """List a tenant's documents."""
-    from shared.db.session import session_scope
-    from shared.kb.ingest import list_documents
-
-    with _services(redis=False), session_scope() as session:
-        docs = list_documents(session, tenant)
-        table = Table("source", "title", "chunks", "updated")
-        for doc in docs:
-            table.add_row(
-                doc.source, doc.title, str(doc.chunk_count), f"{doc.updated_at:%Y-%m-%d %H:%M}"
-            )
-    console.print(table)
-
-
-@kb_app.command("delete")
-def kb_delete(
-    source: Annotated[str, typer.Argument(help="The document's source, as `kb list` shows it.")],
-    tenant: TenantOpt,
-) -> None:
-    """Delete one document and its chunks."""
-    from shared.db.session import session_scope
-    from shared.kb.ingest import delete_document
-
-    with _services(redis=False), session_scope() as session:
-        found = delete_document(session, tenant_id=tenant, source=source)
-    if not found:
-        err.print(f"no document {source!r} in tenant {tenant!r}")
-        raise typer.Exit(1)
-    console.print(f"deleted {source}")
-
-
-@kb_app.command("search")
-def kb_search(
-    question: Annotated[str, typer.Argument(help="The question.")], tenant: TenantOpt
-) -> None:
-    """Search a tenant's knowledge base: hits, reranked scores and the knowledge level."""
-    import time
-
-    from shared.db.session import session_scope
-    from shared.db.tenants import require_tenant
-    from shared.errors import InvalidInput
-    from shared.providers.base import Usage
-    from shared.turn.researcher import research_question
-
-    limit = get_settings().kb.max_query_chars
-    if not question.strip():
-        raise InvalidInput("question", "must not be empty")
-    if len(question) > limit:
-        raise InvalidInput("question", f"is {len(question)} characters; the limit is {limit}")
-    with _services(redis=False):
-        with session_scope() as session:
-            settings = require_tenant(session, tenant)
-        result = research_question(
-            tenant_id=tenant,
-            question=question,
-            settings=settings,
-            usage=Usage(),
-            deadline=time.time() + 30,
-        )
-    table = Table("#", "score", "document", "text")
-    for index, hit in enumerate(result.hits, 1):
-        table.add_row(str(index), f"{hit.score:.3f}", hit.title, hit.text[:160].replace("\n", " "))
-    console.print(table)
-    console.print(
-        f"kb_information_level: [bold]{result.kb_information_level.value}[/] "
-        f"(accurate >= {settings.thresholds.accurate}, partial >= {settings.thresholds.partial})"
-    )
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -328,7 +192,7 @@ def bench(
     """Open-loop benchmark of both topologies with simulated stage latencies."""
     from shared.bench import print_bench_table, run_bench
 
-    with _services():
+    with needed_services():
         result = run_bench(rate=rate, duration_s=duration, seed=seed, progress=err)
     if as_json:
         print(json.dumps(result))

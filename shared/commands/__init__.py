@@ -1,0 +1,1 @@
+"""Sub-commands of `chordline`, one module per area; shared/cli.py assembles them."""
