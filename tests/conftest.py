@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_DATA_DIR = ROOT / ".chordline" / "test"
+# One data dir per test session, so that sessions running side by side never share servers.
+TEST_DATA_DIR = ROOT / ".chordline" / f"test-{os.getpid()}"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -27,9 +28,12 @@ def services() -> Iterator[None]:
     from shared.runtime import services as running_services
 
     reset_process_state()
-    with running_services():
-        migrate()
-        yield
+    try:
+        with running_services():
+            migrate()
+            yield
+    finally:
+        shutil.rmtree(TEST_DATA_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
