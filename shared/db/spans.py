@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import TurnSpan
@@ -30,17 +30,17 @@ class SpanRecord:
 
 
 def record_span(session: Session, span: SpanRecord) -> None:
+    """Insert the span; its attempt number is counted in the same statement."""
+    turn_id = uuid.UUID(span.turn_id)
     attempt = (
-        session.scalar(
-            select(func.count())
-            .select_from(TurnSpan)
-            .where(TurnSpan.turn_id == uuid.UUID(span.turn_id), TurnSpan.stage == span.stage)
-        )
-        or 0
-    ) + 1
-    session.add(
-        TurnSpan(
-            turn_id=uuid.UUID(span.turn_id),
+        select(func.count() + 1)
+        .select_from(TurnSpan)
+        .where(TurnSpan.turn_id == turn_id, TurnSpan.stage == span.stage)
+        .scalar_subquery()
+    )
+    session.execute(
+        insert(TurnSpan).values(
+            turn_id=turn_id,
             stage=span.stage,
             attempt=attempt,
             queue=span.queue,

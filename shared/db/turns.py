@@ -179,29 +179,49 @@ def write_stage_fields(
     return result.first() is not None
 
 
-def release_conversation(session: Session, *, turn: Turn, stage_deadline_s: float) -> str | None:
+def release_conversation(
+    session: Session,
+    *,
+    turn_id: str,
+    conversation_id: uuid.UUID,
+    stage_deadline_s: float,
+    memory: dict[str, Any] | None = None,
+    qualification_status: str | None = None,
+) -> str | None:
     """The turn has ended: hand its conversation to the next waiting turn, if any.
 
-    Returns the id of the turn that may run now; its outbox row is written in this same
-    transaction, so it is dispatched even if this process dies right after the commit.
+    The conversation row is locked first, so a turn being accepted right now (its upsert
+    holds the same lock) is either already visible as waiting or will see the conversation
+    free. Returns the id of the turn that may run now; its outbox row is written in this
+    same transaction, so it is dispatched even if this process dies right after the commit.
     """
-    next_id = session.scalar(
+    session.execute(
+        select(Conversation.id).where(Conversation.id == conversation_id).with_for_update()
+    )
+    next_waiting = (
         select(Turn.id)
-        .where(
-            Turn.conversation_id == turn.conversation_id, Turn.status == TurnStatus.WAITING.value
-        )
+        .where(Turn.conversation_id == conversation_id, Turn.status == TurnStatus.WAITING.value)
         .order_by(Turn.seq)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
+    values: dict[str, Any] = {"active_turn_id": next_waiting, "updated_at": func.now()}
+    if memory is not None:
+        values["contextual_memory"] = memory
+    if qualification_status is not None:
+        values["qualification_status"] = qualification_status
     released = session.execute(
         update(Conversation)
-        .where(Conversation.id == turn.conversation_id, Conversation.active_turn_id == turn.id)
-        .values(active_turn_id=next_id, updated_at=func.now())
-        .returning(Conversation.id)
+        .where(
+            Conversation.id == conversation_id,
+            Conversation.active_turn_id == uuid.UUID(turn_id),
+        )
+        .values(values)
+        .returning(Conversation.active_turn_id)
     ).first()
-    if released is None or next_id is None:
+    if released is None or released.active_turn_id is None:
         return None
+    next_id = released.active_turn_id
     session.execute(
         update(Turn)
         .where(Turn.id == next_id)

@@ -10,27 +10,18 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import select, update
-
 from shared.config import get_settings
-from shared.db.models import Conversation, Turn
+from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.db.spans import SpanRecord, record_span
-from shared.db.tenants import tenant_settings
-from shared.db.turns import load_turn, release_conversation, write_stage_fields
+from shared.db.turns import release_conversation, write_stage_fields
 from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import ReplyRequest, Usage
 from shared.providers.registry import get_providers
-from shared.schemas import Agent, KbLevel, Research, Stage, TurnStatus
+from shared.schemas import Agent, AgentReply, KbLevel, Research, Stage, TurnStatus
 from shared.streaming import ReplyStream, publish_end
 from shared.turn.researcher import run_researcher, stored_research
-from shared.turn.stage import (
-    StageOrigin,
-    conversation_context,
-    finish_span,
-    start_span,
-    turn_deadline,
-)
+from shared.turn.stage import StageInputs, StageOrigin, finish_span, load_stage_inputs, start_span
 
 log = logging.getLogger(__name__)
 
@@ -117,35 +108,32 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
         run_researcher(turn_id, origin)  # sequential topology: this agent's own retrieval
     span = start_span(turn_id, Stage.AGENT, origin)
     with session_scope() as session:
-        turn = load_turn(session, turn_id)
-        if turn.completed_at is not None:
-            return None
-        if turn.next_agent != agent.value:
-            raise StageConflict(f"turn {turn_id} is routed to {turn.next_agent}, not {agent.value}")
-        settings = tenant_settings(session, turn.tenant_id)
-        context = conversation_context(session, turn)
-        research = stored_research(turn)
-        deadline = turn_deadline(turn)
+        inputs = load_stage_inputs(session, turn_id)
+    turn = inputs.turn
+    if turn.completed_at is not None:
+        return None
+    if turn.next_agent != agent.value:
+        raise StageConflict(f"turn {turn_id} is routed to {turn.next_agent}, not {agent.value}")
+    research = stored_research(turn)
     request = ReplyRequest(
         agent=agent,
-        context=context,
+        context=inputs.context,
         hits=research.hits if research else [],
         kb_information_level=research.kb_information_level if research else KbLevel.MISSING,
         routing_reason=turn.routing_reason or "",
-        model=settings.models.agent,
+        model=inputs.settings.models.agent,
     )
     usage = Usage()
     reply, fallback = _generate(
         request=request,
         stream=ReplyStream(turn_id, attempt=origin.delivery),
         usage=usage,
-        deadline=deadline,
+        deadline=inputs.deadline,
     )
     next_turn = _commit_reply(
-        turn_id=turn_id,
+        inputs=inputs,
         agent=agent,
-        reply=reply,
-        fallback=fallback,
+        reply=AgentReply(text=reply, fallback=fallback),
         research=research,
         usage=usage,
         span=span,
@@ -156,49 +144,36 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
 
 def _commit_reply(
     *,
-    turn_id: str,
+    inputs: StageInputs,
     agent: Agent,
-    reply: str,
-    fallback: bool,
+    reply: AgentReply,
     research: Research | None,
     usage: Usage,
     span: SpanRecord,
 ) -> str | None:
+    """One transaction: the reply, the conversation's memory, the span, the next turn."""
+    turn = inputs.turn
     values = {
-        "agent_response": reply,
-        "agent_fallback": fallback,
+        "agent_response": reply.text,
+        "agent_fallback": reply.fallback,
         "completed_at": time.time(),
         "status": TurnStatus.COMPLETED.value,
     }
     with session_scope() as session:
         if not write_stage_fields(
-            session, stage=Stage.AGENT, turn_id=turn_id, values=values, usage=usage.as_dict()
+            session, stage=Stage.AGENT, turn_id=str(turn.id), values=values, usage=usage.as_dict()
         ):
             return None  # another delivery committed the reply first: exactly one reply
-        turn = load_turn(session, turn_id)
-        conv = session.scalar(
-            select(Conversation).where(Conversation.id == turn.conversation_id).with_for_update()
-        )
-        assert conv is not None
-        session.execute(
-            update(Conversation)
-            .where(Conversation.id == conv.id)
-            .values(
-                contextual_memory=updated_memory(
-                    dict(conv.contextual_memory), turn, agent, research
-                ),
-                qualification_status=next_qualification(conv.qualification_status, turn.phase),
-            )
-        )
-        record_span(
+        next_turn = release_conversation(
             session,
-            finish_span(
-                span,
-                usage=usage,
-                fields=sorted(values),
-                outcome="fallback" if fallback else "ok",
+            turn_id=str(turn.id),
+            conversation_id=turn.conversation_id,
+            stage_deadline_s=get_settings().turn.stage_deadline_s,
+            memory=updated_memory(inputs.context.memory, turn, agent, research),
+            qualification_status=next_qualification(
+                inputs.context.qualification_status, turn.phase
             ),
         )
-        return release_conversation(
-            session, turn=turn, stage_deadline_s=get_settings().turn.stage_deadline_s
-        )
+        outcome = "fallback" if reply.fallback else "ok"
+        record_span(session, finish_span(span, usage=usage, fields=sorted(values), outcome=outcome))
+        return next_turn

@@ -8,19 +8,12 @@ import time
 from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.db.spans import record_span
-from shared.db.tenants import tenant_settings
 from shared.db.turns import load_turn, write_stage_fields
 from shared.errors import ChordlineError
 from shared.providers.base import Usage
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, Orchestration, Phase, Stage
-from shared.turn.stage import (
-    StageOrigin,
-    conversation_context,
-    finish_span,
-    start_span,
-    turn_deadline,
-)
+from shared.turn.stage import StageOrigin, finish_span, load_stage_inputs, start_span
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +45,17 @@ def default_route(reason: str) -> Orchestration:
 def run_orchestrator(turn_id: str, origin: StageOrigin) -> Orchestration:
     span = start_span(turn_id, Stage.ORCHESTRATOR, origin)
     with session_scope() as session:
-        turn = load_turn(session, turn_id)
-        stored = stored_orchestration(turn)
-        if stored is not None:
-            return stored
-        settings = tenant_settings(session, turn.tenant_id)
-        context = conversation_context(session, turn)
-        deadline = turn_deadline(turn)
+        inputs = load_stage_inputs(session, turn_id)
+    stored = stored_orchestration(inputs.turn)
+    if stored is not None:
+        return stored
     usage = Usage()
     try:
         result = get_providers().chat.orchestrate(
-            context=context, model=settings.models.orchestrator, usage=usage, deadline=deadline
+            context=inputs.context,
+            model=inputs.settings.models.orchestrator,
+            usage=usage,
+            deadline=inputs.deadline,
         )
         outcome = "ok"
     except ChordlineError as exc:

@@ -48,7 +48,10 @@ def end_turn_failed(turn_id: str, reason: str) -> tuple[str, str] | None:
         released = None
         if turn is not None:
             next_id = release_conversation(
-                session, turn=turn, stage_deadline_s=get_settings().turn.stage_deadline_s
+                session,
+                turn_id=turn_id,
+                conversation_id=turn.conversation_id,
+                stage_deadline_s=get_settings().turn.stage_deadline_s,
             )
             if next_id:
                 released = (next_id, turn.topology)

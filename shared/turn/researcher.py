@@ -9,7 +9,6 @@ from shared.config import get_settings
 from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.db.spans import record_span
-from shared.db.tenants import tenant_settings
 from shared.db.turns import load_turn, write_stage_fields
 from shared.errors import ChordlineError
 from shared.kb.levels import level_for
@@ -18,7 +17,7 @@ from shared.providers.base import ConversationContext, Usage
 from shared.providers.local import classify
 from shared.providers.registry import get_providers
 from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings
-from shared.turn.stage import StageOrigin, finish_span, start_span, turn_deadline
+from shared.turn.stage import StageOrigin, finish_span, load_stage_inputs, start_span
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +93,12 @@ def _gate_skips(turn: Turn, settings: TenantSettings) -> bool:
 def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
     span = start_span(turn_id, Stage.RESEARCHER, origin)
     with session_scope() as session:
-        turn = load_turn(session, turn_id)
-        stored = stored_research(turn)
-        if stored is not None:
-            return stored
-        settings = tenant_settings(session, turn.tenant_id)
-        deadline = turn_deadline(turn)
-        skip = _gate_skips(turn, settings)
+        inputs = load_stage_inputs(session, turn_id)
+    turn, settings, deadline = inputs.turn, inputs.settings, inputs.deadline
+    stored = stored_research(turn)
+    if stored is not None:
+        return stored
+    skip = _gate_skips(turn, settings)
     usage = Usage()
     outcome = "ok"
     if skip:

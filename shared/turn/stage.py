@@ -5,16 +5,21 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.orm import Session, aliased
 
 from shared.config import get_settings
-from shared.db.models import Conversation, Turn
+from shared.db.models import Conversation, Tenant, Turn
 from shared.db.spans import SpanRecord
+from shared.errors import TurnNotFound
 from shared.providers.base import ConversationContext, Usage
-from shared.schemas import Stage
+from shared.schemas import Stage, TenantSettings
+
+_TurnRow = aliased(Turn, name="this_turn")
 
 
 @dataclass(frozen=True)
@@ -62,22 +67,56 @@ def turn_deadline(turn: Turn) -> float:
     return turn.accepted_at + get_settings().turn.budget_s
 
 
-def conversation_context(session: Session, turn: Turn) -> ConversationContext:
-    conv = session.scalar(select(Conversation).where(Conversation.id == turn.conversation_id))
-    assert conv is not None
-    history = [
-        {"message": m, "reply": r or ""}
-        for m, r in session.execute(
-            select(Turn.message, Turn.agent_response)
-            .where(Turn.conversation_id == turn.conversation_id, Turn.seq < turn.seq)
-            .order_by(Turn.seq.desc())
-            .limit(6)
-        ).all()
-    ][::-1]
-    return ConversationContext(
+@dataclass(frozen=True)
+class StageInputs:
+    """Everything a stage reads before it calls a model, fetched in one round trip."""
+
+    turn: Turn
+    settings: TenantSettings
+    context: ConversationContext
+
+    @property
+    def deadline(self) -> float:
+        return turn_deadline(self.turn)
+
+
+HISTORY_TURNS = 6
+
+
+def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
+    """The turn, its tenant's settings and its conversation context, in one query."""
+    earlier = (
+        select(Turn.seq, Turn.message, Turn.agent_response)
+        .where(Turn.conversation_id == Conversation.id, Turn.seq < _TurnRow.seq)
+        .order_by(Turn.seq.desc())
+        .limit(HISTORY_TURNS)
+        .correlate(Conversation, _TurnRow)
+        .subquery()
+    )
+    entry = func.json_build_object("message", earlier.c.message, "reply", earlier.c.agent_response)
+    history = select(
+        func.coalesce(func.json_agg(aggregate_order_by(entry, earlier.c.seq)), text("'[]'::json"))
+    ).scalar_subquery()
+    row = session.execute(
+        select(
+            _TurnRow,
+            Conversation.qualification_status,
+            Conversation.contextual_memory,
+            Tenant.settings,
+            history,
+        )
+        .join(Conversation, Conversation.id == _TurnRow.conversation_id)
+        .join(Tenant, Tenant.id == _TurnRow.tenant_id)
+        .where(_TurnRow.id == uuid.UUID(turn_id))
+    ).first()
+    if row is None:
+        raise TurnNotFound(f"turn {turn_id} does not exist")
+    turn, qualification, memory, settings, past = row
+    context = ConversationContext(
         tenant_id=turn.tenant_id,
         message=turn.message,
-        qualification_status=conv.qualification_status,
-        memory=dict(conv.contextual_memory),
-        history=history,
+        qualification_status=qualification,
+        memory=dict(memory),
+        history=[{"message": h["message"], "reply": h["reply"] or ""} for h in past or []],
     )
+    return StageInputs(turn=turn, settings=TenantSettings.model_validate(settings), context=context)
