@@ -23,7 +23,9 @@ def _register(agent: Agent) -> Any:
         )
 
     answer.__name__ = answer.__qualname__ = agent.value
-    return app.task(name=AGENT_TASKS[agent], bind=True, base=ChordlineTask)(answer)
+    return app.task(name=AGENT_TASKS[agent], bind=True, base=ChordlineTask, ignore_result=True)(
+        answer
+    )
 
 
 discovery = _register(Agent.DISCOVERY)

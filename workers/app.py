@@ -46,10 +46,11 @@ def worker_config() -> dict[str, Any]:
         # bounds every provider call in any pool.
         "task_soft_time_limit": celery.soft_time_limit_s,
         "task_time_limit": celery.hard_time_limit_s,
-        "task_track_started": True,
+        # No STARTED state in the result backend: one Redis write per task saved; the
+        # turn's own span in Postgres says when each stage started.
+        "task_track_started": False,
         # Events for Flower.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_lost_wait": 20.0,

@@ -10,12 +10,12 @@ from workers.app import app
 from workers.base import ChordlineTask
 
 
-@app.task(name=RELAY_TASK, bind=True, base=ChordlineTask, max_retries=0)
+@app.task(name=RELAY_TASK, bind=True, base=ChordlineTask, ignore_result=True, max_retries=0)
 def relay(self: ChordlineTask) -> dict[str, Any]:
     return {"sent": relay_outbox()}
 
 
-@app.task(name=SWEEP_TASK, bind=True, base=ChordlineTask, max_retries=0)
+@app.task(name=SWEEP_TASK, bind=True, base=ChordlineTask, ignore_result=True, max_retries=0)
 def sweep(self: ChordlineTask) -> dict[str, Any]:
     report = sweep_stuck_turns()
     return {"redriven": len(report.redriven), "failed": len(report.failed)}

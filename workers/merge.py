@@ -11,7 +11,7 @@ from workers.app import app
 from workers.base import ChordlineTask, run_turn_stage
 
 
-@app.task(name=MERGE_TASK, bind=True, base=ChordlineTask)
+@app.task(name=MERGE_TASK, bind=True, base=ChordlineTask, ignore_result=True)
 def merge(self: ChordlineTask, /, *_header_results: Any, **payload: Any) -> Any:
     # The header results are ignored on purpose: Postgres holds both outputs durably.
     return run_turn_stage(
