@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from shared.errors import ProviderError
 from shared.providers.base import ChatModel, ConversationContext, ReplyRequest, Reranker, Usage
+from shared.providers.timing import elapsed_ms
 from shared.schemas import Orchestration
 
 
@@ -71,9 +72,13 @@ class SimulatedChatModel:
     ) -> Orchestration:
         ms = draw_ms("orchestrator", context.message, self.latencies.orchestrator, self.scale)
         usage.simulated_ms += ms
-        _sleep_within(ms, deadline)
+        began = time.monotonic()
+        result = self.inner.orchestrate(
+            context=context, model=model, usage=usage, deadline=deadline
+        )
+        _sleep_within(ms - elapsed_ms(began), deadline)  # its own work is inside the draw
         self.faults.maybe_fail("orchestrator")
-        return self.inner.orchestrate(context=context, model=model, usage=usage, deadline=deadline)
+        return result
 
     def stream_reply(
         self, *, request: ReplyRequest, usage: Usage, deadline: float
@@ -81,8 +86,8 @@ class SimulatedChatModel:
         ms = draw_ms("agent", request.context.message, self.latencies.agent, self.scale)
         usage.simulated_ms += ms
         self.faults.maybe_fail("agent")
-        tokens = list(self.inner.stream_reply(request=request, usage=usage, deadline=deadline))
         started = time.time()
+        tokens = list(self.inner.stream_reply(request=request, usage=usage, deadline=deadline))
         for index, token in enumerate(tokens, 1):
             # Tokens arrive spread over the drawn latency, as a streamed answer does.
             _sleep_within(
@@ -107,8 +112,10 @@ class SimulatedReranker:
     ) -> list[float]:
         ms = draw_ms("retrieval", query, self.latencies.retrieval, self.scale)
         usage.simulated_ms += ms
-        _sleep_within(ms, deadline)
-        self.faults.maybe_fail("rerank")
-        return self.inner.rerank(
+        scores = self.inner.rerank(
             query=query, documents=documents, model=model, usage=usage, deadline=deadline
         )
+        # The draw covers the whole retrieval (embed, search, rerank): sleep what is left.
+        _sleep_within(ms - elapsed_ms(), deadline)
+        self.faults.maybe_fail("rerank")
+        return scores

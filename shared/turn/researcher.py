@@ -16,6 +16,7 @@ from shared.kb.search import hybrid_search
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.local import classify
 from shared.providers.registry import get_providers
+from shared.providers.timing import operation
 from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings
 from shared.turn.stage import StageOrigin, finish_span, load_stage_inputs, start_span
 
@@ -108,13 +109,14 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
         outcome = "skipped"
     else:
         try:
-            result = research_question(
-                tenant_id=turn.tenant_id,
-                question=turn.message,
-                settings=settings,
-                usage=usage,
-                deadline=deadline,
-            )
+            with operation():  # retrieval is one operation for the latency it is given
+                result = research_question(
+                    tenant_id=turn.tenant_id,
+                    question=turn.message,
+                    settings=settings,
+                    usage=usage,
+                    deadline=deadline,
+                )
         except ChordlineError as exc:
             result = Research(
                 hits=[],
