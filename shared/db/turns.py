@@ -116,23 +116,23 @@ def accept_turn(
     if not runs_now and reject_when_busy:
         raise InvalidInput("conversation", f"{conversation!r} already has a turn in flight")
     status = TurnStatus.QUEUED if runs_now else TurnStatus.WAITING
-    session.add(
-        Turn(
-            id=uuid.UUID(turn_id),
-            tenant_id=tenant_id,
-            conversation_id=conv.id,
-            seq=conv.next_seq - 1,
-            idempotency_key=idempotency_key,
-            message=message,
-            topology=topology,
-            status=status.value,
-            accepted_at=accepted_at,
-            stage_deadline_at=_deadline(stage_deadline_s) if runs_now else None,
-        )
+    new_turn = insert(Turn).values(
+        id=uuid.UUID(turn_id),
+        tenant_id=tenant_id,
+        conversation_id=conv.id,
+        seq=conv.next_seq - 1,
+        idempotency_key=idempotency_key,
+        message=message,
+        topology=topology,
+        status=status.value,
+        accepted_at=accepted_at,
+        stage_deadline_at=_deadline(stage_deadline_s) if runs_now else None,
     )
-    if runs_now:
-        session.add(TurnOutbox(turn_id=uuid.UUID(turn_id)))
-    session.flush()
+    if runs_now:  # the turn and its dispatch intent in one statement
+        inserted = new_turn.returning(Turn.id).cte("inserted_turn")
+        session.execute(insert(TurnOutbox).from_select(["turn_id"], select(inserted.c.id)))
+    else:
+        session.execute(new_turn)
     return AcceptedTurn(turn_id, status, topology, existing=False)
 
 
