@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_demo_reaches_every_agent_and_level_with_overlapping_header_stages(workers: None) -> None:
     out = io.StringIO()
-    code = run_demo(console=Console(file=out, width=160), timeout_s=60)
+    code = run_demo(console=Console(file=out, width=160), timeout_s=90)
     printed = out.getvalue()
     assert code == 0, printed
     assert printed.count("overlapped") == len(SCRIPT)

@@ -28,7 +28,7 @@ def test_writing_a_foreign_field_raises_and_changes_nothing(
     workers: None, tenant: str, stage: Stage, foreign: dict[str, object]
 ) -> None:
     turn_id = enqueue_turn(tenant, "c1", "How much does the Growth plan cost?")
-    before = wait_for_turn(turn_id, timeout=30)
+    before = wait_for_turn(turn_id, timeout=90)
     with (
         pytest.raises(OwnershipViolation, match=f"stage '{stage.value}' tried to write"),
         session_scope() as session,
@@ -44,7 +44,7 @@ def test_writing_a_foreign_field_raises_and_changes_nothing(
 
 def test_a_redelivered_stage_changes_nothing_twice(workers: None, tenant: str) -> None:
     turn_id = enqueue_turn(tenant, "c1", "How much does the Growth plan cost?")
-    wait_for_turn(turn_id, timeout=30)
+    wait_for_turn(turn_id, timeout=90)
     with session_scope() as session:
         wrote = write_stage_fields(
             session, stage=Stage.ORCHESTRATOR, turn_id=turn_id, values={"intent": "overwritten"}

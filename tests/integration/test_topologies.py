@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def test_kb_first_runs_the_researcher_before_the_orchestrator(workers: None) -> None:
     tenant = new_tenant({"topology": "kb_first"})
     turn_id = enqueue_turn(tenant, "c1", "Does Halyard have a REST API and webhooks?")
-    view = wait_for_turn(turn_id, timeout=30)
+    view = wait_for_turn(turn_id, timeout=90)
     assert view.status == "completed"
     with session_scope() as session:
         spans = {s.stage: s for s in spans_of(session, turn_id)}

@@ -25,7 +25,7 @@ def test_a_turn_runs_as_a_chord_and_completes(workers: None, tenant: str) -> Non
     turn_id = enqueue_turn(
         tenant, "c1", "Does Halyard have a REST API and webhooks for stock changes?"
     )
-    view = wait_for_turn(turn_id, timeout=30)
+    view = wait_for_turn(turn_id, timeout=90)
     assert view.status == "completed"
     assert view.proposed_agent == "technical_consultant"
     assert view.kb_information_level == "ACCURATE"
@@ -51,7 +51,7 @@ def test_missing_knowledge_routes_technical_questions_to_adaptive_response(
 ) -> None:
     view = wait_for_turn(
         enqueue_turn(tenant, "c1", "Can it connect to our on-prem SAP R/3 system over RFC?"),
-        timeout=30,
+        timeout=90,
     )
     assert view.proposed_agent == "technical_consultant"
     assert view.kb_information_level == "MISSING"
@@ -62,7 +62,7 @@ def test_missing_knowledge_routes_technical_questions_to_adaptive_response(
 
 def test_header_stages_overlap_in_time_with_simulated_latency(workers: None, tenant: str) -> None:
     turn_id = enqueue_turn(tenant, "c1", "How much does the Growth plan cost?")
-    wait_for_turn(turn_id, timeout=30)
+    wait_for_turn(turn_id, timeout=90)
     with session_scope() as session:
         bars = stage_bars(load_turn(session, turn_id), spans_of(session, turn_id))
         simulated = {s.stage: s.simulated_ms for s in spans_of(session, turn_id)}
@@ -78,7 +78,7 @@ def test_stream_yields_the_reply_and_resumes_from_the_last_event(
     workers: None, tenant: str
 ) -> None:
     turn_id = enqueue_turn(tenant, "c1", "How much does the Growth plan cost?")
-    events = list(stream_turn(turn_id, timeout=30))
+    events = list(stream_turn(turn_id, timeout=90))
     assert events[-1].kind == "end" and events[-1].status == "completed"
     text = "".join(e.text for e in events if e.kind == "token")
     assert text == get_turn(turn_id).agent_response
@@ -125,7 +125,7 @@ def test_idempotency_key_returns_the_same_turn(workers: None, tenant: str) -> No
         tenant, "c1", "Hello there, we are evaluating tools", idempotency_key="req-1"
     )
     assert first == second
-    wait_for_turn(first, timeout=30)
+    wait_for_turn(first, timeout=90)
     with session_scope() as session:
         assert (
             session.scalar(select(func.count()).select_from(Turn).where(Turn.tenant_id == tenant))
@@ -136,7 +136,7 @@ def test_idempotency_key_returns_the_same_turn(workers: None, tenant: str) -> No
 def test_sequential_topology_has_the_agent_do_its_own_retrieval(workers: None) -> None:
     tenant = new_tenant({"topology": "sequential"})
     turn_id = enqueue_turn(tenant, "c1", "Is customer data encrypted at rest?")
-    view = wait_for_turn(turn_id, timeout=30)
+    view = wait_for_turn(turn_id, timeout=90)
     assert view.status == "completed" and view.topology == "sequential"
     with session_scope() as session:
         spans = {s.stage: s for s in spans_of(session, turn_id)}
@@ -191,7 +191,7 @@ def test_get_turn_rejects_a_malformed_id(services: None) -> None:
 
 def test_spans_record_queue_wait_and_fields(workers: None, tenant: str) -> None:
     turn_id = enqueue_turn(tenant, "c1", "How much does the Growth plan cost?")
-    wait_for_turn(turn_id, timeout=30)
+    wait_for_turn(turn_id, timeout=90)
     with session_scope() as session:
         spans = {
             s.stage: s
