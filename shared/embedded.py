@@ -168,14 +168,19 @@ def _let_user_reach(path: Path, user: str) -> None:
 
 
 def _postmaster(pgdata: Path) -> tuple[int, int] | None:
-    """(pid, port) of a live postmaster on this data dir, from postmaster.pid."""
+    """(pid, port) of a postmaster on this data dir that accepts connections.
+
+    postmaster.pid's eighth line is the server's status; it reads "ready" only once the
+    server accepts connections (not while it starts up or recovers).
+    """
     pid_file = pgdata / "postmaster.pid"
     try:
         lines = pid_file.read_text().splitlines()
         pid, port = int(lines[0]), int(lines[3])
+        ready = lines[7].strip() == "ready"
     except (OSError, ValueError, IndexError):
         return None
-    if _pid_alive(pid) and _accepts_connections(port):
+    if ready and _pid_alive(pid) and _accepts_connections(port):
         return pid, port
     return None
 
