@@ -1,12 +1,41 @@
-"""A turn's stages on one time axis: the waterfall the demo prints and `chordline trace` draws."""
+"""A turn's stages on one time axis: the waterfall the demo prints and `chordline trace` draws.
+
+Every stage of every turn stores a span (``turn_spans``): its queue, worker and process, when
+it was enqueued, started and finished, its attempt number and the fields it wrote. This
+module puts those spans on the turn's own time axis (0 ms is the moment the client accepted
+the turn), finds the turn's critical path, and draws it.
+
+The critical path, and so the stage the user waited on, is read from the timestamps, not
+assumed from the topology: starting from the stage that finished last, walk back to the
+stage that finished last *before* this one started (its predecessor), until none is left.
+Running time on that chain belongs to its stages; every gap between them (publish after
+commit, broker queue wait, the chord's hand-off to the merge) is ``queue_wait``. The same walk
+fits every topology: in a parallel turn it passes through whichever of the orchestrator or
+the researcher finished last, so that header stage is the one the merge, and the user,
+waited on; in a sequential turn the researcher runs inside the agent's task, after the
+merge, and the orchestrator is the stage waited on before it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from shared.db.models import Turn, TurnSpan
 
 STAGE_ORDER = {"orchestrator": 0, "researcher": 1, "merge": 2, "agent": 3}
+HEADER_STAGES = ("orchestrator", "researcher")
+QUEUE_WAIT = "queue_wait"
+# Where a turn's time can go on its critical path, in the order a turn passes through them.
+CRITICAL_STAGES = ("orchestrator", "researcher", QUEUE_WAIT, "merge", "agent")
+# Spans come from different processes' clocks; a predecessor may end this much after its
+# successor started (float rounding, not real overlap).
+CLOCK_TOLERANCE_MS = 0.5
 
 
 @dataclass(frozen=True)
@@ -20,6 +49,7 @@ class StageBar:
     start_ms: float
     end_ms: float
     fields: list[str]
+    outcome: str = "ok"
 
     @property
     def duration_ms(self) -> float:
@@ -30,7 +60,7 @@ class StageBar:
         return None if self.wait_start_ms is None else self.start_ms - self.wait_start_ms
 
 
-def stage_bars(turn: Turn, spans: list[TurnSpan]) -> list[StageBar]:
+def stage_bars(turn: Turn, spans: Iterable[TurnSpan]) -> list[StageBar]:
     origin = turn.accepted_at
     bars = [
         StageBar(
@@ -43,16 +73,11 @@ def stage_bars(turn: Turn, spans: list[TurnSpan]) -> list[StageBar]:
             start_ms=(s.started_at - origin) * 1000,
             end_ms=(s.finished_at - origin) * 1000,
             fields=list(s.fields_written),
+            outcome=s.outcome,
         )
         for s in spans
     ]
     return sorted(bars, key=lambda b: (STAGE_ORDER.get(b.stage, 9), b.start_ms))
-
-
-def waited_on(bars: list[StageBar]) -> str | None:
-    """The header stage that finished last: the one the merge (and the user) waited for."""
-    header = [b for b in bars if b.stage in ("orchestrator", "researcher")]
-    return max(header, key=lambda b: b.end_ms).stage if len(header) == 2 else None
 
 
 def overlap_ms(bars: list[StageBar]) -> float:
@@ -64,6 +89,87 @@ def overlap_ms(bars: list[StageBar]) -> float:
     return max(
         0.0, min(orch[0].end_ms, research[0].end_ms) - max(orch[0].start_ms, research[0].start_ms)
     )
+
+
+# --------------------------------------------------------------------------- critical path
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the critical path: a stage running, or ``queue_wait`` between stages."""
+
+    stage: str
+    start_ms: float
+    end_ms: float
+
+    @property
+    def duration_ms(self) -> float:
+        return self.end_ms - self.start_ms
+
+
+@dataclass(frozen=True)
+class CriticalPath:
+    chain: list[StageBar]
+    segments: list[Segment]
+    waited_on: str | None
+
+    @property
+    def total_ms(self) -> float:
+        return self.segments[-1].end_ms if self.segments else 0.0
+
+    def ms_by_stage(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for segment in self.segments:
+            totals[segment.stage] = totals.get(segment.stage, 0.0) + segment.duration_ms
+        return totals
+
+
+def _predecessor(bars: list[StageBar], bar: StageBar) -> StageBar | None:
+    """The stage that finished last before `bar` started: the one `bar` waited for."""
+    before = [
+        b
+        for b in bars
+        if b is not bar
+        and b.start_ms < bar.start_ms
+        and b.end_ms <= bar.start_ms + CLOCK_TOLERANCE_MS
+    ]
+    return max(before, key=lambda b: b.end_ms, default=None)
+
+
+def _waited_on(chain: list[StageBar]) -> str | None:
+    """The last header stage on the chain before the merge (or on the chain at all)."""
+    merge_at = next((i for i, b in enumerate(chain) if b.stage == "merge"), len(chain))
+    headers = [b.stage for b in chain[:merge_at] if b.stage in HEADER_STAGES]
+    return headers[-1] if headers else None
+
+
+def critical_path(bars: list[StageBar]) -> CriticalPath:
+    """Walk back from the stage that finished last; gaps between stages are queue waits."""
+    if not bars:
+        return CriticalPath(chain=[], segments=[], waited_on=None)
+    chain: list[StageBar] = []
+    current: StageBar | None = max(bars, key=lambda b: b.end_ms)
+    while current is not None:
+        chain.append(current)
+        current = _predecessor(bars, current)
+    chain.reverse()
+    segments: list[Segment] = []
+    cursor = min(0.0, chain[0].start_ms)
+    for bar in chain:
+        if bar.start_ms > cursor:
+            segments.append(Segment(QUEUE_WAIT, cursor, bar.start_ms))
+        start = max(cursor, bar.start_ms)
+        segments.append(Segment(bar.stage, start, max(start, bar.end_ms)))
+        cursor = max(start, bar.end_ms)
+    return CriticalPath(chain=chain, segments=segments, waited_on=_waited_on(chain))
+
+
+def waited_on(bars: list[StageBar]) -> str | None:
+    """The header stage the merge (and so the user) waited on; see `critical_path`."""
+    return critical_path(bars).waited_on
+
+
+# --------------------------------------------------------------------------- drawing
 
 
 def waterfall_lines(
@@ -79,3 +185,239 @@ def waterfall_lines(
         run = max(1, int(bar.end_ms * scale) - lead - wait)
         lines.append((bar.stage, " " * lead + "." * wait + "█" * run))
     return lines
+
+
+STAGE_COLOURS = {
+    "orchestrator": "cyan",
+    "researcher": "magenta",
+    "merge": "white",
+    "agent": "green",
+}
+MERGE_MARK = "┊"
+
+
+@dataclass(frozen=True)
+class TurnTrace:
+    """One turn, as `chordline trace` shows it."""
+
+    turn_id: str
+    tenant_id: str
+    topology: str
+    status: str
+    next_agent: str | None
+    kb_information_level: str | None
+    latency_ms: float | None
+    bars: list[StageBar] = field(default_factory=list)
+
+    @property
+    def path(self) -> CriticalPath:
+        return critical_path(self.bars)
+
+    def as_dict(self) -> dict[str, Any]:
+        path = self.path
+        return {
+            "turn_id": self.turn_id,
+            "tenant_id": self.tenant_id,
+            "topology": self.topology,
+            "status": self.status,
+            "next_agent": self.next_agent,
+            "kb_information_level": self.kb_information_level,
+            "latency_ms": _round(self.latency_ms),
+            "waited_on": path.waited_on,
+            "overlap_ms": round(overlap_ms(self.bars), 1),
+            "stages": [
+                {
+                    "stage": b.stage,
+                    "queue": b.queue,
+                    "worker": b.worker,
+                    "pid": b.pid,
+                    "attempt": b.attempt,
+                    "outcome": b.outcome,
+                    "enqueued_ms": _round(b.wait_start_ms),
+                    "started_ms": round(b.start_ms, 1),
+                    "finished_ms": round(b.end_ms, 1),
+                    "queue_wait_ms": _round(b.queue_wait_ms),
+                    "duration_ms": round(b.duration_ms, 1),
+                    "fields_written": b.fields,
+                    "critical": any(b is c for c in path.chain),
+                }
+                for b in self.bars
+            ],
+            "critical_path": [
+                {"stage": s.stage, "ms": round(s.duration_ms, 1)} for s in path.segments
+            ],
+        }
+
+
+def trace_of(turn: Turn, spans: Iterable[TurnSpan]) -> TurnTrace:
+    return TurnTrace(
+        turn_id=str(turn.id),
+        tenant_id=turn.tenant_id,
+        topology=turn.topology,
+        status=turn.status,
+        next_agent=turn.next_agent,
+        kb_information_level=turn.kb_information_level,
+        latency_ms=None
+        if turn.completed_at is None
+        else (turn.completed_at - turn.accepted_at) * 1000,
+        bars=stage_bars(turn, spans),
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _timeline_row(
+    bar: StageBar, *, scale: float, width: int, merge_col: int | None, highlight: bool
+) -> Text:
+    cells = [" "] * width
+    styles = [""] * width
+    colour = "bold yellow" if highlight else STAGE_COLOURS.get(bar.stage, "white")
+    wait_from = bar.wait_start_ms if bar.wait_start_ms is not None else bar.start_ms
+    first = min(width - 1, max(0, int(wait_from * scale)))
+    start = min(width - 1, max(first, int(bar.start_ms * scale)))
+    end = min(width, max(start + 1, int(bar.end_ms * scale)))
+    for col in range(first, start):
+        cells[col], styles[col] = "·", "dim"
+    for col in range(start, end):
+        cells[col], styles[col] = "█", colour
+    if merge_col is not None and bar.stage != "merge" and cells[merge_col] == " ":
+        cells[merge_col], styles[merge_col] = MERGE_MARK, "bold white"
+    text = Text()
+    for char, style in zip(cells, styles, strict=True):
+        text.append(char, style=style or None)
+    return text
+
+
+def _axis(total_ms: float, width: int) -> Text:
+    ticks = 4
+    line = [" "] * width
+    for i in range(ticks + 1):
+        label = f"{total_ms * i / ticks:,.0f}"
+        col = min(width - len(label), int(width * i / ticks))
+        line[col : col + len(label)] = list(label)
+    return Text("".join(line) + " ms", style="dim")
+
+
+def render_timeline(trace: TurnTrace, *, width: int = 60) -> Table:
+    """One bar per stage on the turn's time axis: '·' queue wait, '█' running; the merge's
+    start is marked across the header stages' rows, and the stage waited on is highlighted."""
+    path = trace.path
+    total = max([path.total_ms, trace.latency_ms or 0.0, *(b.end_ms for b in trace.bars), 1.0])
+    scale = width / total
+    merge = next((b for b in trace.bars if b.stage == "merge"), None)
+    merge_col = None if merge is None else min(width - 1, int(merge.start_ms * scale))
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column("stage", no_wrap=True)
+    table.add_column("timeline", no_wrap=True)
+    table.add_column("note", no_wrap=True)
+    table.add_row("", _axis(total, width), "")
+    for bar in trace.bars:
+        highlight = bar.stage == path.waited_on
+        label = Text(bar.stage, style="bold yellow" if highlight else "")
+        if bar.stage == "merge":
+            label = Text(f"{MERGE_MARK} merge", style="bold")
+        note = Text(f"{bar.duration_ms:,.0f} ms")
+        if highlight:
+            note.append("  ◀ waited on", style="bold yellow")
+        if bar.attempt > 1:
+            note.append(f"  attempt {bar.attempt}", style="red")
+        if bar.outcome != "ok":
+            note.append(f"  {bar.outcome}", style="red")
+        table.add_row(
+            label,
+            _timeline_row(bar, scale=scale, width=width, merge_col=merge_col, highlight=highlight),
+            note,
+        )
+    return table
+
+
+def render_stage_table(trace: TurnTrace) -> Table:
+    critical = {id(b) for b in trace.path.chain}
+    table = Table(
+        title="stages (* on the critical path; ms from the turn's acceptance)",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+        header_style="bold underline",
+    )
+    for column in (
+        "stage",
+        "queue",
+        "worker / pid",
+        "queued",
+        "started",
+        "finished",
+        "queue wait",
+        "ran",
+        "attempt",
+        "outcome",
+    ):
+        numeric = column in ("queued", "started", "finished", "queue wait", "ran", "attempt")
+        table.add_column(column, no_wrap=True, justify="right" if numeric else "left")
+    for bar in trace.bars:
+        table.add_row(
+            ("* " if id(bar) in critical else "  ") + bar.stage,
+            bar.queue or "-",
+            f"{bar.worker or '-'} / {bar.pid or '-'}",
+            _num(bar.wait_start_ms),
+            _num(bar.start_ms),
+            _num(bar.end_ms),
+            _num(bar.queue_wait_ms),
+            _num(bar.duration_ms),
+            str(bar.attempt),
+            bar.outcome,
+        )
+    return table
+
+
+def render_fields_written(trace: TurnTrace) -> Text:
+    text = Text("fields written\n", style="bold")
+    for bar in trace.bars:
+        text.append(f"  {bar.stage:<13}", style=STAGE_COLOURS.get(bar.stage))
+        text.append((", ".join(bar.fields) or "-") + "\n")
+    return text
+
+
+def render_trace(trace: TurnTrace, *, width: int = 60) -> RenderableType:
+    path = trace.path
+    header = Text()
+    header.append(f"turn {trace.turn_id}", style="bold")
+    header.append(
+        f"  tenant {trace.tenant_id}  {trace.topology}  {trace.status}"
+        f"  agent {trace.next_agent or '-'}  kb {trace.kb_information_level or '-'}"
+        f"  latency {_ms(trace.latency_ms)}"
+    )
+    summary = Text()
+    if path.waited_on:
+        summary.append("waited on: ", style="bold")
+        summary.append(path.waited_on, style="bold yellow")
+    if {"orchestrator", "researcher"} <= {b.stage for b in trace.bars}:
+        summary.append(
+            f"   orchestrator and researcher overlapped {overlap_ms(trace.bars):,.0f} ms"
+        )
+    route = Text("critical path: ", style="bold")
+    route.append(" → ".join(f"{s.stage} {s.duration_ms:,.0f} ms" for s in path.segments) or "-")
+    if not trace.bars:
+        return Group(header, Text("no stage has finished yet", style="dim"))
+    return Group(
+        header,
+        summary,
+        Text(),
+        render_timeline(trace, width=width),
+        Text("· queue wait   █ running   ┊ the merge starts", style="dim"),
+        Text(),
+        route,
+        Text(),
+        render_stage_table(trace),
+        render_fields_written(trace),
+    )
