@@ -53,6 +53,8 @@ class KbSettings(BaseSettings):
     exact_search_below: int = Field(default=20_000, ge=0)  # tenants smaller than this: exact scan
     ef_search: int = Field(default=100, ge=10, le=1000)
     embed_batch: int = Field(default=64, ge=1, le=2048)
+    # `kb ingest` on the queue stops waiting when no document finished for this long.
+    queue_idle_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class CelerySettings(BaseSettings):

@@ -107,8 +107,8 @@ class AgentReply(Frozen):
 class LevelThresholds(Frozen):
     """Reranked-score cut-offs: top score >= accurate is ACCURATE, >= partial is PARTIAL."""
 
-    accurate: Confidence = 0.62
-    partial: Confidence = 0.35
+    accurate: Confidence = 0.747
+    partial: Confidence = 0.37
 
     @model_validator(mode="after")
     def _ordered(self) -> LevelThresholds:

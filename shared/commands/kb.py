@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,20 +16,77 @@ from rich.table import Table
 from shared.commands.common import TenantOpt, console, err, needed_services
 from shared.config import get_settings
 
+if TYPE_CHECKING:
+    from shared.kb.ingest import IngestReport
+
 app = typer.Typer(help="The knowledge base of a tenant.", no_args_is_help=True)
+
+MAX_LISTED = 20
+
+
+class IngestMode(StrEnum):
+    AUTO = "auto"
+    INLINE = "inline"
+    QUEUE = "queue"
+
+
+@contextlib.contextmanager
+def _services_for_ingest(mode: IngestMode) -> Iterator[bool]:
+    """Postgres (migrated), and Redis unless inline; yields whether ingest workers answer."""
+    from shared.kb.jobs import ingest_workers_answer
+    from shared.runtime import migrate, services
+
+    with services(redis=mode is not IngestMode.INLINE) as embedded:
+        migrate()
+        fresh_broker = embedded.redis is not None and embedded.redis.started_here
+        yield mode is not IngestMode.INLINE and not fresh_broker and ingest_workers_answer()
+
+
+def _print_rejections(report: IngestReport) -> None:
+    for rejected in report.rejected:
+        err.print(f"[yellow]rejected[/] {rejected.describe()}", highlight=False)
+    for skipped in report.skipped[:MAX_LISTED]:
+        err.print(f"[dim]skipped {skipped.describe()}[/]", highlight=False)
+    if len(report.skipped) > MAX_LISTED:
+        err.print(f"[dim]... and {len(report.skipped) - MAX_LISTED} more skipped[/]")
 
 
 @app.command("ingest")
 def kb_ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .html).")],
     tenant: TenantOpt,
+    mode: Annotated[
+        IngestMode,
+        typer.Option(
+            help="auto: one task per document on the ingest queue when an ingest worker "
+            "answers, in this process otherwise; inline; queue (fails if no worker answers)."
+        ),
+    ] = IngestMode.AUTO,
 ) -> None:
-    """Ingest documents into a tenant's knowledge base."""
-    from shared.kb.ingest import discover, ingest_paths
-    from shared.providers.registry import get_providers
+    """Ingest documents into a tenant's knowledge base, with a progress bar and a summary."""
+    import time
 
-    with needed_services(redis=False):
-        sources, _ = discover(paths)
+    from shared.db.session import session_scope
+    from shared.db.tenants import require_tenant
+    from shared.errors import InvalidInput
+    from shared.kb.documents import discover
+    from shared.kb.ingest import IngestReport, ingest_sources
+    from shared.kb.jobs import ingest_queued
+    from shared.providers.registry import get_providers
+    from shared.validation import check_slug
+
+    check_slug("tenant", tenant)
+    started = time.perf_counter()
+    with _services_for_ingest(mode) as queue_available:
+        if mode is IngestMode.QUEUE and not queue_available:
+            raise InvalidInput(
+                "--mode", "queue needs a running ingest worker (Procfile: ingest); none answered"
+            )
+        with session_scope() as session:
+            require_tenant(session, tenant)
+        found = discover(paths)
+        report = IngestReport(rejected=found.rejected, skipped=found.skipped)
+        embedder = get_providers().embedder
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -34,36 +95,60 @@ def kb_ingest(
             console=err,
             transient=True,
         ) as progress:
-            task = progress.add_task("ingesting", total=len(sources))
-            report = ingest_paths(
-                paths,
-                tenant_id=tenant,
-                embedder=get_providers().embedder,
-                on_progress=lambda source, outcome: progress.advance(task),
+            bar = progress.add_task(
+                "ingesting on the ingest queue" if queue_available else "ingesting",
+                total=len(found.sources),
             )
-    for rejected in report.rejected:
-        err.print(f"[yellow]skipped[/] {rejected.source}: {rejected.reason}")
-    console.print(
-        f"{report.documents} documents ({report.added} added, {report.replaced} replaced, "
-        f"{report.unchanged} unchanged), {report.chunks} chunks, {len(report.rejected)} "
-        f"rejected, in {report.seconds:.2f} s"
-    )
+            advance = lambda source, outcome: progress.advance(bar)  # noqa: E731
+            if queue_available:
+                ingest_queued(
+                    found.sources,
+                    tenant_id=tenant,
+                    embedding_model=embedder.model,
+                    report=report,
+                    on_progress=advance,
+                )
+            else:
+                ingest_sources(
+                    found.sources,
+                    tenant_id=tenant,
+                    embedder=embedder,
+                    report=report,
+                    on_progress=advance,
+                )
+    report.seconds = time.perf_counter() - started
+    _print_rejections(report)
+    console.print(report.summary(), highlight=False)
+    if report.pending:
+        err.print(
+            f"{report.pending} documents were still queued when no more progress came for "
+            f"{get_settings().kb.queue_idle_timeout_s:.0f} s; `chordline kb list` shows them "
+            "once the ingest workers store them"
+        )
+    if report.rejected or report.pending:
+        raise typer.Exit(1)
 
 
 @app.command("list")
 def kb_list(tenant: TenantOpt) -> None:
-    """List a tenant's documents."""
+    """List a tenant's documents, with the embedding models that have vectors for them."""
     from shared.db.session import session_scope
-    from shared.kb.ingest import list_documents
+    from shared.kb.ingest import embedded_models, list_documents
 
     with needed_services(redis=False), session_scope() as session:
         docs = list_documents(session, tenant)
-        table = Table("source", "title", "chunks", "updated")
+        models = embedded_models(session, tenant)
+        table = Table("source", "title", "chunks", "embedded by", "updated")
         for doc in docs:
             table.add_row(
-                doc.source, doc.title, str(doc.chunk_count), f"{doc.updated_at:%Y-%m-%d %H:%M}"
+                doc.source,
+                doc.title,
+                str(doc.chunk_count),
+                ", ".join(models.get(doc.id, [])) or "-",
+                f"{doc.updated_at:%Y-%m-%d %H:%M}",
             )
     console.print(table)
+    console.print(f"{len(docs)} documents, {sum(d.chunk_count for d in docs)} chunks")
 
 
 @app.command("delete")
@@ -71,7 +156,7 @@ def kb_delete(
     source: Annotated[str, typer.Argument(help="The document's source, as `kb list` shows it.")],
     tenant: TenantOpt,
 ) -> None:
-    """Delete one document and its chunks."""
+    """Delete one document, its chunks and their vectors."""
     from shared.db.session import session_scope
     from shared.kb.ingest import delete_document
 
@@ -85,25 +170,28 @@ def kb_delete(
 
 @app.command("search")
 def kb_search(
-    question: Annotated[str, typer.Argument(help="The question.")], tenant: TenantOpt
+    question: Annotated[str, typer.Argument(help="The question.")],
+    tenant: TenantOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Search a tenant's knowledge base: hits, reranked scores and the knowledge level."""
     import time
 
     from shared.db.session import session_scope
     from shared.db.tenants import require_tenant
-    from shared.errors import InvalidInput
+    from shared.kb.search import check_question
+    from shared.kb.stores import store_for
     from shared.providers.base import Usage
+    from shared.providers.registry import get_providers
     from shared.turn.researcher import research_question
+    from shared.validation import check_slug
 
-    limit = get_settings().kb.max_query_chars
-    if not question.strip():
-        raise InvalidInput("question", "must not be empty")
-    if len(question) > limit:
-        raise InvalidInput("question", f"is {len(question)} characters; the limit is {limit}")
+    check_slug("tenant", tenant)
+    check_question(question, max_chars=get_settings().kb.max_query_chars)
     with needed_services(redis=False):
         with session_scope() as session:
             settings = require_tenant(session, tenant)
+        started = time.perf_counter()
         result = research_question(
             tenant_id=tenant,
             question=question,
@@ -111,11 +199,147 @@ def kb_search(
             usage=Usage(),
             deadline=time.time() + 30,
         )
-    table = Table("#", "score", "document", "text")
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        store = store_for(get_providers().embedder)
+    if as_json:
+        print(json.dumps({**result.model_dump(mode="json"), "vector_store": store.table}))
+        return
+    table = Table("#", "score", "vector", "text", "document", "passage")
     for index, hit in enumerate(result.hits, 1):
-        table.add_row(str(index), f"{hit.score:.3f}", hit.title, hit.text[:160].replace("\n", " "))
+        table.add_row(
+            str(index),
+            f"{hit.score:.3f}",
+            str(hit.vector_rank or "-"),
+            str(hit.text_rank or "-"),
+            hit.title,
+            hit.text[:160].replace("\n", " "),
+        )
     console.print(table)
     console.print(
-        f"kb_information_level: [bold]{result.kb_information_level.value}[/] "
-        f"(accurate >= {settings.thresholds.accurate}, partial >= {settings.thresholds.partial})"
+        f"kb_information_level: [bold]{result.kb_information_level.value}[/] (top score "
+        f"{max((h.score for h in result.hits), default=0.0):.3f}; accurate >= "
+        f"{settings.thresholds.accurate}, partial >= {settings.thresholds.partial}); "
+        f"{store.model} vectors, {elapsed_ms:.0f} ms",
+        highlight=False,
     )
+
+
+@app.command("bench")
+def kb_bench(
+    chunks: Annotated[int, typer.Option(min=100, help="Chunks to generate and load.")] = 100_000,
+    queries: Annotated[int, typer.Option(min=10, help="Questions per size class.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the generated corpus.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Ingestion and tenant-filtered search on a generated corpus, in a scratch database."""
+    from shared.kb.bench import run_kb_bench
+
+    with needed_services(redis=False):
+        result = run_kb_bench(chunks=chunks, queries=queries, seed=seed, progress=err.print)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(
+        "class",
+        "tenants",
+        "chunks",
+        "search p50/p95/p99 ms",
+        "vector p50/p99 ms",
+        "recall@10",
+        "ingest chunks/s",
+    )
+    for size_class in ("large", "medium", "small"):
+        row = result[size_class]
+        s, v = row["search_ms"], row["vector_search_ms"]
+        table.add_row(
+            size_class,
+            str(row["tenants"]),
+            str(row["chunks"]),
+            f"{s['p50']} / {s['p95']} / {s['p99']}",
+            f"{v['p50']} / {v['p99']}",
+            f"{row['recall_at_10']:.3f}",
+            f"{row['ingest_chunks_per_s']:.0f}",
+        )
+    console.print(table)
+    overall = result["overall"]
+    console.print(
+        f"HNSW build {overall['build_s']} s; ingestion {overall['ingest_chunks_per_s']} chunks/s "
+        f"(bulk), {overall['ingest_indexed_chunks_per_s']} chunks/s into the indexed table. "
+        f"Data: {result['data']}."
+    )
+
+
+@app.command("calibrate")
+def kb_calibrate(
+    questions: Annotated[
+        Path | None,
+        typer.Option(help="Labelled questions, one JSON object a line (question, level)."),
+    ] = None,
+    tenant: Annotated[
+        str,
+        typer.Option(
+            "--tenant",
+            "-t",
+            help="Tenant whose knowledge base answers; the demo KB is "
+            "ingested into it when it is the default one.",
+        ),
+    ] = "kb-calibration",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Fit the knowledge-level thresholds on labelled questions; report accuracy per class."""
+    from shared.db.session import session_scope
+    from shared.db.tenants import ensure_tenant, require_tenant
+    from shared.demo import DEMO_KB
+    from shared.kb.calibration import (
+        DEFAULT_QUESTIONS,
+        calibration_report,
+        load_questions,
+        score_questions,
+    )
+    from shared.kb.ingest import ingest_paths
+    from shared.providers.registry import get_providers
+
+    labelled = load_questions(questions or DEFAULT_QUESTIONS)
+    with needed_services(redis=False):
+        with session_scope() as session:
+            if tenant == "kb-calibration":
+                ensure_tenant(session, tenant_id=tenant, name="threshold calibration")
+            settings = require_tenant(session, tenant)
+        if tenant == "kb-calibration":
+            ingest_paths([DEMO_KB], tenant_id=tenant, embedder=get_providers().embedder)
+        scored = score_questions(labelled, tenant_id=tenant, settings=settings)
+    report = calibration_report(scored)
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("thresholds", "accurate", "partial", "ACCURATE", "PARTIAL", "MISSING", "balanced")
+    for name in ("fitted", "defaults"):
+        row = report[name]
+        acc = row["per_class_accuracy"]
+        table.add_row(
+            name,
+            str(row["thresholds"]["accurate"]),
+            str(row["thresholds"]["partial"]),
+            f"{acc['ACCURATE']:.2f}",
+            f"{acc['PARTIAL']:.2f}",
+            f"{acc['MISSING']:.2f}",
+            f"{row['balanced_accuracy']:.3f}",
+        )
+    cv = report["cross_validated_per_class_accuracy"]
+    table.add_row(
+        "5-fold CV",
+        "-",
+        "-",
+        f"{cv['ACCURATE']:.2f}",
+        f"{cv['PARTIAL']:.2f}",
+        f"{cv['MISSING']:.2f}",
+        f"{sum(cv.values()) / 3:.3f}",
+    )
+    console.print(table)
+    console.print(f"questions per label: {report['questions']}")
+    for miss in report["misclassified_by_defaults"]:
+        console.print(
+            f"[dim]{miss['label']:>8} -> {miss['predicted']:<8} {miss['top_score']:.3f} "
+            f"{miss['question']}[/]",
+            highlight=False,
+        )

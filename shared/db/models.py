@@ -26,8 +26,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-LOCAL_EMBEDDING_DIM = 384
-
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -190,23 +188,13 @@ class KbDocument(Base):
 
 
 class KbChunk(Base):
-    """A chunk of a document, with its full-text vector and its local-model embedding.
-
-    Vectors of other embedding models live in tables of their own (one per model and
-    dimension), so that vectors of different models never mix in one index.
-    """
+    """A chunk of a document, with its full-text vector. Its embeddings live in the vector
+    tables below, one per embedding model and dimension."""
 
     __tablename__ = "kb_chunks"
     __table_args__ = (
         UniqueConstraint("document_id", "ordinal"),
         Index("ix_kb_chunks_tsv", "tsv", postgresql_using="gin"),
-        Index(
-            "ix_kb_chunks_embedding_hnsw",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 64},
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -221,4 +209,63 @@ class KbChunk(Base):
     tsv: Mapped[Any] = mapped_column(
         TSVECTOR, Computed("to_tsvector('english', heading || ' ' || text)", persisted=True)
     )
-    embedding: Mapped[Any] = mapped_column(Vector(LOCAL_EMBEDDING_DIM))
+
+
+def _hnsw_index(table: str) -> Index:
+    return Index(
+        f"ix_{table}_embedding_hnsw",
+        "embedding",
+        postgresql_using="hnsw",
+        postgresql_with={"m": 16, "ef_construction": 64},
+        postgresql_ops={"embedding": "vector_cosine_ops"},
+    )
+
+
+class KbVectorColumns:
+    """One chunk's embedding by one model. The tenant is repeated here so that the vector
+    search filters by tenant without a join. Vectors are stored PLAIN (see the migrations):
+    with out-of-line storage the planner never picks the HNSW index under a tenant filter."""
+
+    chunk_id: Mapped[int] = mapped_column(
+        ForeignKey("kb_chunks.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class KbVectorLocalHash384(KbVectorColumns, Base):
+    """Vectors of the offline embedder, ``local-hash-384``."""
+
+    __tablename__ = "kb_vectors_local_hash_384"
+    __table_args__ = (_hnsw_index(__tablename__),)
+
+    embedding: Mapped[Any] = mapped_column(Vector(384))
+
+
+class KbVectorTextEmbedding3Small1536(KbVectorColumns, Base):
+    """Vectors of OpenAI's ``text-embedding-3-small`` at its full 1536 dimensions."""
+
+    __tablename__ = "kb_vectors_text_embedding_3_small_1536"
+    __table_args__ = (_hnsw_index(__tablename__),)
+
+    embedding: Mapped[Any] = mapped_column(Vector(1536))
+
+
+class KbIngestJob(Base):
+    """One document queued for the ``ingest`` workers: its text travels through Postgres,
+    not through the broker, and the outcome comes back here for the caller to read."""
+
+    __tablename__ = "kb_ingest_jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    batch_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(1000))
+    kind: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str | None] = mapped_column(Text)  # cleared once the document is stored
+    embedding_model: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    chunks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

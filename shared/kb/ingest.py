@@ -1,8 +1,16 @@
-"""Ingest files into a tenant's knowledge base.
+"""Store documents in a tenant's knowledge base.
 
 A document is identified by its source (its path, as given); its content hash decides what
-happens: the same content again changes nothing, changed content replaces the document's
-chunks in one transaction. Bad files are reported by name and the rest of the batch goes on.
+happens. The same content again changes nothing; the same content that the current
+embedding model has not embedded yet gets vectors for the chunks it already has; changed
+content replaces the document's chunks. Chunking and embedding run outside any transaction,
+so a slow embedding model never holds a lock.
+
+Documents are written in groups: one transaction per group (up to ``WRITE_GROUP_CHUNKS``
+chunks), with one multi-row INSERT for the documents, one for the chunks and one COPY for
+the vectors, so the per-document round trips and commits do not dominate a large ingest.
+A group is all or nothing; a document that cannot be ingested is rejected before its group
+is written, so it never takes the others down with it.
 """
 
 from __future__ import annotations
@@ -10,40 +18,53 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from shared.config import get_settings
+from shared.config import KbSettings, get_settings
 from shared.db.models import KbChunk, KbDocument
 from shared.db.session import session_scope
 from shared.db.tenants import require_tenant
-from shared.kb.chunking import chunk_document, document_title
+from shared.kb.chunking import Chunk, chunk_document, document_title
+from shared.kb.documents import (
+    DocumentSource,
+    LoadedDocument,
+    Rejected,
+    RejectedDocument,
+    Rejection,
+    discover,
+    read_document,
+)
+from shared.kb.stores import (
+    STORES,
+    VectorStore,
+    chunks_without_vectors,
+    store_for,
+    write_vectors,
+)
 from shared.providers.base import Embedder
 
-KINDS = {
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".txt": "text",
-    ".text": "text",
-    ".html": "html",
-    ".htm": "html",
-}
+WRITE_GROUP_CHUNKS = 512
+
+
+class Outcome(StrEnum):
+    ADDED = "added"
+    REPLACED = "replaced"
+    UNCHANGED = "unchanged"
+    EMBEDDED = "embedded"  # same content, newly embedded by the current model
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
-class DocumentSource:
-    source: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class Rejected:
-    source: str
-    reason: str
+class StoreResult:
+    outcome: Outcome
+    chunks: int
 
 
 @dataclass
@@ -51,143 +72,355 @@ class IngestReport:
     added: int = 0
     replaced: int = 0
     unchanged: int = 0
+    embedded: int = 0
     chunks: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    skipped: list[Rejected] = field(default_factory=list)
     seconds: float = 0.0
+    mode: str = "inline"
+    pending: int = 0  # queued documents whose outcome had not come back when we stopped waiting
 
     @property
     def documents(self) -> int:
-        return self.added + self.replaced + self.unchanged
+        return self.added + self.replaced + self.unchanged + self.embedded
+
+    def count(self, result: StoreResult) -> None:
+        setattr(self, result.outcome.value, getattr(self, result.outcome.value) + 1)
+        self.chunks += result.chunks
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.documents} documents ({self.added} added, {self.replaced} replaced, "
+            f"{self.unchanged} unchanged"
+            + (f", {self.embedded} embedded for a new model" if self.embedded else "")
+            + ")",
+            f"{self.chunks} chunks written",
+            f"{len(self.rejected)} rejected",
+        ]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} other files skipped")
+        if self.pending:
+            parts.append(f"{self.pending} still queued")
+        return ", ".join(parts) + f", in {self.seconds:.2f} s ({self.mode})"
 
 
-def discover(paths: Iterable[Path]) -> tuple[list[DocumentSource], list[Rejected]]:
-    """Files under the given files or folders, with a supported extension."""
-    found: list[DocumentSource] = []
-    rejected: list[Rejected] = []
-    for path in paths:
-        if not path.exists():
-            rejected.append(Rejected(str(path), "does not exist"))
-        elif path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if child.suffix.lower() in KINDS:
-                    found.append(DocumentSource(str(child), child))
-        elif path.suffix.lower() in KINDS:
-            found.append(DocumentSource(str(path), path))
-        else:
-            rejected.append(
-                Rejected(
-                    str(path),
-                    f"unsupported file type {path.suffix or '(none)'!r}; "
-                    f"supported: {', '.join(sorted(KINDS))}",
-                )
-            )
-    return found, rejected
+@dataclass(frozen=True)
+class PreparedDocument:
+    """A document chunked and embedded, ready to be written."""
 
-
-def read_document(path: Path, *, max_bytes: int) -> str:
-    """The file's text, or ValueError naming what is wrong with it."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ValueError(
-                f"is {size} bytes; the limit is {max_bytes} (CHORDLINE_KB_MAX_FILE_BYTES)"
-            )
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot be read: {exc.strerror or exc}") from exc
-    if b"\x00" in raw[:8192]:
-        raise ValueError("looks binary (contains NUL bytes)")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"is not UTF-8 (invalid byte at offset {exc.start})") from exc
-    if not text.strip():
-        raise ValueError("is empty")
-    return text
+    document: LoadedDocument
+    digest: str
+    title: str
+    chunks: list[Chunk]
+    vectors: list[list[float]]
 
 
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def store_document(
+def embedding_text(heading: str, text: str) -> str:
+    """What a chunk's vector is computed from: its heading path and its text."""
+    return f"{heading}\n{text}"
+
+
+def embed_texts(embedder: Embedder, texts: Sequence[str], *, batch: int) -> list[list[float]]:
+    vectors: list[list[float]] = []
+    for start in range(0, len(texts), batch):
+        vectors.extend(embedder.embed(texts[start : start + batch]))
+    return vectors
+
+
+def prepare_document(
+    document: LoadedDocument, *, embedder: Embedder, settings: KbSettings
+) -> PreparedDocument:
+    """Chunk and embed; RejectedDocument if there is nothing to index."""
+    chunks = chunk_document(document.text, kind=document.kind, size=settings.chunk_chars)
+    if not chunks:
+        raise RejectedDocument(Rejection.EMPTY, "has no text to index")
+    vectors = embed_texts(
+        embedder, [embedding_text(c.heading, c.text) for c in chunks], batch=settings.embed_batch
+    )
+    title = document_title(document.text, kind=document.kind, fallback=Path(document.source).stem)
+    return PreparedDocument(document, content_hash(document.text), title, chunks, vectors)
+
+
+# --------------------------------------------------------------------------- what is stored
+
+
+def stored_versions(
+    session: Session, *, tenant_id: str, sources: Sequence[str]
+) -> dict[str, tuple[uuid.UUID, str]]:
+    """source: (document id, content hash), for the sources the tenant already has."""
+    rows = session.execute(
+        select(KbDocument.source, KbDocument.id, KbDocument.content_hash).where(
+            KbDocument.tenant_id == tenant_id, KbDocument.source.in_(sources)
+        )
+    ).all()
+    return {r.source: (r.id, r.content_hash) for r in rows}
+
+
+def documents_missing_vectors(
+    session: Session, store: VectorStore, *, document_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Of these documents, those with a chunk that the store has no vector for."""
+    if not document_ids:
+        return set()
+    return set(
+        session.execute(
+            text(f"""
+            SELECT DISTINCT c.document_id FROM kb_chunks c
+            WHERE c.document_id = ANY(:ids)
+              AND NOT EXISTS (SELECT 1 FROM {store.table} v WHERE v.chunk_id = c.id)
+            """),
+            {"ids": list(document_ids)},
+        ).scalars()
+    )
+
+
+def embed_missing(
+    *, document_id: uuid.UUID, tenant_id: str, store: VectorStore, embedder: Embedder, batch: int
+) -> StoreResult:
+    """Same content, but the current model has not embedded all of its chunks yet."""
+    with session_scope() as session:
+        missing = chunks_without_vectors(session, store, document_id=document_id)
+    if not missing:
+        return StoreResult(Outcome.UNCHANGED, 0)
+    vectors = embed_texts(
+        embedder, [embedding_text(m.heading, m.text) for m in missing], batch=batch
+    )
+    with session_scope() as session:
+        session.execute(select(KbDocument.id).where(KbDocument.id == document_id).with_for_update())
+        # Another ingest may have replaced or embedded chunks meanwhile: write what is missing.
+        still_missing = {
+            m.id for m in chunks_without_vectors(session, store, document_id=document_id)
+        }
+        rows = [(m.id, v) for m, v in zip(missing, vectors, strict=True) if m.id in still_missing]
+        write_vectors(session, store, tenant_id=tenant_id, rows=rows)
+    return StoreResult(Outcome.EMBEDDED, len(rows))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _claim_documents(
+    session: Session, *, tenant_id: str, prepared: Sequence[PreparedDocument]
+) -> dict[str, tuple[uuid.UUID, Outcome]]:
+    """Insert new document rows, lock and update the existing ones; per source its outcome.
+
+    An existing row that already holds the content (a concurrent ingest stored it first) is
+    UNCHANGED; one with other content is REPLACED and loses its old chunks.
+    """
+    created = session.execute(
+        pg_insert(KbDocument)
+        .values(
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "tenant_id": tenant_id,
+                    "source": p.document.source,
+                    "title": p.title,
+                    "content_hash": p.digest,
+                    "chunk_count": len(p.chunks),
+                }
+                for p in prepared
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=[KbDocument.tenant_id, KbDocument.source])
+        .returning(KbDocument.source, KbDocument.id)
+    ).all()
+    claimed = {r.source: (r.id, Outcome.ADDED) for r in created}
+    others = {p.document.source: p for p in prepared if p.document.source not in claimed}
+    if not others:
+        return claimed
+    existing = session.execute(
+        select(KbDocument.source, KbDocument.id, KbDocument.content_hash)
+        .where(KbDocument.tenant_id == tenant_id, KbDocument.source.in_(list(others)))
+        .order_by(KbDocument.id)
+        .with_for_update()
+    ).all()
+    replaced = [r for r in existing if r.content_hash != others[r.source].digest]
+    claimed |= {r.source: (r.id, Outcome.UNCHANGED) for r in existing}
+    claimed |= {r.source: (r.id, Outcome.REPLACED) for r in replaced}
+    if replaced:
+        session.execute(delete(KbChunk).where(KbChunk.document_id.in_([r.id for r in replaced])))
+        for r in replaced:
+            p = others[r.source]
+            session.execute(
+                update(KbDocument)
+                .where(KbDocument.id == r.id)
+                .values(
+                    content_hash=p.digest,
+                    title=p.title,
+                    chunk_count=len(p.chunks),
+                    updated_at=func.now(),
+                )
+            )
+    return claimed
+
+
+def write_documents(
     session: Session,
     *,
     tenant_id: str,
-    source: str,
-    text: str,
-    kind: str,
+    prepared: Sequence[PreparedDocument],
+    store: VectorStore,
+) -> list[StoreResult]:
+    """Documents, their chunks (one multi-row INSERT) and vectors (one COPY), in order."""
+    if not prepared:
+        return []
+    # A lost commit is re-done by ingesting again (by content hash), so the WAL flush of a
+    # bulk write need not hold the caller up; a crash never leaves a partial group behind.
+    session.execute(text("SET LOCAL synchronous_commit = off"))
+    claimed = _claim_documents(session, tenant_id=tenant_id, prepared=prepared)
+    to_write = [p for p in prepared if claimed[p.document.source][1] is not Outcome.UNCHANGED]
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "document_id": claimed[p.document.source][0],
+            "ordinal": c.ordinal,
+            "heading": c.heading[:500],
+            "text": c.text,
+            "content_hash": content_hash(c.text),
+        }
+        for p in to_write
+        for c in p.chunks
+    ]
+    if rows:
+        chunk_ids = session.scalars(
+            insert(KbChunk).returning(KbChunk.id, sort_by_parameter_order=True), rows
+        ).all()
+        vectors = [v for p in to_write for v in p.vectors]
+        write_vectors(
+            session, store, tenant_id=tenant_id, rows=list(zip(chunk_ids, vectors, strict=True))
+        )
+    results = []
+    for p in prepared:
+        outcome = claimed[p.document.source][1]
+        results.append(StoreResult(outcome, 0 if outcome is Outcome.UNCHANGED else len(p.chunks)))
+    return results
+
+
+# --------------------------------------------------------------------------- ingesting
+
+
+ProgressCallback = Callable[[str, Outcome], None]
+
+
+@dataclass
+class _Group:
+    """Documents read and checked, to be ingested together."""
+
+    documents: list[LoadedDocument] = field(default_factory=list)
+    chunk_estimate: int = 0
+
+
+def ingest_documents(
+    documents: Sequence[LoadedDocument],
+    *,
+    tenant_id: str,
     embedder: Embedder,
-    chunk_chars: int,
-    embed_batch: int,
-) -> tuple[str, int]:
-    """('added' | 'replaced' | 'unchanged', chunk count) for one document."""
-    digest = content_hash(text)
-    existing = session.execute(
-        select(KbDocument.id, KbDocument.content_hash)
-        .where(KbDocument.tenant_id == tenant_id, KbDocument.source == source)
-        .with_for_update()
-    ).first()
-    if existing and existing.content_hash == digest:
-        return "unchanged", 0
-    chunks = chunk_document(text, kind=kind, size=chunk_chars)
-    if not chunks:
-        raise ValueError("has no text to index")
-    vectors: list[list[float]] = []
-    for start in range(0, len(chunks), embed_batch):
-        batch = chunks[start : start + embed_batch]
-        vectors.extend(embedder.embed([f"{c.heading}\n{c.text}" for c in batch]))
-    title = document_title(text, kind=kind, fallback=Path(source).stem)
-    if existing:
-        doc_id = existing.id
-        session.execute(delete(KbChunk).where(KbChunk.document_id == doc_id))
-        session.execute(
-            update(KbDocument)
-            .where(KbDocument.id == doc_id)
-            .values(content_hash=digest, title=title, chunk_count=len(chunks))
-        )
-    else:
-        doc_id = uuid.uuid4()
-        session.add(
-            KbDocument(
-                id=doc_id,
-                tenant_id=tenant_id,
-                source=source,
-                title=title,
-                content_hash=digest,
-                chunk_count=len(chunks),
-            )
-        )
-        session.flush()
-    session.add_all(
-        KbChunk(
-            tenant_id=tenant_id,
-            document_id=doc_id,
-            ordinal=c.ordinal,
-            heading=c.heading[:500],
-            text=c.text,
-            content_hash=content_hash(c.text),
-            embedding=vector,
-        )
-        for c, vector in zip(chunks, vectors, strict=True)
-    )
-    return ("replaced" if existing else "added"), len(chunks)
-
-
-def ingest_file(*, tenant_id: str, source: DocumentSource, embedder: Embedder) -> tuple[str, int]:
-    settings = get_settings().kb
-    text = read_document(source.path, max_bytes=settings.max_file_bytes)
+    settings: KbSettings,
+) -> list[StoreResult | RejectedDocument]:
+    """Store a group of documents; per document its result or why it was rejected."""
+    store = store_for(embedder)
     with session_scope() as session:
-        return store_document(
-            session,
-            tenant_id=tenant_id,
-            source=source.source,
-            text=text,
-            kind=KINDS[source.path.suffix.lower()],
-            embedder=embedder,
-            chunk_chars=settings.chunk_chars,
-            embed_batch=settings.embed_batch,
+        stored = stored_versions(
+            session, tenant_id=tenant_id, sources=[d.source for d in documents]
         )
+        same = {
+            d.source: stored[d.source][0]
+            for d in documents
+            if d.source in stored and stored[d.source][1] == content_hash(d.text)
+        }
+        incomplete = documents_missing_vectors(session, store, document_ids=list(same.values()))
+    results: dict[str, StoreResult | RejectedDocument] = {}
+    prepared: list[PreparedDocument] = []
+    for doc in documents:
+        if doc.source in same and same[doc.source] in incomplete:
+            results[doc.source] = embed_missing(
+                document_id=same[doc.source],
+                tenant_id=tenant_id,
+                store=store,
+                embedder=embedder,
+                batch=settings.embed_batch,
+            )
+        elif doc.source in same:
+            results[doc.source] = StoreResult(Outcome.UNCHANGED, 0)
+        else:
+            try:
+                prepared.append(prepare_document(doc, embedder=embedder, settings=settings))
+            except RejectedDocument as exc:
+                results[doc.source] = exc
+    if prepared:
+        with session_scope() as session:
+            written = write_documents(session, tenant_id=tenant_id, prepared=prepared, store=store)
+        results |= {p.document.source: r for p, r in zip(prepared, written, strict=True)}
+    return [results[d.source] for d in documents]
+
+
+def ingest_document(
+    document: LoadedDocument, *, tenant_id: str, embedder: Embedder, settings: KbSettings
+) -> StoreResult:
+    """Store one document; RejectedDocument if it has nothing to index."""
+    [result] = ingest_documents(
+        [document], tenant_id=tenant_id, embedder=embedder, settings=settings
+    )
+    if isinstance(result, RejectedDocument):
+        raise result
+    return result
+
+
+def _groups(
+    sources: Iterable[DocumentSource],
+    *,
+    settings: KbSettings,
+    report: IngestReport,
+    on_progress: ProgressCallback | None,
+) -> Iterator[_Group]:
+    """Read each file (rejecting the bad ones) and group the rest by estimated chunks."""
+    group = _Group()
+    for source in sources:
+        try:
+            document = read_document(source, max_bytes=settings.max_file_bytes)
+        except RejectedDocument as exc:
+            report.rejected.append(Rejected(source.source, exc.reason, exc.detail))
+            if on_progress:
+                on_progress(source.source, Outcome.REJECTED)
+            continue
+        group.documents.append(document)
+        group.chunk_estimate += 1 + len(document.text) // settings.chunk_chars
+        if group.chunk_estimate >= WRITE_GROUP_CHUNKS:
+            yield group
+            group = _Group()
+    if group.documents:
+        yield group
+
+
+def ingest_sources(
+    sources: Iterable[DocumentSource],
+    *,
+    tenant_id: str,
+    embedder: Embedder,
+    report: IngestReport,
+    on_progress: ProgressCallback | None = None,
+) -> IngestReport:
+    """Ingest documents in this process, a group at a time."""
+    settings = get_settings().kb
+    for group in _groups(sources, settings=settings, report=report, on_progress=on_progress):
+        results = ingest_documents(
+            group.documents, tenant_id=tenant_id, embedder=embedder, settings=settings
+        )
+        for document, result in zip(group.documents, results, strict=True):
+            if isinstance(result, RejectedDocument):
+                report.rejected.append(Rejected(document.source, result.reason, result.detail))
+                outcome = Outcome.REJECTED
+            else:
+                report.count(result)
+                outcome = result.outcome
+            if on_progress:
+                on_progress(document.source, outcome)
+    return report
 
 
 def ingest_paths(
@@ -195,27 +428,26 @@ def ingest_paths(
     *,
     tenant_id: str,
     embedder: Embedder,
-    on_progress: Callable[[DocumentSource, str], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> IngestReport:
-    """Ingest files and folders inline, one transaction per document."""
+    """Ingest files and folders inline."""
     started = time.perf_counter()
     with session_scope() as session:
         require_tenant(session, tenant_id)
-    sources, rejected = discover(paths)
-    report = IngestReport(rejected=rejected)
-    for source in sources:
-        try:
-            outcome, chunks = ingest_file(tenant_id=tenant_id, source=source, embedder=embedder)
-        except ValueError as exc:
-            report.rejected.append(Rejected(source.source, str(exc)))
-            outcome = "rejected"
-        else:
-            setattr(report, outcome, getattr(report, outcome) + 1)
-            report.chunks += chunks
-        if on_progress:
-            on_progress(source, outcome)
+    found = discover(paths)
+    report = IngestReport(rejected=found.rejected, skipped=found.skipped)
+    ingest_sources(
+        found.sources,
+        tenant_id=tenant_id,
+        embedder=embedder,
+        report=report,
+        on_progress=on_progress,
+    )
     report.seconds = time.perf_counter() - started
     return report
+
+
+# --------------------------------------------------------------------------- listing
 
 
 def list_documents(session: Session, tenant_id: str) -> list[KbDocument]:
@@ -225,6 +457,22 @@ def list_documents(session: Session, tenant_id: str) -> list[KbDocument]:
             select(KbDocument).where(KbDocument.tenant_id == tenant_id).order_by(KbDocument.source)
         )
     )
+
+
+def embedded_models(session: Session, tenant_id: str) -> dict[uuid.UUID, list[str]]:
+    """For each of the tenant's documents, the embedding models that have vectors for it."""
+    models: dict[uuid.UUID, list[str]] = {}
+    for store in STORES:
+        rows = session.execute(
+            text(
+                f"SELECT DISTINCT c.document_id FROM {store.table} v "
+                "JOIN kb_chunks c ON c.id = v.chunk_id WHERE v.tenant_id = :t"
+            ),
+            {"t": tenant_id},
+        ).scalars()
+        for document_id in rows:
+            models.setdefault(document_id, []).append(store.model)
+    return models
 
 
 def delete_document(session: Session, *, tenant_id: str, source: str) -> bool:

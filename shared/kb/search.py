@@ -1,16 +1,26 @@
 """Tenant-filtered hybrid search on pgvector: HNSW (cosine) and full text, fused by RRF.
 
-The tenant filter sits inside both halves, so no query path can see another tenant's rows.
-Choices made on purpose:
+The vector half reads the vector table of the embedding model that embedded the question
+(``shared/kb/stores.py``), the text half reads the chunks' full-text vectors; the tenant
+filter sits inside both halves and again on the fused rows, so no query path can see another
+tenant's rows. Choices made on purpose, each against a trap measured on pgvector:
 
+- The vector columns are stored PLAIN (see the migrations): with out-of-line storage the
+  planner overestimates the cost of the HNSW index and never picks it under a tenant filter.
 - ``hnsw.iterative_scan = relaxed_order``: with a filter, HNSW would otherwise stop after
-  ``ef_search`` candidates and return too few rows for a small tenant.
-- Tenants below ``exact_search_below`` chunks are searched exactly: a sequential scan of a
-  few thousand rows is faster than the graph walk, and its recall is 1.
-- The vector column is stored PLAIN (see the first migration) so the planner costs the
-  HNSW index correctly under a tenant filter.
-- Connections run with ``plan_cache_mode = force_custom_plan`` (see shared/db/session.py), so
-  a prepared statement never switches to a generic plan that ignores the tenant's size.
+  ``ef_search`` candidates and return too few rows for a tenant that holds a small share of
+  the table. Relaxed order is re-sorted by distance in the query.
+- Tenants with fewer than ``exact_search_below`` vectors are searched exactly, with an
+  ORDER BY the index cannot serve: a scan of a few thousand rows through the tenant index
+  is faster than a filtered graph walk, and its recall is 1. The size is a bounded count,
+  remembered per process for a short while.
+- The full-text half of a large tenant leaves out lexemes so common that ranking their
+  matches would cost more than the whole vector half (over ``KEYWORD_TERM_MAX_ROWS`` rows
+  by the planner's statistics): like a low IDF, they tell little, and a question made only
+  of them is left to the vector half. Small tenants keep every term, since they are cheap.
+- Connections run with ``plan_cache_mode = force_custom_plan`` (shared/db/session.py), so a
+  statement that psycopg prepares after five executions never switches to a generic plan that
+  cannot see which tenant, and so which plan, it serves.
 
 Reciprocal rank fusion follows the pattern of pgvector-python's examples/hybrid_search/rrf.py.
 """
@@ -18,14 +28,23 @@ Reciprocal rank fusion follows the pattern of pgvector-python's examples/hybrid_
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.text import content_terms
+from shared.errors import InvalidInput
+from shared.kb.stores import VectorStore, vector_literal
+from shared.text import STOPWORDS, words
 
 RRF_K = 60
+TENANT_SIZE_TTL_S = 30.0
+MAX_QUERY_TERMS = 32
+KEYWORD_TERM_MAX_ROWS = 2000
+FREQUENT_LEXEMES_TTL_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -40,22 +59,193 @@ class Candidate:
     text_rank: int | None
 
 
-def tenant_chunk_count(session: Session, tenant_id: str) -> int:
+class TenantSizes:
+    """How many vectors a tenant has in a store, counted up to a cap and kept briefly.
+
+    Only the choice between exact and HNSW search depends on it, and both return the same
+    rows, so a count a few seconds old costs at most a little speed, never a wrong answer.
+    """
+
+    def __init__(self, ttl_s: float = TENANT_SIZE_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._known: dict[tuple[str, str, int], tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def rows(self, session: Session, *, store: VectorStore, tenant_id: str, cap: int) -> int:
+        key = (store.table, tenant_id, cap)
+        now = time.monotonic()
+        with self._lock:
+            known = self._known.get(key)
+        if known and known[1] > now:
+            return known[0]
+        count = tenant_vector_rows(session, store=store, tenant_id=tenant_id, cap=cap)
+        with self._lock:
+            self._known[key] = (count, now + self.ttl_s)
+        return count
+
+    def forget(self) -> None:
+        with self._lock:
+            self._known.clear()
+
+
+tenant_sizes = TenantSizes()
+
+
+class FrequentLexemes:
+    """Lexemes of the chunks' full text that match more than ``max_rows`` rows, by the
+    planner's statistics (pg_stats, refreshed by ANALYZE), kept for a while per process."""
+
+    def __init__(self, ttl_s: float = FREQUENT_LEXEMES_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._known: tuple[list[str], float] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, *, max_rows: int = KEYWORD_TERM_MAX_ROWS) -> list[str]:
+        with self._lock:
+            known = self._known
+        if known and known[1] > time.monotonic():
+            return known[0]
+        lexemes = list(
+            session.execute(
+                text("""
+                SELECT u.lexeme FROM pg_stats s,
+                     unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs)
+                         AS u(lexeme, share)
+                WHERE s.schemaname = current_schema() AND s.tablename = 'kb_chunks'
+                  AND s.attname = 'tsv' AND u.lexeme IS NOT NULL
+                  AND u.share * (SELECT greatest(reltuples, 0) FROM pg_class
+                                 WHERE oid = 'kb_chunks'::regclass) > :max_rows
+                """),
+                {"max_rows": max_rows},
+            ).scalars()
+        )
+        with self._lock:
+            self._known = (lexemes, time.monotonic() + self.ttl_s)
+        return lexemes
+
+    def forget(self) -> None:
+        with self._lock:
+            self._known = None
+
+
+frequent_lexemes = FrequentLexemes()
+
+
+def tenant_vector_rows(session: Session, *, store: VectorStore, tenant_id: str, cap: int) -> int:
+    """The tenant's vectors in the store, counted up to ``cap`` (an index-only scan)."""
     return int(
         session.execute(
-            text("SELECT count(*) FROM kb_chunks WHERE tenant_id = :t"), {"t": tenant_id}
+            text(
+                f"SELECT count(*) FROM (SELECT 1 FROM {store.table} "
+                "WHERE tenant_id = :t LIMIT :cap) AS tenant_rows"
+            ),
+            {"t": tenant_id, "cap": cap},
         ).scalar_one()
     )
 
 
-def keyword_query(question: str) -> str:
-    """An OR of the question's content words, safe to pass to to_tsquery."""
-    terms = dict.fromkeys(re.sub(r"[^a-z0-9]", "", t) for t in content_terms(question))
-    return " | ".join(f"{t}:*" for t in terms if t)[:2000]
+def use_exact_search(
+    session: Session, *, store: VectorStore, tenant_id: str, exact_below: int
+) -> bool:
+    if exact_below <= 0:
+        return False
+    rows = tenant_sizes.rows(session, store=store, tenant_id=tenant_id, cap=exact_below)
+    return rows < exact_below
 
 
-def _vector_literal(vector: list[float]) -> str:
-    return "[" + ",".join(f"{v:.6f}" for v in vector) + "]"
+def check_question(question: object, *, max_chars: int) -> str:
+    """A search question at the door: text, not empty, not over the limit."""
+    if not isinstance(question, str):
+        raise InvalidInput("question", f"must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise InvalidInput("question", "must not be empty or only whitespace")
+    if len(question) > max_chars:
+        raise InvalidInput(
+            "question",
+            f"is {len(question)} characters; the limit is {max_chars} "
+            "(CHORDLINE_KB_MAX_QUERY_CHARS)",
+        )
+    if "\x00" in question:
+        raise InvalidInput("question", "must not contain NUL characters")
+    return question
+
+
+def keyword_words(question: str) -> str:
+    """The question's words, for ``to_tsvector('english', ...)`` to stem into lexemes."""
+    terms = dict.fromkeys(
+        part
+        for word in words(question)
+        if word not in STOPWORDS
+        for part in re.split(r"[^a-z0-9]+", word)
+        if len(part) > 1
+    )
+    return " ".join(list(terms)[:MAX_QUERY_TERMS])
+
+
+def configure_hnsw(session: Session, *, ef_search: int, limit: int) -> None:
+    """Transaction-local HNSW settings: iterative scan, and a candidate list at least k long."""
+    session.execute(
+        text(
+            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+            "set_config('hnsw.ef_search', :ef, true)"
+        ),
+        {"ef": str(max(int(ef_search), limit))},
+    )
+
+
+def _distance_order(exact: bool) -> str:
+    # "+ 0" turns the ORDER BY into an expression the HNSW index cannot serve: an exact scan.
+    return (
+        "(v.embedding <=> CAST(:v AS vector)) + 0"
+        if exact
+        else "v.embedding <=> CAST(:v AS vector)"
+    )
+
+
+def semantic_sql(store: VectorStore, *, exact: bool) -> str:
+    """The vector half: the tenant's k nearest chunks in the store, ranked by distance."""
+    return f"""
+        SELECT n.chunk_id, row_number() OVER (ORDER BY n.distance, n.chunk_id) AS rank
+        FROM (
+            SELECT v.chunk_id, v.embedding <=> CAST(:v AS vector) AS distance
+            FROM {store.table} v WHERE v.tenant_id = :t
+            ORDER BY {_distance_order(exact)} LIMIT :k
+        ) n
+    """
+
+
+KEYWORD_SQL = """
+        SELECT c.id AS chunk_id,
+               row_number() OVER (ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id) AS rank
+        FROM kb_chunks c,
+             (SELECT to_tsquery('simple', string_agg(u.lexeme, ' | ')) AS q
+              FROM unnest(to_tsvector('english', :words)) AS u
+              WHERE u.lexeme <> ALL (CAST(:frequent AS text[]))
+              HAVING count(*) > 0) AS kq
+        WHERE c.tenant_id = :t AND c.tsv @@ kq.q
+        ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id LIMIT :k
+"""
+
+
+def hybrid_sql(store: VectorStore, *, exact: bool) -> str:
+    return f"""
+        WITH semantic AS ({semantic_sql(store, exact=exact)}),
+        keyword AS ({KEYWORD_SQL}),
+        fused AS (
+            SELECT coalesce(s.chunk_id, k.chunk_id) AS chunk_id,
+                   s.rank AS vector_rank, k.rank AS text_rank,
+                   coalesce(1.0 / (:rrf + s.rank), 0) + coalesce(1.0 / (:rrf + k.rank), 0)
+                       AS score
+            FROM semantic s FULL OUTER JOIN keyword k ON s.chunk_id = k.chunk_id
+        )
+        SELECT c.id, c.document_id, d.title, c.heading, c.text,
+               f.score, f.vector_rank, f.text_rank
+        FROM fused f
+        JOIN kb_chunks c ON c.id = f.chunk_id
+        JOIN kb_documents d ON d.id = c.document_id
+        WHERE c.tenant_id = :t AND d.tenant_id = :t
+        ORDER BY f.score DESC, c.id LIMIT :k
+    """
 
 
 def hybrid_search(
@@ -63,47 +253,26 @@ def hybrid_search(
     *,
     tenant_id: str,
     question: str,
-    vector: list[float],
+    vector: Sequence[float],
+    store: VectorStore,
     limit: int,
     exact_below: int,
     ef_search: int,
 ) -> list[Candidate]:
-    exact = tenant_chunk_count(session, tenant_id) < exact_below
-    session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-    session.execute(text(f"SET LOCAL hnsw.ef_search = {max(int(ef_search), limit)}"))
-    # "+ 0" turns the ORDER BY into an expression the index cannot serve: an exact scan.
-    distance = (
-        "(c.embedding <=> CAST(:v AS vector)) + 0"
-        if exact
-        else "c.embedding <=> CAST(:v AS vector)"
-    )
-    tsquery = keyword_query(question)
+    """The tenant's best ``limit`` chunks for the question, by RRF of both halves."""
+    exact = use_exact_search(session, store=store, tenant_id=tenant_id, exact_below=exact_below)
+    if not exact:
+        configure_hnsw(session, ef_search=ef_search, limit=limit)
     rows = session.execute(
-        text(f"""
-        WITH semantic AS (
-            SELECT c.id, row_number() OVER (ORDER BY c.distance) AS rank FROM (
-                SELECT c.id, c.embedding <=> CAST(:v AS vector) AS distance
-                FROM kb_chunks c WHERE c.tenant_id = :t
-                ORDER BY {distance} LIMIT :k
-            ) c
-        ),
-        keyword AS (
-            SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.tsv, q) DESC) AS rank
-            FROM kb_chunks c, to_tsquery('english', :q) q
-            WHERE c.tenant_id = :t AND :q <> '' AND c.tsv @@ q
-            ORDER BY ts_rank_cd(c.tsv, q) DESC LIMIT :k
-        ),
-        fused AS (
-            SELECT coalesce(s.id, k.id) AS id, s.rank AS vector_rank, k.rank AS text_rank,
-                   coalesce(1.0 / (:rrf + s.rank), 0) + coalesce(1.0 / (:rrf + k.rank), 0) AS score
-            FROM semantic s FULL OUTER JOIN keyword k ON s.id = k.id
-        )
-        SELECT c.id, c.document_id, d.title, c.heading, c.text, f.score, f.vector_rank, f.text_rank
-        FROM fused f JOIN kb_chunks c ON c.id = f.id JOIN kb_documents d ON d.id = c.document_id
-        WHERE c.tenant_id = :t
-        ORDER BY f.score DESC LIMIT :k
-    """),
-        {"t": tenant_id, "v": _vector_literal(vector), "k": limit, "q": tsquery, "rrf": RRF_K},
+        text(hybrid_sql(store, exact=exact)),
+        {
+            "t": tenant_id,
+            "v": vector_literal(vector),
+            "k": limit,
+            "words": keyword_words(question),
+            "frequent": [] if exact else frequent_lexemes.get(session),
+            "rrf": RRF_K,
+        },
     ).all()
     return [
         Candidate(
@@ -118,3 +287,23 @@ def hybrid_search(
         )
         for r in rows
     ]
+
+
+def nearest_chunks(
+    session: Session,
+    *,
+    tenant_id: str,
+    vector: Sequence[float],
+    store: VectorStore,
+    limit: int,
+    exact: bool,
+    ef_search: int,
+) -> list[int]:
+    """The vector half alone, in rank order: what recall is measured on."""
+    if not exact:
+        configure_hnsw(session, ef_search=ef_search, limit=limit)
+    rows = session.execute(
+        text(f"SELECT chunk_id FROM ({semantic_sql(store, exact=exact)}) s ORDER BY rank"),
+        {"t": tenant_id, "v": vector_literal(vector), "k": limit},
+    ).all()
+    return [int(r.chunk_id) for r in rows]

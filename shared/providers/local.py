@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
 from shared.schemas import Agent, KbLevel, Orchestration, Phase, ResearchHit
-from shared.text import content_terms, count_tokens, stem, words
+from shared.text import STOPWORDS, content_terms, count_tokens, stem, words
 
 # --------------------------------------------------------------------------- classifier
 
@@ -314,10 +315,26 @@ class LocalChatModel:
 # --------------------------------------------------------------------------- embedder
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def _bucket(feature: str, dim: int) -> tuple[int, float]:
     digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
     value = int.from_bytes(digest, "little")
     return value % dim, 1.0 if (value >> 63) & 1 else -1.0
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _term_features(term: str) -> tuple[str, tuple[str, ...]]:
+    """A stem's word feature and its character-trigram features."""
+    padded = f"^{term}$"
+    return f"w:{term}", tuple(f"c:{padded[i : i + 3]}" for i in range(len(padded) - 2))
+
+
+_cached_stem = functools.lru_cache(maxsize=1 << 16)(stem)
+
+
+def _embedding_terms(text: str) -> list[str]:
+    """content_terms(text), with the stems of a vocabulary that repeats remembered."""
+    return [_cached_stem(w) for w in words(text) if w not in STOPWORDS and len(w) > 1]
 
 
 class LocalEmbedder:
@@ -325,25 +342,28 @@ class LocalEmbedder:
 
     Lexical rather than semantic, but deterministic, fast and free of downloads: texts that
     share vocabulary land close together, which is what the offline demo and tests need.
+    Hashes of features and stems are cached per process, since vocabularies repeat.
     """
 
     name = "local"
     model = "local-hash-384"
     dim = 384
 
-    def embed(self, texts: Sequence[str], *, usage: Usage | None = None) -> list[list[float]]:
+    def embed(
+        self, texts: Sequence[str], *, usage: Usage | None = None, deadline: float | None = None
+    ) -> list[list[float]]:
         if usage is not None:
             usage.add(tokens_in=sum(count_tokens(t) for t in texts))
         return [self._embed_one(text) for text in texts]
 
     def _embed_one(self, text: str) -> list[float]:
-        terms = content_terms(text)
+        terms = _embedding_terms(text)
         features: dict[str, float] = defaultdict(float)
         for term in terms:
-            features[f"w:{term}"] += 2.0
-            padded = f"^{term}$"
-            for i in range(len(padded) - 2):
-                features[f"c:{padded[i : i + 3]}"] += 0.25
+            word, trigrams = _term_features(term)
+            features[word] += 2.0
+            for trigram in trigrams:
+                features[trigram] += 0.25
         for left, right in itertools.pairwise(terms):
             features[f"b:{left}_{right}"] += 1.0
         vector = [0.0] * self.dim
@@ -357,12 +377,39 @@ class LocalEmbedder:
 # --------------------------------------------------------------------------- reranker
 
 
+# Words that shape a question rather than name what it is about ("how *long* does it take",
+# "do you *support* SSO"): a passage that answers need not repeat them.
+_SCAFFOLDING_TEXT = """
+much many long often kind sort way possible able available support supported work works
+use used using happen happens make need exist exists offer offered provide provided
+include included includes anything something thing things there
+"""
+QUESTION_SCAFFOLDING = frozenset(_SCAFFOLDING_TEXT.split())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _match_form(word: str) -> str:
+    """The stem, made a little more forgiving: "user's" ~ "users", "takes" ~ "take"."""
+    word = word.removesuffix("'s")
+    stemmed = stem(word)
+    return stemmed[:-1] if stemmed.endswith("e") and len(stemmed) > 3 else stemmed
+
+
+def _rerank_terms(text: str, *, question: bool) -> list[str]:
+    skip = QUESTION_SCAFFOLDING if question else frozenset()
+    return [
+        _match_form(w) for w in words(text) if w not in STOPWORDS and w not in skip and len(w) > 1
+    ]
+
+
 class LocalReranker:
     """Coverage of the question's terms by the passage, weighted towards rare terms.
 
-    The score is the weighted share of the question's content terms that the passage (or
-    its heading) contains, with a bonus for adjacent pairs; it lies in [0, 1], and the
-    level thresholds are calibrated on it (see tests/data/kb_questions.jsonl).
+    The score is the weighted share of the question's content terms (without question
+    scaffolding such as "how long" or "do you support") that the passage, heading included,
+    contains, with a bonus for adjacent pairs; it lies in [0, 1]. A term found in no
+    candidate weighs most: the knowledge base does not know the thing asked about. The
+    level thresholds are calibrated on this score (see ``chordline kb calibrate``).
     """
 
     name = "local"
@@ -371,25 +418,22 @@ class LocalReranker:
         self, *, query: str, documents: Sequence[str], model: str, usage: Usage, deadline: float
     ) -> list[float]:
         usage.add(tokens_in=count_tokens(query) + sum(count_tokens(d) for d in documents))
-        terms = list(dict.fromkeys(content_terms(query)))
+        terms = list(dict.fromkeys(_rerank_terms(query, question=True)))
         if not terms or not documents:
             return [0.0 for _ in documents]
-        doc_terms = [set(content_terms(doc)) for doc in documents]
+        in_order = [_rerank_terms(doc, question=False) for doc in documents]
+        doc_terms = [set(found) for found in in_order]
         # Terms found in every candidate explain little; weight by in-candidate rarity.
         weights = {
             t: 1.0 + math.log((1 + len(documents)) / (1 + sum(t in d for d in doc_terms)))
             for t in terms
         }
         total = sum(weights.values())
-        pairs = list(itertools.pairwise(terms))
+        pairs = [f" {a} {b} " for a, b in itertools.pairwise(terms)]
         scores = []
-        for doc, present in zip(documents, doc_terms, strict=True):
+        for present, sequence in zip(doc_terms, in_order, strict=True):
             covered = sum(weights[t] for t in terms if t in present) / total
-            stems_in_order = " ".join(stem(w) for w in words(doc))
-            pair_bonus = (
-                sum(1 for a, b in pairs if f"{a} {b}" in stems_in_order) / len(pairs)
-                if pairs
-                else 0.0
-            )
+            joined = f" {' '.join(sequence)} "
+            pair_bonus = sum(pair in joined for pair in pairs) / len(pairs) if pairs else 0.0
             scores.append(round(min(1.0, 0.85 * covered + 0.15 * pair_bonus), 4))
         return scores

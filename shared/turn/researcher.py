@@ -13,6 +13,7 @@ from shared.db.turns import load_turn, write_stage_fields
 from shared.errors import ChordlineError
 from shared.kb.levels import level_for
 from shared.kb.search import hybrid_search
+from shared.kb.stores import store_for
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.local import classify
 from shared.providers.registry import get_providers
@@ -52,6 +53,7 @@ def research_question(
             limit=settings.candidates,
             exact_below=kb.exact_search_below,
             ef_search=kb.ef_search,
+            store=store_for(providers.embedder),
         )
     if not candidates:
         return Research(hits=[], kb_information_level=KbLevel.MISSING, reason="no candidates")

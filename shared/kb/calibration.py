@@ -1,0 +1,184 @@
+"""Calibrating the ACCURATE / PARTIAL / MISSING thresholds on a labelled question set.
+
+The method, written down in README.md ("Knowledge levels"):
+
+1. Ingest a knowledge base (the demo one by default) into a tenant.
+2. Ask each labelled question the way the researcher does (embed, hybrid search, rerank),
+   and keep the top reranked score. Labels say what the documents actually say: ACCURATE
+   when they state the answer, PARTIAL when they state a related or partial answer,
+   MISSING when they say nothing about what is asked.
+3. Choose the pair of thresholds (partial <= accurate) that maximises balanced accuracy,
+   the mean of the per-class accuracies, so the largest class cannot dominate. Candidate
+   cut points are the midpoints between neighbouring scores; among equally good pairs the
+   one with the widest margin to the nearest score wins, and the result is rounded to three
+   decimals (kept unrounded if rounding would change a single prediction).
+4. Report per-class accuracy for the fitted thresholds, for the current defaults, and in
+   k-fold cross-validation (thresholds fitted without the fold they are tested on), which
+   is the honest estimate for questions the set does not contain.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import InvalidInput
+from shared.kb.levels import level_for
+from shared.providers.base import Usage
+from shared.schemas import KbLevel, LevelThresholds, TenantSettings
+
+DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "tests" / "data" / "kb_questions.jsonl"
+CV_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class LabelledQuestion:
+    question: str
+    level: KbLevel
+    evidence: str
+
+
+@dataclass(frozen=True)
+class ScoredQuestion:
+    question: str
+    level: KbLevel
+    top_score: float
+
+
+def load_questions(path: Path) -> list[LabelledQuestion]:
+    questions: list[LabelledQuestion] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            questions.append(
+                LabelledQuestion(raw["question"], KbLevel(raw["level"]), raw.get("evidence", ""))
+            )
+        except (ValueError, KeyError) as exc:
+            raise InvalidInput(
+                f"{path.name} line {number}", f"not a labelled question: {exc}"
+            ) from exc
+    return questions
+
+
+def score_questions(
+    questions: Sequence[LabelledQuestion], *, tenant_id: str, settings: TenantSettings
+) -> list[ScoredQuestion]:
+    """The top reranked score of each question, searched as the researcher searches."""
+    from shared.turn.researcher import research_question
+
+    scored = []
+    for item in questions:
+        research = research_question(
+            tenant_id=tenant_id,
+            question=item.question,
+            settings=settings,
+            usage=Usage(),
+            deadline=time.time() + 30,
+        )
+        top = max((hit.score for hit in research.hits), default=0.0)
+        scored.append(ScoredQuestion(item.question, item.level, top))
+    return scored
+
+
+def per_class_accuracy(
+    scored: Sequence[ScoredQuestion], thresholds: LevelThresholds
+) -> dict[str, float]:
+    accuracy = {}
+    for level in KbLevel:
+        members = [s for s in scored if s.level is level]
+        hits = sum(level_for([s.top_score], thresholds) is level for s in members)
+        accuracy[level.value] = round(hits / len(members), 3) if members else 0.0
+    return accuracy
+
+
+def balanced_accuracy(scored: Sequence[ScoredQuestion], thresholds: LevelThresholds) -> float:
+    values = per_class_accuracy(scored, thresholds).values()
+    return round(sum(values) / len(values), 4)
+
+
+def confusion(scored: Sequence[ScoredQuestion], thresholds: LevelThresholds) -> dict[str, Any]:
+    """labelled level -> predicted level -> count."""
+    matrix = {a.value: {p.value: 0 for p in KbLevel} for a in KbLevel}
+    for s in scored:
+        matrix[s.level.value][level_for([s.top_score], thresholds).value] += 1
+    return matrix
+
+
+def _margin(scored: Sequence[ScoredQuestion], cuts: Sequence[float]) -> float:
+    return min(abs(s.top_score - cut) for s in scored for cut in cuts)
+
+
+def fit_thresholds(scored: Sequence[ScoredQuestion]) -> LevelThresholds:
+    """The thresholds with the best balanced accuracy, widest margin on ties, 3 decimals."""
+    values = sorted({s.top_score for s in scored} | {0.0, 1.0})
+    cuts = [round((a + b) / 2, 4) for a, b in itertools.pairwise(values)]
+    best: tuple[float, float, LevelThresholds] | None = None
+    for partial, accurate in itertools.combinations_with_replacement(cuts, 2):
+        candidate = LevelThresholds(accurate=accurate, partial=partial)
+        key = (balanced_accuracy(scored, candidate), _margin(scored, (partial, accurate)))
+        if best is None or key > best[:2]:
+            best = (*key, candidate)
+    assert best is not None
+    fitted = best[2]
+    rounded = LevelThresholds(accurate=round(fitted.accurate, 3), partial=round(fitted.partial, 3))
+    same = all(
+        level_for([s.top_score], rounded) is level_for([s.top_score], fitted) for s in scored
+    )
+    return rounded if same else fitted
+
+
+def cross_validated_accuracy(
+    scored: Sequence[ScoredQuestion], *, folds: int = CV_FOLDS
+) -> dict[str, float]:
+    """Per-class accuracy on held-out folds (every k-th question, stratified by label)."""
+    ordered = sorted(scored, key=lambda s: (s.level.value, s.question))
+    predictions: list[tuple[ScoredQuestion, KbLevel]] = []
+    for fold in range(folds):
+        held_out = ordered[fold::folds]
+        training = [s for s in ordered if s not in held_out]
+        thresholds = fit_thresholds(training)
+        predictions += [(s, level_for([s.top_score], thresholds)) for s in held_out]
+    accuracy = {}
+    for level in KbLevel:
+        members = [(s, p) for s, p in predictions if s.level is level]
+        accuracy[level.value] = (
+            round(sum(p is level for _, p in members) / len(members), 3) if members else 0.0
+        )
+    return accuracy
+
+
+def calibration_report(scored: Sequence[ScoredQuestion]) -> dict[str, Any]:
+    fitted = fit_thresholds(scored)
+    defaults = LevelThresholds()
+    return {
+        "questions": {lvl.value: sum(s.level is lvl for s in scored) for lvl in KbLevel},
+        "fitted": {
+            "thresholds": fitted.model_dump(),
+            "per_class_accuracy": per_class_accuracy(scored, fitted),
+            "balanced_accuracy": balanced_accuracy(scored, fitted),
+        },
+        "defaults": {
+            "thresholds": defaults.model_dump(),
+            "per_class_accuracy": per_class_accuracy(scored, defaults),
+            "balanced_accuracy": balanced_accuracy(scored, defaults),
+            "confusion": confusion(scored, defaults),
+        },
+        "cross_validated_per_class_accuracy": cross_validated_accuracy(scored),
+        "misclassified_by_defaults": [
+            {
+                "question": s.question,
+                "label": s.level.value,
+                "predicted": level_for([s.top_score], defaults).value,
+                "top_score": s.top_score,
+            }
+            for s in scored
+            if level_for([s.top_score], defaults) is not s.level
+        ],
+    }
