@@ -8,12 +8,17 @@ they showed of the earlier attempt.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from shared.redis_conn import get_redis
+
+log = logging.getLogger(__name__)
 
 STREAM_TTL_S = 86_400
 MAX_STREAM_LEN = 20_000
@@ -34,32 +39,88 @@ class StreamEvent:
     status: str = ""
 
 
+class _StreamWriter:
+    """Appends stream entries of every agent thread in this process, in batches.
+
+    A token is handed to a background thread, which sends whatever has accumulated as one
+    pipeline, then waits a tick (20 ms) before the next send. The first token of a quiet
+    moment goes out at once; under load, many streams share one round trip instead of each
+    token paying its own. Entries of one stream keep their order (one sender at a time).
+    Streaming is best effort: the reply itself is committed in Postgres.
+    """
+
+    TICK_S = 0.02
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, dict[str, str | int]]] = []
+        self._lock = threading.Lock()
+        self._sending = threading.Lock()
+        self._wakeup = threading.Event()
+        threading.Thread(target=self._run, name="chordline-stream-writer", daemon=True).start()
+
+    def append(self, key: str, fields: dict[str, str | int]) -> None:
+        with self._lock:
+            self._pending.append((key, fields))
+        self._wakeup.set()
+
+    def flush(self) -> None:
+        """Send everything appended so far, before returning."""
+        with self._sending:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return
+            pipe = get_redis().pipeline(transaction=False)
+            for key, fields in batch:
+                pipe.xadd(key, fields, maxlen=MAX_STREAM_LEN, approximate=True)  # type: ignore[arg-type]
+            for key in dict.fromkeys(key for key, _ in batch):
+                pipe.expire(key, STREAM_TTL_S)
+            pipe.execute()
+
+    def _run(self) -> None:
+        while True:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # tokens are best effort; the reply is in Postgres
+                log.warning(
+                    "reply tokens not streamed",
+                    extra={"action": "stream_failed", "reason": type(exc).__name__},
+                )
+            time.sleep(self.TICK_S)
+
+
+_writer: _StreamWriter | None = None
+_writer_pid: int | None = None
+_writer_lock = threading.Lock()
+
+
+def _stream_writer() -> _StreamWriter:
+    global _writer, _writer_pid
+    with _writer_lock:
+        if _writer is None or _writer_pid != os.getpid():
+            _writer, _writer_pid = _StreamWriter(), os.getpid()
+        return _writer
+
+
 class ReplyStream:
     """The writer side, used by the agent of one turn."""
 
     def __init__(self, turn_id: str, *, attempt: int) -> None:
         self.key = stream_key(turn_id)
-        self.redis = get_redis()
-        self.attempt = attempt
+        self.writer = _stream_writer()
         self.index = 0
         if attempt > 1:
-            self.redis.xadd(
-                self.key,
-                {"kind": "restart", "attempt": attempt},
-                maxlen=MAX_STREAM_LEN,
-                approximate=True,
-            )
+            self.writer.append(self.key, {"kind": "restart", "attempt": attempt})
 
     def token(self, text: str) -> None:
-        self.redis.xadd(
-            self.key,
-            {"kind": "token", "text": text, "i": self.index},
-            maxlen=MAX_STREAM_LEN,
-            approximate=True,
-        )
-        if self.index == 0:
-            self.redis.expire(self.key, STREAM_TTL_S)
+        self.writer.append(self.key, {"kind": "token", "text": text, "i": self.index})
         self.index += 1
+
+    def close(self) -> None:
+        """Every token is in Redis when this returns."""
+        self.writer.flush()
 
 
 def publish_end(turn_id: str, status: str) -> None:

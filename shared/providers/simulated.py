@@ -51,11 +51,12 @@ class _Faults:
 
 
 def _sleep_within(ms: float, deadline: float) -> None:
+    """Sleep ``ms`` (nothing when the real work already took longer), within the budget."""
     remaining = deadline - time.time()
     if ms / 1000 > remaining:
         time.sleep(max(remaining, 0))
         raise ProviderError("simulated provider call ran past the turn's budget")
-    time.sleep(ms / 1000)
+    time.sleep(max(ms, 0.0) / 1000)
 
 
 class SimulatedChatModel:

@@ -100,6 +100,8 @@ def _generate(
         )
         stream.token(("\n" if tokens else "") + FALLBACK_REPLY)
         return FALLBACK_REPLY, True
+    finally:
+        stream.close()  # every token is in Redis before the turn's end is announced
 
 
 def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> str | None:
