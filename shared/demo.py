@@ -8,6 +8,7 @@ researcher of every turn overlapped on different queues and worker processes.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +116,21 @@ def coverage_gaps(turns: list[DemoTurn]) -> list[str]:
     return gaps
 
 
-def run_demo(*, console: Console, timeout_s: float = 60.0) -> int:
+def play_demo(*, console: Console, timeout_s: float = 60.0) -> list[DemoTurn]:
+    """Prepare the demo tenant and play the scripted conversation."""
     report = prepare_tenant()
     console.print(
         f"knowledge base: {report.documents} documents ({report.added} added, "
         f"{report.replaced} replaced, {report.unchanged} unchanged), {report.chunks} new chunks"
     )
-    conversation = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    turns = [
+    conversation = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    return [
         play_turn(conversation, message, console=console, timeout_s=timeout_s) for message in SCRIPT
     ]
+
+
+def run_demo(*, console: Console, timeout_s: float = 60.0) -> int:
+    turns = play_demo(console=console, timeout_s=timeout_s)
     console.print(turn_table(turns))
     problems = coverage_gaps(turns)
     for index, turn in enumerate(turns, 1):
@@ -139,7 +145,7 @@ def run_demo(*, console: Console, timeout_s: float = 60.0) -> int:
                 f"({r.queue}, pid {r.pid}) overlapped {overlap_ms(turn.bars):.0f} ms"
             )
     console.print(
-        f"conversation {conversation!r} of tenant {DEMO_TENANT!r} stays in the database; "
+        f"the conversation stays in the database under tenant {DEMO_TENANT!r}; "
         f"try `chordline trace {turns[0].turn_id}`"
     )
     for problem in problems:

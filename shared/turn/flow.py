@@ -17,9 +17,7 @@ from shared.turn.stage import StageOrigin
 
 
 def orchestrate(turn_id: str, origin: StageOrigin) -> dict[str, object]:
-    result = run_orchestrator(turn_id, origin)
-    with session_scope() as session:
-        topology = load_turn(session, turn_id).topology
+    result, topology = run_orchestrator(turn_id, origin)
     if topology == Topology.SEQUENTIAL.value:
         route(turn_id, origin)  # no researcher ran: route on the orchestrator alone
     return result.model_dump(mode="json")

@@ -42,13 +42,15 @@ def default_route(reason: str) -> Orchestration:
     )
 
 
-def run_orchestrator(turn_id: str, origin: StageOrigin) -> Orchestration:
+def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, str]:
+    """The turn's orchestration (run now, or as stored by an earlier delivery) and topology."""
     span = start_span(turn_id, Stage.ORCHESTRATOR, origin)
     with session_scope() as session:
         inputs = load_stage_inputs(session, turn_id)
+    topology = inputs.turn.topology
     stored = stored_orchestration(inputs.turn)
     if stored is not None:
-        return stored
+        return stored, topology
     usage = Usage()
     try:
         result = get_providers().chat.orchestrate(
@@ -86,7 +88,7 @@ def run_orchestrator(turn_id: str, origin: StageOrigin) -> Orchestration:
             record_span(
                 session, finish_span(span, usage=usage, fields=sorted(values), outcome=outcome)
             )
-            return result
+            return result, topology
         stored = stored_orchestration(load_turn(session, turn_id))
     assert stored is not None  # another delivery wrote first; its answer stands
-    return stored
+    return stored, topology
