@@ -103,6 +103,44 @@ class ProviderSettings(BaseSettings):
     )
 
 
+class MetricsSettings(BaseSettings):
+    """Prometheus metrics of each worker process, on a private port (workers/metrics.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHORDLINE_METRICS_", extra="ignore")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0: the first free port from port_base on, so that several workers share one host.
+    port: int = Field(default=0, ge=0, le=65535)
+    port_base: int = Field(default=9800, ge=1024, le=65000)
+    port_span: int = Field(default=100, ge=1, le=1000)
+
+
+class FlowerSettings(BaseSettings):
+    """Flower listens on loopback only; chordline's gate (shared/flower_gate.py) serves its
+    UI with basic auth and, on a separate private port, nothing but its /metrics."""
+
+    model_config = SettingsConfigDict(env_prefix="CHORDLINE_FLOWER_", extra="ignore")
+
+    basic_auth: SecretStr | None = Field(default=None, alias="FLOWER_BASIC_AUTH")
+    upstream_port: int = Field(default=5566, ge=1, le=65535)
+    ui_host: str = "127.0.0.1"
+    ui_port: int = Field(default=5555, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=5556, ge=1, le=65535)
+
+
+class TelemetrySettings(BaseSettings):
+    """OpenTelemetry spans per stage, off unless enabled (needs the `otel` extra)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHORDLINE_OTEL_", extra="ignore")
+
+    enabled: bool = False
+    # otlp: OTLP over HTTP, configured by the standard OTEL_EXPORTER_OTLP_* variables.
+    exporter: Literal["otlp", "console"] = "otlp"
+    service_name: str = Field(default="chordline", min_length=1, max_length=100)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
@@ -120,6 +158,9 @@ class Settings(BaseSettings):
     kb: KbSettings = Field(default_factory=KbSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("database_url")
     @classmethod

@@ -80,3 +80,4 @@ def create_app() -> Celery:
 app = create_app()
 
 import workers.lifecycle  # noqa: E402,F401  (connects the worker signal handlers)
+from workers import metrics as _metrics  # noqa: E402,F401  (per-task metrics and logs)
