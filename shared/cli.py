@@ -57,19 +57,16 @@ def demo(
     latency: Annotated[
         str,
         typer.Option(
-            help="'simulated' (the field report's stage times, "
-            "halved) or 'none' (offline providers at full speed)"
+            help="'auto' (the model APIs when OPENAI_API_KEY / COHERE_API_KEY are set, "
+            "simulated otherwise), 'simulated' (the field report's stage times, halved) "
+            "or 'none' (offline providers at full speed)"
         ),
-    ] = "simulated",
+    ] = "auto",
 ) -> None:
     """Set up the demo tenant, play a scripted sales conversation, print what each turn did."""
     from shared.demo import run_demo
 
-    env = (
-        {"CHORDLINE_PROVIDERS": "simulated", "CHORDLINE_SIMULATED_LATENCY_SCALE": "0.5"}
-        if latency == "simulated"
-        else {"CHORDLINE_PROVIDERS": "offline"}
-    )
+    env = provider_commands.demo_env(latency)
     with needed_services(), turn_workers(env=env):
         code = run_demo(console=console)
     raise typer.Exit(code)

@@ -12,6 +12,7 @@ from celery import signals
 from shared.config import get_settings
 from shared.db.session import dispose_engine
 from shared.logs import logging_config
+from shared.providers.registry import reset_providers, warm_providers
 from shared.redis_conn import get_redis, reset_redis
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def _fresh_resources_after_fork(**_: Any) -> None:
     # them; the engine and the Redis pool are made again on first use in this process.
     dispose_engine()
     reset_redis()
+    reset_providers()  # their HTTP clients too
 
 
 def refuse_evicting_redis() -> None:
@@ -55,3 +57,10 @@ def refuse_evicting_redis() -> None:
 @signals.worker_init.connect
 def _check_broker(**_: Any) -> None:
     refuse_evicting_redis()
+
+
+@signals.celeryd_after_setup.connect
+def _warm_providers(**_: Any) -> None:
+    # SDK imports and HTTP clients are made before the first task, not inside a turn's
+    # budget (logging is set up by now). A prefork child drops them and makes its own.
+    warm_providers()

@@ -11,20 +11,35 @@ from shared.schemas import Agent, KbLevel, Orchestration, ResearchHit
 
 @dataclass
 class Usage:
-    """Calls and tokens a stage spent; stored with the turn so a tenant's cost can be summed."""
+    """Calls and tokens a stage spent; stored with the turn so a tenant's cost can be summed.
+
+    Real providers count what their API reports (``usage`` of OpenAI, ``billed_units`` of
+    Cohere); offline ones estimate. ``calls`` are answered calls, ``retries`` the attempts
+    that failed transiently and were tried again, ``search_units`` Cohere's rerank unit.
+    """
 
     calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    search_units: int = 0
+    retries: int = 0
     simulated_ms: float = 0.0
 
-    def add(self, *, calls: int = 1, tokens_in: int = 0, tokens_out: int = 0) -> None:
+    def add(
+        self, *, calls: int = 1, tokens_in: int = 0, tokens_out: int = 0, search_units: int = 0
+    ) -> None:
         self.calls += calls
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
+        self.search_units += search_units
 
     def as_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
+        counts = {"calls": self.calls, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
+        if self.search_units:
+            counts["search_units"] = self.search_units
+        if self.retries:
+            counts["retries"] = self.retries
+        return counts
 
 
 @dataclass(frozen=True)
@@ -63,11 +78,18 @@ class ChatModel(Protocol):
 
 
 class Embedder(Protocol):
+    """Vectors of one model and dimension; the knowledge base keys its storage on ``model``."""
+
     name: str
     model: str
     dim: int
 
-    def embed(self, texts: Sequence[str], *, usage: Usage | None = None) -> list[list[float]]: ...
+    def embed(
+        self, texts: Sequence[str], *, usage: Usage | None = None, deadline: float | None = None
+    ) -> list[list[float]]:
+        """One vector of ``dim`` floats per text, in order. ``deadline`` (epoch seconds) is
+        the turn's when a stage embeds; ingestion passes none and gets the provider's own."""
+        ...
 
 
 class Reranker(Protocol):

@@ -1,53 +1,106 @@
 """Providers with the latency of real ones, for benchmarks and fault tests.
 
-Each stage's latency is drawn from a configured range (the design's field report by
+Each stage's latency is drawn from a configured distribution (settings
+``CHORDLINE_SIMULATED_{ORCHESTRATOR,RETRIEVAL,AGENT}_MS``; the design's field report by
 default: orchestrator 400-800 ms, retrieval + rerank 300-700 ms, agent 1-2 s streamed) and
 slept, around an offline provider that computes the actual answer. Draws are seeded by the
 stage and the message, so the same message costs the same in every topology: a benchmark
-can compare topologies on identical work. Errors can be injected at a set rate.
+can compare topologies on identical work. The real work done inside a stage (the offline
+answer, the embedding and the pgvector query of retrieval) is counted inside its drawn
+latency, not added on top (see ``timing``). Errors can be injected at a set rate, in chosen
+stages, as transient (``ProviderError``) or permanent (``ProviderConfigError``) failures.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from shared.errors import ProviderError
+from shared.config import SIMULATED_STAGES, ProviderSettings, parse_latency_spec
+from shared.errors import ProviderConfigError, ProviderError
 from shared.providers.base import ChatModel, ConversationContext, ReplyRequest, Reranker, Usage
 from shared.providers.timing import elapsed_ms
 from shared.schemas import Orchestration
 
 
 @dataclass(frozen=True)
-class LatencyRange:
-    low_ms: float
-    high_ms: float
+class LatencyDistribution:
+    """Milliseconds: ``uniform`` (low, high), ``normal`` (mean, sd), ``lognormal`` (median,
+    sigma) or ``fixed`` (ms). Draws below zero are clipped to zero."""
+
+    kind: str
+    params: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> LatencyDistribution:
+        kind, params = parse_latency_spec(spec)
+        return cls(kind, params)
+
+    def draw(self, rng: random.Random) -> float:
+        if self.kind == "uniform":
+            return rng.uniform(self.params[0], self.params[1])
+        if self.kind == "normal":
+            return max(0.0, rng.gauss(self.params[0], self.params[1]))
+        if self.kind == "lognormal":
+            median, sigma = self.params
+            return median * math.exp(rng.gauss(0.0, sigma)) if median > 0 else 0.0
+        return self.params[0]
+
+
+# The field report's stage times.
+ORCHESTRATOR_MS = LatencyDistribution("uniform", (400.0, 800.0))
+RETRIEVAL_MS = LatencyDistribution("uniform", (300.0, 700.0))
+AGENT_MS = LatencyDistribution("uniform", (1000.0, 2000.0))
 
 
 @dataclass(frozen=True)
 class StageLatencies:
-    orchestrator: LatencyRange = LatencyRange(400, 800)
-    retrieval: LatencyRange = LatencyRange(300, 700)
-    agent: LatencyRange = LatencyRange(1000, 2000)
+    orchestrator: LatencyDistribution = ORCHESTRATOR_MS
+    retrieval: LatencyDistribution = RETRIEVAL_MS
+    agent: LatencyDistribution = AGENT_MS
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings) -> StageLatencies:
+        return cls(
+            orchestrator=LatencyDistribution.parse(settings.simulated_orchestrator_ms),
+            retrieval=LatencyDistribution.parse(settings.simulated_retrieval_ms),
+            agent=LatencyDistribution.parse(settings.simulated_agent_ms),
+        )
 
 
-def draw_ms(stage: str, key: str, latency: LatencyRange, scale: float) -> float:
-    """The latency of one stage for one message: uniform in the range, seeded."""
+def draw_ms(stage: str, key: str, latency: LatencyDistribution, scale: float) -> float:
+    """The latency of one stage for one message, seeded by both."""
     seed = int.from_bytes(hashlib.sha256(f"{stage}:{key}".encode()).digest()[:8], "little")
-    return random.Random(seed).uniform(latency.low_ms, latency.high_ms) * scale
+    return latency.draw(random.Random(seed)) * scale
 
 
-class _Faults:
-    def __init__(self, error_rate: float) -> None:
-        self.error_rate = error_rate
-        self._rng = random.Random()
+@dataclass
+class Faults:
+    """Injected failures: ``rate`` of the calls of ``stages`` fail, as ``kind`` says."""
+
+    rate: float = 0.0
+    kind: str = "transient"
+    stages: frozenset[str] = frozenset(SIMULATED_STAGES)
+    rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings) -> Faults:
+        return cls(
+            rate=settings.simulated_error_rate,
+            kind=settings.simulated_error_kind,
+            stages=frozenset(s for s in settings.simulated_error_stages.split(",") if s),
+        )
 
     def maybe_fail(self, stage: str) -> None:
-        if self.error_rate and self._rng.random() < self.error_rate:
-            raise ProviderError(f"simulated {stage} provider error (injected)")
+        if stage not in self.stages or not self.rate or self.rng.random() >= self.rate:
+            return
+        if self.kind == "permanent":
+            raise ProviderConfigError(f"simulated {stage} provider rejected the call (injected)")
+        raise ProviderError(f"simulated {stage} provider error (injected)")
 
 
 def _sleep_within(ms: float, deadline: float) -> None:
@@ -63,10 +116,9 @@ class SimulatedChatModel:
     name = "simulated"
 
     def __init__(
-        self, inner: ChatModel, *, latencies: StageLatencies, scale: float, error_rate: float
+        self, inner: ChatModel, *, latencies: StageLatencies, scale: float, faults: Faults
     ) -> None:
-        self.inner, self.latencies, self.scale = inner, latencies, scale
-        self.faults = _Faults(error_rate)
+        self.inner, self.latencies, self.scale, self.faults = inner, latencies, scale, faults
 
     def orchestrate(
         self, *, context: ConversationContext, model: str, usage: Usage, deadline: float
@@ -103,10 +155,9 @@ class SimulatedReranker:
     name = "simulated"
 
     def __init__(
-        self, inner: Reranker, *, latencies: StageLatencies, scale: float, error_rate: float
+        self, inner: Reranker, *, latencies: StageLatencies, scale: float, faults: Faults
     ) -> None:
-        self.inner, self.latencies, self.scale = inner, latencies, scale
-        self.faults = _Faults(error_rate)
+        self.inner, self.latencies, self.scale, self.faults = inner, latencies, scale, faults
 
     def rerank(
         self, *, query: str, documents: Sequence[str], model: str, usage: Usage, deadline: float
@@ -118,5 +169,5 @@ class SimulatedReranker:
         )
         # The draw covers the whole retrieval (embed, search, rerank): sleep what is left.
         _sleep_within(ms - elapsed_ms(), deadline)
-        self.faults.maybe_fail("rerank")
+        self.faults.maybe_fail("retrieval")
         return scores

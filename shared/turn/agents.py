@@ -78,7 +78,7 @@ def updated_memory(
 
 
 def _generate(
-    *, request: ReplyRequest, stream: ReplyStream, usage: Usage, deadline: float
+    *, turn_id: str, request: ReplyRequest, stream: ReplyStream, usage: Usage, deadline: float
 ) -> tuple[str, bool]:
     tokens: list[str] = []
     try:
@@ -93,7 +93,7 @@ def _generate(
             "agent fallback",
             extra={
                 "action": "stage_fallback",
-                "turn_id": None,
+                "turn_id": turn_id,
                 "stage": "agent",
                 "reason": str(exc),
             },
@@ -127,6 +127,7 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
     )
     usage = Usage()
     reply, fallback = _generate(
+        turn_id=turn_id,
         request=request,
         stream=ReplyStream(turn_id, attempt=origin.delivery),
         usage=usage,

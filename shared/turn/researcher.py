@@ -43,7 +43,7 @@ def research_question(
     """Embed, search (tenant-filtered hybrid), rerank, and grade the coverage."""
     providers = get_providers()
     kb = get_settings().kb
-    vector = providers.embedder.embed([question], usage=usage)[0]
+    vector = providers.embedder.embed([question], usage=usage, deadline=deadline)[0]
     with session_scope() as session:
         candidates = hybrid_search(
             session,
