@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format bench kb-bench clean
+.PHONY: setup demo test test-fast test-faults lint format bench kb-bench clean rescore-bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest tests/unit
 
+# The fault-injection suite (a few minutes): workers, Redis and Postgres killed under load.
+test-faults: setup
+	CHORDLINE_FAULT_SUITE=1 $(BIN)/pytest tests/faults
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -38,6 +42,11 @@ bench: setup
 
 kb-bench: setup
 	$(BIN)/chordline kb bench --chunks 100000
+
+# Re-scoring throughput (zero-latency simulated providers), then live p99 from
+# `chordline bench` without and with a full-speed re-scoring run alongside.
+rescore-bench: setup
+	$(BIN)/chordline rescore bench --turns 10000 --rate 25 --duration 20
 
 clean:
 	rm -rf $(VENV) .chordline .pytest_cache .mypy_cache .ruff_cache

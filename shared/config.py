@@ -28,7 +28,9 @@ class TurnSettings(BaseSettings):
 
     max_message_chars: int = Field(default=8000, ge=1, le=1_000_000)
     max_id_chars: int = Field(default=128, ge=8, le=512)
-    stage_deadline_s: float = Field(default=20.0, gt=0)
+    # A turn whose current stage has not finished this long after it began is re-driven
+    # by the sweeper from its last durable stage (see CelerySettings for the bound).
+    stage_deadline_s: float = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
     budget_s: float = Field(default=10.0, gt=0)
 
@@ -58,17 +60,30 @@ class KbSettings(BaseSettings):
 
 
 class CelerySettings(BaseSettings):
-    """Worker-side Celery tuning. Every value is explained in workers/app.py."""
+    """Worker-side Celery tuning. Every value is explained in workers/app.py.
+
+    Recovery bound: a task whose worker died is handed out again once the visibility timeout
+    has passed (checked every ``unacked_restore_interval_s``), and a turn whose messages
+    Redis lost entirely is re-driven by the sweeper at most ``stage_deadline_s`` +
+    ``sweeper_interval_s`` after its stage began. The defaults keep both under 30 s:
+    visibility 20 s + restore check 2 s, and stage deadline 15 s + sweep 5 s.
+    """
 
     model_config = SettingsConfigDict(env_prefix="CHORDLINE_CELERY_", extra="ignore")
 
-    soft_time_limit_s: int = Field(default=45, ge=1)
-    hard_time_limit_s: int = Field(default=60, ge=2)
-    visibility_timeout_s: int = Field(default=120, ge=10)
+    soft_time_limit_s: int = Field(default=12, ge=1)
+    hard_time_limit_s: int = Field(default=15, ge=2)
+    visibility_timeout_s: int = Field(default=20, ge=3)
+    unacked_restore_interval_s: float = Field(default=2.0, gt=0)
     result_expires_s: int = Field(default=86_400, ge=60)
     max_deliveries: int = Field(default=5, ge=1)
     sweeper_interval_s: float = Field(default=5.0, gt=0)
     relay_interval_s: float = Field(default=2.0, gt=0)
+
+    @property
+    def max_retry_countdown_s(self) -> float:
+        """A retry waits reserved on its worker; it must end before Redis hands it out again."""
+        return float(self.visibility_timeout_s - self.hard_time_limit_s)
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> CelerySettings:

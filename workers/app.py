@@ -32,20 +32,40 @@ TASK_MODULES = [
 def worker_config() -> dict[str, Any]:
     settings = get_settings()
     celery = settings.celery
+    wire = wire_config(settings)
     return {
-        **wire_config(settings),
+        **wire,
+        # The Redis transport keeps every delivered, unacknowledged message in an "unacked"
+        # index and gives it back to a queue once the visibility timeout has passed. Only
+        # consumers run that restore, so it is worker-side: check every couple of seconds
+        # (kombu's default scans only every 10th tick of 10 s, so a killed worker's turns
+        # would wait ~100 s), and keep the restore mutex short so a worker killed while
+        # holding it blocks restores for seconds, not the default five minutes.
+        "broker_transport_options": {
+            **wire["broker_transport_options"],
+            "unacked_restore_interval": celery.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": max(10, celery.visibility_timeout_s),
+        },
         # A task is acknowledged after it ran, and a worker that dies mid-task gives the
-        # message back; with idempotent stages a re-delivery changes nothing twice. A
+        # message back (a prefork child at once, a whole worker after the visibility
+        # timeout); with idempotent stages a re-delivery changes nothing twice. A
         # delivery-count guard (workers/base.py) stops a poison pill from looping forever.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # One message reserved per execution slot: a busy worker does not hoard turns that
-        # an idle worker could start now.
+        # an idle worker could start now, and a killed worker takes few turns down with it.
         "worker_prefetch_multiplier": 1,
         # Prefork pools enforce these; the stages also carry the turn's own budget, which
-        # bounds every provider call in any pool.
+        # bounds every provider call in any pool. The hard limit sits below the visibility
+        # timeout (checked in CelerySettings), so Redis never redelivers a task that is
+        # still allowed to run; retries wait at most the difference (workers/base.py).
         "task_soft_time_limit": celery.soft_time_limit_s,
         "task_time_limit": celery.hard_time_limit_s,
+        # Celery results (chord counters) outlive any turn by far: a turn ends within
+        # minutes, results expire after a day. Nothing reads results for a turn's state:
+        # Postgres holds it, so a flushed result backend costs at most a re-drive.
+        "result_expires": celery.result_expires_s,
         # No STARTED state in the result backend: one Redis write per task saved; the
         # turn's own span in Postgres says when each stage started.
         "task_track_started": False,

@@ -1,8 +1,22 @@
-"""The base of every chordline task: payload validation, origin, delivery-count guard."""
+"""The base of every chordline task: payload validation, origin, delivery-count guard, retries.
+
+Delivery is at least once (acks_late, reject_on_worker_lost), so every turn stage may run
+again; three things keep that safe and bounded:
+
+- the stages' writes are conditional, so a second run changes nothing twice;
+- a per-message delivery counter in Redis ends a turn whose task keeps killing its worker
+  (a poison pill) after ``max_deliveries``, failed with a reason, instead of looping;
+- a retry never waits longer than the broker can hold a message unacknowledged: a retried
+  task sits reserved (unacked) on its worker until its countdown ends, and Redis hands it to
+  another worker once the visibility timeout passes, which would run it twice. Countdowns
+  are capped at ``visibility_timeout - hard_time_limit``; a provider that asks for more
+  (a 429 with a long Retry-After) ends the turn failed with that reason, not retried.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Task
@@ -15,10 +29,25 @@ from shared.contract import SENT_AT_HEADER
 from shared.errors import InvalidInput, TransientError
 from shared.redis_conn import get_redis
 from shared.turn.stage import StageOrigin
+from workers import fault_hooks
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = (TransientError, OperationalError, RedisConnectionError)
+
+
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """The delay a provider asked for (Retry-After), if the error carries one."""
+    for name in ("retry_after_s", "retry_after"):
+        value = getattr(exc, name, None)
+        if isinstance(value, int | float) and value >= 0:
+            return float(value)
+    return None
+
+
+def max_retry_countdown_s() -> float:
+    """The longest a retry may wait and still finish before the broker redelivers it."""
+    return get_settings().celery.max_retry_countdown_s
 
 
 class ChordlineTask(Task[Any, Any]):
@@ -31,6 +60,30 @@ class ChordlineTask(Task[Any, Any]):
     retry_jitter = True
     max_retries = 5
 
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """Honour a provider's Retry-After, never beyond what the broker can hold safely."""
+        wanted = max(countdown or 0.0, retry_after_s(exc) or 0.0)
+        return super().retry(
+            args=args,
+            kwargs=kwargs,
+            exc=exc,
+            throw=throw,
+            eta=None,
+            countdown=min(wanted, max_retry_countdown_s()),
+            max_retries=max_retries,
+            **options,
+        )
+
     def origin(self) -> StageOrigin:
         request = self.request
         delivery_info = request.delivery_info or {}
@@ -40,7 +93,7 @@ class ChordlineTask(Task[Any, Any]):
         return StageOrigin(
             queue=delivery_info.get("routing_key"),
             worker=request.hostname,
-            pid=__import__("os").getpid(),
+            pid=os.getpid(),
             enqueued_at=float(sent_at) if sent_at else None,
             delivery=self.delivery_count(),
         )
@@ -68,19 +121,44 @@ def validate(model: Any, payload: dict[str, Any]) -> Any:
         raise InvalidInput(field, first.get("msg", "invalid")) from None
 
 
-def run_turn_stage(task: ChordlineTask, payload: dict[str, Any], model: Any, stage: Any) -> Any:
-    """Validate, guard against poison pills, then run one stage of the turn."""
+def _end_turn(turn_id: str, reason: str) -> dict[str, Any]:
     from shared.turn.recovery import end_turn_failed, relay_one
 
+    released = end_turn_failed(turn_id, reason)
+    if released:
+        relay_one(*released)
+    return {"status": "failed", "reason": reason}
+
+
+def _poison_reason(task: ChordlineTask, origin: StageOrigin) -> str:
+    return (
+        f"{task.name} was delivered {origin.delivery} times (limit "
+        f"{get_settings().celery.max_deliveries}); it keeps killing its worker"
+    )
+
+
+def _wait_too_long_reason(task: ChordlineTask, exc: BaseException, wait_s: float) -> str:
+    celery = get_settings().celery
+    return (
+        f"{task.name}: the provider asked to retry after {wait_s:g} s, longer than a task "
+        f"may wait ({celery.max_retry_countdown_s:g} s) without Redis redelivering it "
+        f"(visibility timeout {celery.visibility_timeout_s} s); not retried: {exc}"
+    )
+
+
+def run_turn_stage(task: ChordlineTask, payload: dict[str, Any], model: Any, stage: Any) -> Any:
+    """Validate, guard against poison pills, then run one stage of the turn."""
     ref = validate(model, payload)
     origin = task.origin()
     if task.over_delivered(origin):
-        reason = (
-            f"{task.name} was delivered {origin.delivery} times (limit "
-            f"{get_settings().celery.max_deliveries}); it keeps killing its worker"
-        )
-        released = end_turn_failed(ref.turn_id, reason)
-        if released:
-            relay_one(*released)
-        return {"status": "failed", "reason": reason}
-    return stage(ref, origin)
+        return _end_turn(ref.turn_id, _poison_reason(task, origin))
+    try:
+        fault_hooks.before_stage(task_name=task.name, turn_id=ref.turn_id)
+        return stage(ref, origin)
+    except RETRYABLE as exc:
+        wait_s = retry_after_s(exc)
+        if wait_s is not None and wait_s > max_retry_countdown_s():
+            return _end_turn(ref.turn_id, _wait_too_long_reason(task, exc, wait_s))
+        raise
+    finally:
+        fault_hooks.after_stage()

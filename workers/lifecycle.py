@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging.config
 import sys
+import time
 from typing import Any
 
 import redis
@@ -14,6 +15,7 @@ from shared.db.session import dispose_engine
 from shared.logs import logging_config
 from shared.providers.registry import reset_providers, warm_providers
 from shared.redis_conn import get_redis, reset_redis
+from workers import fault_hooks
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,13 @@ log = logging.getLogger(__name__)
 @signals.setup_logging.connect
 def _configure_logging(**_: Any) -> None:
     settings = get_settings()
-    logging.config.dictConfig(logging_config(level=settings.log_level, fmt=settings.log_format))
+    config = logging_config(level=settings.log_level, fmt=settings.log_format)
+    # Connecting this signal stops Celery from configuring any logging of its own, and the
+    # worker then redirects stderr into a logger: without a root handler, Celery's own
+    # warnings and errors (a refused pickle message, a task that raised, a lost
+    # connection) would vanish. They go to the same stderr handler, as JSON.
+    config.setdefault("root", {"level": "WARNING", "handlers": ["stderr"]})
+    logging.config.dictConfig(config)
 
 
 @signals.worker_process_init.connect
@@ -33,10 +41,33 @@ def _fresh_resources_after_fork(**_: Any) -> None:
     reset_providers()  # their HTTP clients too
 
 
+POLICY_CHECK_WAIT_S = 30.0
+
+
+def _eviction_policy() -> str:
+    """Redis's maxmemory-policy, waiting a while for a Redis that is (re)starting.
+
+    Celery logs and ignores what a worker_init handler raises, so a Redis that cannot be
+    reached here must end the worker (exit 75, EX_TEMPFAIL: its supervisor starts it
+    again), or the worker would run without the check.
+    """
+    deadline = time.monotonic() + POLICY_CHECK_WAIT_S
+    while True:
+        try:
+            return str(get_redis().config_get("maxmemory-policy").get("maxmemory-policy", ""))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                message = f"refusing to start: cannot reach Redis to check maxmemory-policy: {exc}"
+                log.error(message, extra={"action": "worker_refused"})
+                print(message, file=sys.stderr)
+                raise SystemExit(75) from None
+            time.sleep(1.0)
+
+
 def refuse_evicting_redis() -> None:
     """A Redis that may evict keys can silently drop queued turns and chord counters."""
     try:
-        policy = get_redis().config_get("maxmemory-policy").get("maxmemory-policy", "")
+        policy = _eviction_policy()
     except redis.ResponseError:  # managed Redis that forbids CONFIG: trust, but say so
         log.warning(
             "cannot read maxmemory-policy; make sure it is noeviction",
@@ -64,3 +95,9 @@ def _warm_providers(**_: Any) -> None:
     # SDK imports and HTTP clients are made before the first task, not inside a turn's
     # budget (logging is set up by now). A prefork child drops them and makes its own.
     warm_providers()
+
+
+@signals.worker_init.connect
+def _arm_fault_hooks(**_: Any) -> None:
+    # Test-only, and only when the worker starts with CHORDLINE_FAULT_MARKER set.
+    fault_hooks.install_from_env()

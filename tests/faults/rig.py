@@ -1,0 +1,128 @@
+"""Everything a fault scenario runs on: its own servers behind TCP proxies, the workers, the
+supervisor, the killer, the load, and the invariant check with a per-scenario report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.faults.cluster import Cluster, Killer
+from tests.faults.invariant import Outcome, verify
+from tests.faults.load import Load
+from tests.faults.proxy import TcpProxy
+from tests.faults.servers import Postgres, Valkey
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+REPORT_FILE = ARTIFACTS / "faults-report.json"
+
+# Short deadlines so that the suite converges in seconds; the defaults are in shared/config.py.
+STAGE_DEADLINE_S = 6
+SETTINGS = {
+    "CHORDLINE_PROVIDERS": "simulated",
+    "CHORDLINE_SIMULATED_LATENCY_SCALE": "0.2",
+    "CHORDLINE_TURN_STAGE_DEADLINE_S": str(STAGE_DEADLINE_S),
+    "CHORDLINE_TURN_MAX_ATTEMPTS": "3",
+    "CHORDLINE_CELERY_SWEEPER_INTERVAL_S": "1",
+    "CHORDLINE_CELERY_RELAY_INTERVAL_S": "1",
+    "CHORDLINE_CELERY_SOFT_TIME_LIMIT_S": "4",
+    "CHORDLINE_CELERY_HARD_TIME_LIMIT_S": "5",
+    "CHORDLINE_CELERY_VISIBILITY_TIMEOUT_S": "8",
+    "CHORDLINE_CELERY_UNACKED_RESTORE_INTERVAL_S": "1",
+    "CHORDLINE_CELERY_MAX_DELIVERIES": "3",
+    "CHORDLINE_LOG_FORMAT": "json",
+}
+# Every accepted turn must have ended this long after the faults stopped: three sweeps of a
+# stage deadline each (max_attempts), plus a visibility timeout, plus room for a slow machine.
+SETTLE_S = 90.0
+
+REPORT: list[Outcome] = []
+
+
+def write_report() -> list[dict[str, object]]:
+    rows = [outcome.as_row() for outcome in REPORT]
+    ARTIFACTS.mkdir(exist_ok=True)
+    REPORT_FILE.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+@dataclass
+class Rig:
+    data_dir: Path
+    postgres: Postgres
+    redis: Valkey
+    pg_proxy: TcpProxy
+    redis_proxy: TcpProxy
+    cluster: Cluster
+    marker: str
+    tenants: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def fault(self, kind: str, stage: str, seconds: float | None = None) -> str:
+        """The text that makes a worker misbehave on purpose (workers/fault_hooks.py)."""
+        return f"{self.marker}:{kind}:{stage}" + (f":{seconds:g}" if seconds else "")
+
+    @contextlib.contextmanager
+    def chaos(
+        self, *, rate: float = 3.0, kill_every_s: float | None = 4.0, spare: tuple[str, ...] = ()
+    ) -> Iterator[Load]:
+        """Background load, and workers killed on a timer, for the duration of the block.
+
+        ``spare``: processes the killer leaves alone, where a scenario counts executions.
+        """
+        self.seed += 1
+        self.cluster.spared = set(spare)
+        load = Load(self.tenants, rate=rate, seed=self.seed)
+        killer = (
+            Killer(self.cluster, interval_s=kill_every_s, seed=self.seed) if kill_every_s else None
+        )
+        load.start()
+        if killer:
+            killer.start()
+        try:
+            yield load
+        finally:
+            if killer:
+                killer.halt.set()
+                killer.join(timeout=60)
+            load.stop()
+            self.cluster.spared = set()
+            self.cluster.restart_dead()
+            if killer:
+                load.kills = len(killer.kills)  # type: ignore[attr-defined]
+
+    def verify(self, scenario: str, load: Load, *, extra: list[str] | None = None) -> Outcome:
+        outcome = verify(scenario, [*load.accepted, *(extra or [])], deadline_s=SETTLE_S)
+        outcome.notes["refused_at_door"] = sum(load.refused.values())
+        outcome.notes["workers_killed"] = getattr(load, "kills", 0)
+        REPORT.append(outcome)
+        assert outcome.accepted > 0, "the scenario accepted no turn"
+        assert outcome.lost == 0 and not outcome.violations, outcome.violations[:10]
+        return outcome
+
+
+def new_marker() -> str:
+    return "fault-" + secrets.token_hex(12)
+
+
+def worker_env(*, data_dir: Path, pg_url: str, redis_url: str, marker: str) -> dict[str, str]:
+    return {
+        **SETTINGS,
+        "CHORDLINE_DATA_DIR": str(data_dir),
+        "DATABASE_URL": pg_url,
+        "REDIS_URL": redis_url,
+        "CHORDLINE_FAULT_MARKER": marker,
+    }
+
+
+def fresh_data_dir() -> Path:
+    path = ROOT / ".chordline" / f"faults-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
