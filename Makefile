@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast test-faults lint format bench kb-bench clean rescore-bench
+.PHONY: setup demo test test-fast test-faults lint format bench kb-bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,11 +42,6 @@ bench: setup
 
 kb-bench: setup
 	$(BIN)/chordline kb bench --chunks 100000
-
-# Re-scoring throughput (zero-latency simulated providers), then live p99 from
-# `chordline bench` without and with a full-speed re-scoring run alongside.
-rescore-bench: setup
-	$(BIN)/chordline rescore bench --turns 10000 --rate 25 --duration 20
 
 clean:
 	rm -rf $(VENV) .chordline .pytest_cache .mypy_cache .ruff_cache
