@@ -97,8 +97,48 @@ class CelerySettings(BaseSettings):
         return self
 
 
+LATENCY_KINDS = {"uniform": 2, "normal": 2, "lognormal": 2, "fixed": 1}
+LATENCY_FORMS = "LOW-HIGH, uniform:LOW:HIGH, normal:MEAN:SD, lognormal:MEDIAN:SIGMA or fixed:MS"
+
+
+def parse_latency_spec(spec: str) -> tuple[str, tuple[float, ...]]:
+    """``"400-800"`` -> ``("uniform", (400.0, 800.0))``; ValueError naming the forms."""
+    text = spec.strip().lower()
+    if ":" not in text and "-" in text.lstrip("-"):
+        text = "uniform:" + text.replace("-", ":", 1)
+    kind, _, rest = text.partition(":")
+    try:
+        numbers = tuple(float(part) for part in rest.split(":")) if rest else ()
+    except ValueError:
+        numbers = ()
+    if LATENCY_KINDS.get(kind) != len(numbers) or any(n < 0 for n in numbers):
+        raise ValueError(f"{spec!r} is not a latency distribution; use {LATENCY_FORMS} (ms >= 0)")
+    if kind == "uniform" and numbers[0] > numbers[1]:
+        raise ValueError(f"{spec!r}: LOW must not exceed HIGH")
+    return kind, numbers
+
+
+SIMULATED_STAGES = ("orchestrator", "retrieval", "agent")
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+COHERE_DEFAULT_BASE_URL = "https://api.cohere.com"
+# Vector sizes of the OpenAI embedding models; others need CHORDLINE_OPENAI_EMBEDDING_DIM.
+KNOWN_OPENAI_EMBEDDING_DIMS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+
+
 class ProviderSettings(BaseSettings):
-    """Which model providers are active. With no keys set, everything runs offline."""
+    """Which model providers are active, and how calls to them are bounded.
+
+    With no keys set, everything runs offline. With OPENAI_API_KEY set, the chat stages
+    (orchestrator, agents) and the embeddings use OpenAI or any OpenAI-compatible server at
+    OPENAI_BASE_URL; with COHERE_API_KEY set, reranking uses Cohere. Each stage can be
+    pinned with CHORDLINE_CHAT_PROVIDER / _EMBEDDING_PROVIDER / _RERANK_PROVIDER. Model
+    names per stage are tenant settings (``models.*``), except the embedding model, which
+    the knowledge base's vectors depend on and which is therefore one per deployment.
+    """
 
     model_config = SettingsConfigDict(extra="ignore")
 
@@ -110,12 +150,160 @@ class ProviderSettings(BaseSettings):
     mode: Literal["auto", "offline", "simulated"] = Field(
         default="auto", alias="CHORDLINE_PROVIDERS"
     )
+    chat_provider: Literal["auto", "openai", "local"] = Field(
+        default="auto", alias="CHORDLINE_CHAT_PROVIDER"
+    )
+    embedding_provider: Literal["auto", "openai", "local"] = Field(
+        default="auto", alias="CHORDLINE_EMBEDDING_PROVIDER"
+    )
+    rerank_provider: Literal["auto", "cohere", "local"] = Field(
+        default="auto", alias="CHORDLINE_RERANK_PROVIDER"
+    )
+    openai_embedding_model: str = Field(
+        default="text-embedding-3-small", min_length=1, alias="CHORDLINE_OPENAI_EMBEDDING_MODEL"
+    )
+    # Vector size. Needed for models chordline does not know; for text-embedding-3-* it
+    # is also sent as ``dimensions`` to get shortened vectors.
+    openai_embedding_dim: int | None = Field(
+        default=None, ge=1, le=16_000, alias="CHORDLINE_OPENAI_EMBEDDING_DIM"
+    )
+    openai_embed_batch: int = Field(
+        default=128, ge=1, le=2048, alias="CHORDLINE_OPENAI_EMBED_BATCH"
+    )
+    openai_max_reply_tokens: int = Field(
+        default=600, ge=16, le=32_000, alias="CHORDLINE_OPENAI_MAX_REPLY_TOKENS"
+    )
+    # Every call is bounded: per attempt by these timeouts, in total by the turn's budget.
+    # (The SDKs' own defaults, 600 s / 300 s and 2 retries, are off: chordline retries.)
+    connect_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, alias="CHORDLINE_PROVIDER_CONNECT_TIMEOUT_S"
+    )
+    request_timeout_s: float = Field(
+        default=8.0, gt=0, le=300, alias="CHORDLINE_PROVIDER_REQUEST_TIMEOUT_S"
+    )
+    ingest_budget_s: float = Field(
+        default=60.0, gt=0, le=3600, alias="CHORDLINE_PROVIDER_INGEST_BUDGET_S"
+    )
+    max_attempts: int = Field(default=3, ge=1, le=10, alias="CHORDLINE_PROVIDER_MAX_ATTEMPTS")
+    backoff_base_s: float = Field(
+        default=0.25, gt=0, le=60, alias="CHORDLINE_PROVIDER_BACKOFF_BASE_S"
+    )
+    backoff_max_s: float = Field(
+        default=4.0, gt=0, le=600, alias="CHORDLINE_PROVIDER_BACKOFF_MAX_S"
+    )
     simulated_error_rate: float = Field(
         default=0.0, ge=0.0, le=1.0, alias="CHORDLINE_SIMULATED_ERROR_RATE"
+    )
+    simulated_error_kind: Literal["transient", "permanent"] = Field(
+        default="transient", alias="CHORDLINE_SIMULATED_ERROR_KIND"
+    )
+    simulated_error_stages: str = Field(
+        default=",".join(SIMULATED_STAGES), alias="CHORDLINE_SIMULATED_ERROR_STAGES"
     )
     simulated_latency_scale: float = Field(
         default=1.0, ge=0.0, le=100.0, alias="CHORDLINE_SIMULATED_LATENCY_SCALE"
     )
+    # The field report's stage times, as distributions in milliseconds (see LATENCY_FORMS).
+    simulated_orchestrator_ms: str = Field(
+        default="uniform:400:800", alias="CHORDLINE_SIMULATED_ORCHESTRATOR_MS"
+    )
+    simulated_retrieval_ms: str = Field(
+        default="uniform:300:700", alias="CHORDLINE_SIMULATED_RETRIEVAL_MS"
+    )
+    simulated_agent_ms: str = Field(
+        default="uniform:1000:2000", alias="CHORDLINE_SIMULATED_AGENT_MS"
+    )
+
+    @field_validator("openai_api_key", "cohere_api_key", mode="before")
+    @classmethod
+    def _blank_key_is_unset(cls, key: object) -> object:
+        return None if isinstance(key, str) and not key.strip() else key
+
+    @field_validator("openai_base_url", "cohere_base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        url = url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {url[:60]!r}")
+        return url
+
+    @field_validator("simulated_orchestrator_ms", "simulated_retrieval_ms", "simulated_agent_ms")
+    @classmethod
+    def _latency_spec(cls, spec: str) -> str:
+        parse_latency_spec(spec)
+        return spec
+
+    @field_validator("simulated_error_stages")
+    @classmethod
+    def _known_stages(cls, stages: str) -> str:
+        names = [s.strip() for s in stages.split(",") if s.strip()]
+        unknown = sorted(set(names) - set(SIMULATED_STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; choose from {list(SIMULATED_STAGES)}")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProviderSettings:
+        for url, key, url_name, key_name in (
+            (self.openai_base_url, self.openai_api_key, "OPENAI_BASE_URL", "OPENAI_API_KEY"),
+            (self.cohere_base_url, self.cohere_api_key, "COHERE_BASE_URL", "COHERE_API_KEY"),
+        ):
+            if url and key is None:
+                raise ValueError(
+                    f"{url_name} is set but {key_name} is not: set {key_name} (any non-empty "
+                    f"value for a server that needs none) or unset {url_name}"
+                )
+        for setting, choice, needed, key in (
+            ("CHORDLINE_CHAT_PROVIDER", self.chat_provider, "openai", self.openai_api_key),
+            (
+                "CHORDLINE_EMBEDDING_PROVIDER",
+                self.embedding_provider,
+                "openai",
+                self.openai_api_key,
+            ),
+            ("CHORDLINE_RERANK_PROVIDER", self.rerank_provider, "cohere", self.cohere_api_key),
+        ):
+            if choice != needed:
+                continue
+            if self.mode != "auto":
+                raise ValueError(
+                    f"{setting}={choice} contradicts CHORDLINE_PROVIDERS={self.mode}; "
+                    "use CHORDLINE_PROVIDERS=auto for real providers"
+                )
+            if key is None:
+                key_name = "OPENAI_API_KEY" if needed == "openai" else "COHERE_API_KEY"
+                raise ValueError(f"{setting}={choice} needs {key_name}")
+        if (
+            self.stage_backend("embedding") == "openai"
+            and self.openai_embedding_dim is None
+            and self.openai_embedding_model not in KNOWN_OPENAI_EMBEDDING_DIMS
+        ):
+            raise ValueError(
+                f"the vector size of embedding model {self.openai_embedding_model!r} is not "
+                "known: set CHORDLINE_OPENAI_EMBEDDING_DIM"
+            )
+        if self.backoff_base_s > self.backoff_max_s:
+            raise ValueError(
+                "CHORDLINE_PROVIDER_BACKOFF_BASE_S must not exceed CHORDLINE_PROVIDER_BACKOFF_MAX_S"
+            )
+        return self
+
+    def stage_backend(self, stage: Literal["chat", "embedding", "rerank"]) -> str:
+        """``"openai"``, ``"cohere"`` or ``"local"``: what serves a stage in this process."""
+        if self.mode != "auto":
+            return "local"
+        choice = {
+            "chat": self.chat_provider,
+            "embedding": self.embedding_provider,
+            "rerank": self.rerank_provider,
+        }[stage]
+        if choice != "auto":
+            return choice
+        if stage == "rerank":
+            return "cohere" if self.cohere_api_key is not None else "local"
+        return "openai" if self.openai_api_key is not None else "local"
 
 
 class MetricsSettings(BaseSettings):
