@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -44,9 +45,9 @@ def _services_for_ingest(mode: IngestMode) -> Iterator[bool]:
 
 def _print_rejections(report: IngestReport) -> None:
     for rejected in report.rejected:
-        err.print(f"[yellow]rejected[/] {rejected.describe()}", highlight=False)
+        err.print(f"[yellow]rejected[/] {escape(rejected.describe())}", soft_wrap=True)
     for skipped in report.skipped[:MAX_LISTED]:
-        err.print(f"[dim]skipped {skipped.describe()}[/]", highlight=False)
+        err.print(f"[dim]skipped {escape(skipped.describe())}[/]", soft_wrap=True)
     if len(report.skipped) > MAX_LISTED:
         err.print(f"[dim]... and {len(report.skipped) - MAX_LISTED} more skipped[/]")
 
@@ -118,7 +119,7 @@ def kb_ingest(
                 )
     report.seconds = time.perf_counter() - started
     _print_rejections(report)
-    console.print(report.summary(), highlight=False)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
     if report.pending:
         err.print(
             f"{report.pending} documents were still queued when no more progress came for "
@@ -141,8 +142,8 @@ def kb_list(tenant: TenantOpt) -> None:
         table = Table("source", "title", "chunks", "embedded by", "updated")
         for doc in docs:
             table.add_row(
-                doc.source,
-                doc.title,
+                escape(doc.source),
+                escape(doc.title),
                 str(doc.chunk_count),
                 ", ".join(models.get(doc.id, [])) or "-",
                 f"{doc.updated_at:%Y-%m-%d %H:%M}",
@@ -163,9 +164,9 @@ def kb_delete(
     with needed_services(redis=False), session_scope() as session:
         found = delete_document(session, tenant_id=tenant, source=source)
     if not found:
-        err.print(f"no document {source!r} in tenant {tenant!r}")
+        err.print(f"no document {escape(repr(source))} in tenant {tenant!r}")
         raise typer.Exit(1)
-    console.print(f"deleted {source}")
+    console.print(f"deleted {escape(source)}")
 
 
 @app.command("search")
@@ -211,8 +212,8 @@ def kb_search(
             f"{hit.score:.3f}",
             str(hit.vector_rank or "-"),
             str(hit.text_rank or "-"),
-            hit.title,
-            hit.text[:160].replace("\n", " "),
+            escape(hit.title),
+            escape(hit.text[:160].replace("\n", " ")),
         )
     console.print(table)
     console.print(

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 STAGE_BATCH = 50
 POLL_INTERVAL_S = 0.2
 STALE_JOBS = "1 day"
+PING_TIMEOUT_S = 1.0  # a loaded worker may take a while to answer
 
 
 class JobStatus:
@@ -63,11 +64,15 @@ class FinishedJob:
     error: str | None
 
 
-def ingest_workers_answer() -> bool:
+def ingest_workers_answer(timeout_s: float = PING_TIMEOUT_S) -> bool:
     """True when at least one worker of the ``ingest`` process type answers a ping."""
-    from shared.procfile import workers_answering
+    from shared.dispatch import dispatch_app
 
-    return workers_answering(["ingest"])
+    try:
+        replies = dispatch_app().control.ping(timeout=timeout_s) or []
+    except Exception:  # no broker: no workers either
+        return False
+    return any(name.split("@", 1)[0] == "ingest" for reply in replies for name in reply)
 
 
 def _batches(items: Iterable[DocumentSource], size: int) -> Iterator[list[DocumentSource]]:

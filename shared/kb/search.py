@@ -95,12 +95,15 @@ class FrequentLexemes:
     """Lexemes of the chunks' full text that match more than ``max_rows`` rows, by the
     planner's statistics (pg_stats, refreshed by ANALYZE), kept for a while per process."""
 
-    def __init__(self, ttl_s: float = FREQUENT_LEXEMES_TTL_S) -> None:
+    def __init__(
+        self, *, max_rows: int = KEYWORD_TERM_MAX_ROWS, ttl_s: float = FREQUENT_LEXEMES_TTL_S
+    ) -> None:
+        self.max_rows = max_rows
         self.ttl_s = ttl_s
         self._known: tuple[list[str], float] | None = None
         self._lock = threading.Lock()
 
-    def get(self, session: Session, *, max_rows: int = KEYWORD_TERM_MAX_ROWS) -> list[str]:
+    def get(self, session: Session) -> list[str]:
         with self._lock:
             known = self._known
         if known and known[1] > time.monotonic():
@@ -116,7 +119,7 @@ class FrequentLexemes:
                   AND u.share * (SELECT greatest(reltuples, 0) FROM pg_class
                                  WHERE oid = 'kb_chunks'::regclass) > :max_rows
                 """),
-                {"max_rows": max_rows},
+                {"max_rows": self.max_rows},
             ).scalars()
         )
         with self._lock:

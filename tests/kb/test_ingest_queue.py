@@ -1,0 +1,81 @@
+"""`kb ingest` on the ingest queue: one Celery task per document on a real worker, the
+progress fed by finished tasks, bad files reported at the door and never queued."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from shared.db.models import KbIngestJob
+from shared.db.session import session_scope
+from shared.kb import ingest, jobs
+from shared.kb.documents import discover
+from shared.kb.ingest import IngestReport, Outcome, list_documents
+from shared.kb.jobs import ingest_queued, ingest_workers_answer
+from tests.kb.conftest import chordline, write_docs
+
+pytestmark = pytest.mark.integration
+
+DOCS = {
+    f"topic-{i}.md": f"# Topic {i}\n\nTopic {i} covers item {i} in detail. It has rules."
+    for i in range(6)
+}
+
+
+def test_each_document_is_one_task_and_progress_follows_their_completion(
+    ingest_worker: Path, empty_tenant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert ingest_workers_answer(timeout_s=5.0)
+    docs = write_docs(tmp_path / "docs", {**DOCS, "broken.md": b"\x00\xff\x00"})
+    found = discover([docs])
+    published: list[str] = []
+
+    def publish(job_ids: list[object]) -> None:
+        published.extend(map(str, job_ids))
+        real_publish(job_ids)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the caller stored a document itself")
+
+    real_publish = jobs.publish_jobs
+    monkeypatch.setattr(jobs, "publish_jobs", publish)
+    monkeypatch.setattr(jobs, "ingest_document", never)
+    monkeypatch.setattr(ingest, "ingest_documents", never)
+    progress: list[tuple[str, Outcome]] = []
+    report = ingest_queued(
+        found.sources,
+        tenant_id=empty_tenant,
+        embedding_model="local-hash-384",
+        report=IngestReport(),
+        on_progress=lambda source, outcome: progress.append((Path(source).name, outcome)),
+    )
+    assert (report.added, report.pending) == (6, 0)
+    assert [(Path(r.source).name, r.reason.value) for r in report.rejected] == [
+        ("broken.md", "binary")
+    ]
+    assert sorted(progress) == sorted(
+        [(name, Outcome.ADDED) for name in DOCS] + [("broken.md", Outcome.REJECTED)]
+    )
+    # one task per good document, stored by the worker; the bad one was never queued
+    assert len(set(published)) == 6
+    with session_scope() as session:
+        assert len(list_documents(session, empty_tenant)) == 6
+        # the job rows (and the document texts they carried) are gone once collected
+        assert session.scalar(select(func.count()).select_from(KbIngestJob)) == 0
+
+
+def test_the_command_uses_the_queue_and_prints_a_summary(
+    ingest_worker: Path, empty_tenant: str, tmp_path: Path
+) -> None:
+    docs = write_docs(tmp_path / "docs", {**DOCS, "notes.txt": "   "})
+    result = chordline("kb", "ingest", str(docs), "--tenant", empty_tenant)
+    assert result.returncode == 1, result.stderr  # one document was rejected
+    assert "6 documents (6 added, 0 replaced, 0 unchanged)" in result.stdout
+    assert "(queued on the ingest workers)" in result.stdout
+    assert "notes.txt [empty]: is empty" in result.stderr
+
+    again = chordline("kb", "ingest", str(docs / "topic-1.md"), "--tenant", empty_tenant)
+    assert again.returncode == 0, again.stderr
+    assert "1 documents (0 added, 0 replaced, 1 unchanged), 0 chunks written" in again.stdout
