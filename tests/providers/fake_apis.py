@@ -47,6 +47,7 @@ class Reply:
     finish_reason: str = "stop"
     stall_after_chunks: int | None = None  # stream: stop sending after this many chunks
     stall_s: float = 0.0
+    token_delay_s: float = 0.002  # stream: the pause between two tokens
 
 
 @dataclass(frozen=True)
@@ -375,7 +376,7 @@ class FakeAPI:
                 self.sleep(reply.stall_s)
                 return
             event({"content": token})
-            time.sleep(0.002)
+            self.sleep(reply.token_delay_s)
         event({}, finish="stop")
         if (body.get("stream_options") or {}).get("include_usage"):
             prompt = self._prompt_tokens(body)

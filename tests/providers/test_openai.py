@@ -163,6 +163,22 @@ def test_tokens_arrive_before_the_stream_ends_and_a_stall_ends_it_without_a_retr
     assert_secret_free(caught.value)
 
 
+def test_a_reply_still_streaming_at_the_deadline_is_cut_off(
+    openai_api: FakeAPI, cohere_api: FakeAPI
+) -> None:
+    openai_api.script("stream", Reply(token_delay_s=0.3))
+    chat = chat_model(openai_api, cohere_api)
+    received: list[str] = []
+    began = time.monotonic()
+    with pytest.raises(ProviderBudgetExceeded, match="still streaming"):
+        for token in chat.stream_reply(
+            request=reply_request(), usage=Usage(), deadline=time.time() + 1.0
+        ):
+            received.append(token)
+    assert 1 <= len(received) < 8  # some tokens went out before the budget ran out
+    assert time.monotonic() - began < 2.5
+
+
 def test_unknown_agent_model_fails_fast_naming_the_setting(
     openai_api: FakeAPI, cohere_api: FakeAPI
 ) -> None:

@@ -8,6 +8,7 @@ completed (with the stage's fallback recorded) within its budget.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -18,7 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import text
+from typer.testing import CliRunner
 
+from shared.cli import app
 from shared.client import TurnView, enqueue_turn, stream_turn, wait_for_turn
 from shared.db.session import session_scope
 from shared.db.spans import spans_of
@@ -265,6 +268,11 @@ def test_a_tenants_usage_sums_its_turns(apis: ModelApis) -> None:
             expected = sum(int(r.get(stage, {}).get(counter, 0)) for r in rows)
             assert getattr(summed.stages[stage], counter) == expected
     assert summed.total.calls == sum(s.calls for s in summed.stages.values()) > 0
+    result = CliRunner().invoke(app, ["usage", "--tenant", apis.tenant, "--json"])
+    assert result.exit_code == 0, result.output
+    shown = {row["stage"]: row for row in json.loads(result.output)["stages"]}
+    assert shown["total"]["tokens_out"] == summed.total.tokens_out
+    assert shown["researcher"]["search_units"] == summed.stages["researcher"].search_units > 0
 
 
 # --------------------------------------------------------------------------- helpers
