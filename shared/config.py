@@ -175,11 +175,12 @@ class ProviderSettings(BaseSettings):
     )
     # Every call is bounded: per attempt by these timeouts, in total by the turn's budget.
     # (The SDKs' own defaults, 600 s / 300 s and 2 retries, are off: chordline retries.)
+    # A header stage stuck on one attempt still leaves the agent half of a 10 s budget.
     connect_timeout_s: float = Field(
         default=2.0, gt=0, le=60, alias="CHORDLINE_PROVIDER_CONNECT_TIMEOUT_S"
     )
     request_timeout_s: float = Field(
-        default=8.0, gt=0, le=300, alias="CHORDLINE_PROVIDER_REQUEST_TIMEOUT_S"
+        default=5.0, gt=0, le=300, alias="CHORDLINE_PROVIDER_REQUEST_TIMEOUT_S"
     )
     ingest_budget_s: float = Field(
         default=60.0, gt=0, le=3600, alias="CHORDLINE_PROVIDER_INGEST_BUDGET_S"

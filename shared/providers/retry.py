@@ -38,7 +38,7 @@ class RetryPolicy:
     max_attempts: int = 3
     base_delay_s: float = 0.25
     max_delay_s: float = 4.0
-    request_timeout_s: float = 8.0
+    request_timeout_s: float = 5.0
     connect_timeout_s: float = 2.0
 
     @classmethod
