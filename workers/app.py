@@ -101,3 +101,4 @@ app = create_app()
 
 import workers.lifecycle  # noqa: E402,F401  (connects the worker signal handlers)
 from workers import metrics as _metrics  # noqa: E402,F401  (per-task metrics and logs)
+from workers import telemetry as _telemetry  # noqa: E402,F401  (optional OpenTelemetry)

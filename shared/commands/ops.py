@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -62,3 +66,57 @@ def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
     app.command()(trace)
     app.command("critical-path")(critical_path)
+    app.command()(up)
+    app.command()(proc)
+    app.command("flower-gate")(flower_gate)
+
+
+def up(
+    only: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated Procfile entries to run (default: all but release)."),
+    ] = None,
+) -> None:
+    """Run the whole stack: Postgres and Redis (embedded unless their URLs are set), the
+    migrations, and every Procfile process including Flower. Ctrl-C stops all of it."""
+    from shared.devstack import run_stack
+
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    code = run_stack(say=lambda line: console.print(line, highlight=False), only=names)
+    raise typer.Exit(code)
+
+
+def proc(
+    name: Annotated[str, typer.Argument(help="A Procfile entry, e.g. orchestrator or flower.")],
+) -> None:
+    """Replace this process with one Procfile entry (what a container runs)."""
+    from shared.procfile import PROJECT_ROOT, process_env, read_procfile
+
+    entries = read_procfile()
+    if name not in entries:
+        from shared.errors import InvalidInput
+
+        raise InvalidInput("name", f"{name!r} is not in the Procfile ({', '.join(entries)})")
+    os.chdir(PROJECT_ROOT)
+    # Through the shell, as honcho does, so ${VAR:-default} works; exec leaves the process
+    # itself in our place (PID 1 in a container), so signals reach it directly.
+    command = ["/bin/sh", "-c", f"exec {entries[name]}"]
+    os.execve(command[0], command, process_env(dict(os.environ)))  # noqa: S606
+
+
+def flower_gate() -> None:
+    """Serve Flower's UI with basic auth, and its /metrics alone on a private port."""
+    from shared.config import get_settings
+    from shared.flower_gate import open_gate
+
+    settings = get_settings().flower
+    gate = open_gate(settings)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    console.print(
+        f"flower UI at http://{settings.ui_host}:{settings.ui_port}/ (basic auth), "
+        f"its metrics at http://{settings.metrics_host}:{settings.metrics_port}/metrics, "
+        f"Flower itself on 127.0.0.1:{settings.upstream_port}",
+        highlight=False,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        gate.serve_forever()

@@ -1,0 +1,148 @@
+"""`chordline up`: the whole stack on one machine, from the Procfile, stopped by Ctrl-C.
+
+Postgres and Redis are the configured ones (DATABASE_URL, REDIS_URL) or the embedded ones,
+started on the data dir (and stopped again on the way out when this command started them).
+The schema is migrated here, which is what the Procfile's ``release`` entry does in a
+deployment, and every other Procfile entry runs under honcho, each in its own process group:
+on Ctrl-C (or SIGTERM) honcho sends SIGTERM to every group, which is Celery's warm shutdown,
+and SIGKILL to any group still there five seconds later, so no worker, pool child or Flower
+outlives the command.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from shared.config import Settings, get_settings
+from shared.procfile import PROJECT_ROOT, process_env, read_procfile
+
+SKIPPED_ENTRIES = ("release",)  # migrations run before the processes start
+READY_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    address: str
+
+
+def masked(url: str) -> str:
+    """A URL with its password replaced, fit to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def flower_credentials(env: dict[str, str]) -> tuple[str, bool]:
+    """FLOWER_BASIC_AUTH from the environment, or a fresh random one (and True)."""
+    current = env.get("FLOWER_BASIC_AUTH", "").strip()
+    if current:
+        return current, False
+    return f"chordline:{secrets.token_urlsafe(18)}", True
+
+
+def stack_processes(only: list[str] | None = None) -> dict[str, str]:
+    entries = {n: c for n, c in read_procfile().items() if n not in SKIPPED_ENTRIES}
+    if not only:
+        return entries
+    unknown = sorted(set(only) - set(entries))
+    if unknown:
+        from shared.errors import InvalidInput
+
+        raise InvalidInput("--only", f"not in the Procfile: {', '.join(unknown)}")
+    return {n: entries[n] for n in only}
+
+
+def endpoints(settings: Settings) -> list[Endpoint]:
+    flower = settings.flower
+    return [
+        Endpoint("postgres", masked(settings.database_url or "-")),
+        Endpoint("redis", masked(settings.redis_url or "-")),
+        Endpoint("flower UI", f"http://{flower.ui_host}:{flower.ui_port}/"),
+        Endpoint("flower metrics", f"http://{flower.metrics_host}:{flower.metrics_port}/metrics"),
+        Endpoint(
+            "flower itself", f"http://127.0.0.1:{flower.upstream_port}/ (loopback, behind the gate)"
+        ),
+        Endpoint("worker metrics", str(settings.data_dir / "metrics") + "/*.json (file_sd)"),
+    ]
+
+
+def announce_when_ready(
+    *,
+    say: Callable[[str], None],
+    targets_dir: Path,
+    workers: list[str],
+    stop: threading.Event,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> None:
+    """Print each worker's metrics address as it comes up, then one line: all is up."""
+    from shared.metrics import scrape_targets
+
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        for worker, url in scrape_targets(targets_dir).items():
+            if worker not in seen:
+                seen.add(worker)
+                say(f"{worker} metrics at {url}")
+        if set(workers) <= {w.split("@", 1)[0] for w in seen}:
+            say("chordline is up; Ctrl-C stops everything")
+            return
+        stop.wait(0.5)
+
+
+def _clear_stale_targets(directory: Path) -> None:
+    for path in directory.glob("*.json") if directory.is_dir() else []:
+        path.unlink(missing_ok=True)
+
+
+def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> int:
+    """Start everything, block until Ctrl-C or a process ends, stop everything."""
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    from shared.runtime import migrate, services
+
+    processes = stack_processes(only)
+    with services():
+        migrate()
+        settings = get_settings()
+        env = dict(os.environ)
+        credentials, generated = flower_credentials(env)
+        env["FLOWER_BASIC_AUTH"] = credentials
+        env["CHORDLINE_DATA_DIR"] = str(settings.data_dir)
+        for endpoint in endpoints(settings):
+            say(f"{endpoint.name:<15} {endpoint.address}")
+        if generated:
+            say(f"{'flower login':<15} {credentials}  (generated: set FLOWER_BASIC_AUTH to choose)")
+        else:
+            say(f"{'flower login':<15} {credentials.split(':', 1)[0]} (from FLOWER_BASIC_AUTH)")
+        targets_dir = settings.data_dir / "metrics"
+        _clear_stale_targets(targets_dir)
+        manager = Manager(Printer(sys.stdout))
+        for name, command in processes.items():
+            manager.add_process(name, f"exec {command}", env=process_env(env), cwd=PROJECT_ROOT)
+        stop = threading.Event()
+        workers = [n for n, c in processes.items() if " worker " in f" {c} "]
+        threading.Thread(
+            target=announce_when_ready,
+            kwargs={"say": say, "targets_dir": targets_dir, "workers": workers, "stop": stop},
+            daemon=True,
+        ).start()
+        try:
+            manager.loop()
+        finally:
+            stop.set()
+        return int(manager.returncode or 0)

@@ -1,0 +1,237 @@
+"""The gate in front of Flower: its UI with basic auth, its /metrics on a private port only.
+
+Flower serves its Prometheus ``/metrics`` (and ``/healthcheck``) without authentication on
+the same port as its UI, and its UI can shut workers down and revoke tasks. So Flower
+itself listens on loopback only (the Procfile pins ``--address=127.0.0.1``), and this gate,
+a small reverse proxy, is what anything else reaches:
+
+- the UI listener (``CHORDLINE_FLOWER_UI_HOST``:``UI_PORT``) checks basic auth against
+  ``FLOWER_BASIC_AUTH`` itself (Flower checks it again) and forwards every path except
+  ``/metrics``, which it refuses;
+- the metrics listener (``CHORDLINE_FLOWER_METRICS_HOST``:``METRICS_PORT``) forwards
+  ``GET /metrics`` and nothing else. Bind it to an address only the scraper reaches (a pod
+  IP behind a NetworkPolicy, a private interface, or loopback beside the scraper).
+
+The gate refuses to start without ``FLOWER_BASIC_AUTH``, so Flower's UI is never served
+unauthenticated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import http.client
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from shared.config import FlowerSettings
+from shared.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 7.6.1: hop-by-hop fields, which a proxy must not forward.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+UPSTREAM_TIMEOUT_S = 30.0
+MAX_BODY_BYTES = 1_000_000
+PUBLIC_PATHS = frozenset({"/healthcheck"})  # liveness probes need no credentials
+
+
+def parse_credentials(value: str | None) -> list[str]:
+    """FLOWER_BASIC_AUTH as Flower reads it: ``user:password[,user:password...]``."""
+    if not value or not value.strip():
+        raise InvalidInput(
+            "FLOWER_BASIC_AUTH", "must be set to user:password; Flower never runs without auth"
+        )
+    pairs = [p.strip() for p in value.split(",") if p.strip()]
+    for pair in pairs:
+        user, _, password = pair.partition(":")
+        if not user or not password:
+            raise InvalidInput("FLOWER_BASIC_AUTH", "each entry must be user:password")
+    return pairs
+
+
+def authorised(header: str | None, credentials: list[str]) -> bool:
+    if not header or not header.startswith("Basic "):
+        return False
+    try:
+        given = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    # compare against every entry, so the time taken does not tell which one matched
+    matches = [hmac.compare_digest(given.encode(), c.encode()) for c in credentials]
+    return any(matches)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+
+
+def _forward(handler: BaseHTTPRequestHandler, upstream: Upstream) -> None:
+    length = int(handler.headers.get("Content-Length") or 0)
+    if length > MAX_BODY_BYTES:
+        handler.send_error(413, "request body too large")
+        return
+    body = handler.rfile.read(length) if length else None
+    headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
+    connection = http.client.HTTPConnection(
+        upstream.host, upstream.port, timeout=UPSTREAM_TIMEOUT_S
+    )
+    try:
+        connection.request(handler.command, handler.path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+    except OSError as exc:
+        handler.send_error(502, f"Flower is not answering: {exc}")
+        return
+    finally:
+        connection.close()
+    handler.send_response(response.status, response.reason)
+    for key, value in response.getheaders():
+        if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(payload)
+
+
+def refresh_workers(handler: BaseHTTPRequestHandler, upstream: Upstream) -> None:
+    """Have Flower ask the workers which queues they consume, before it lists queues.
+
+    Flower learns a Redis broker's queue names from the workers' ``active_queues`` (the
+    management API behind ``--broker_api`` is RabbitMQ's), and asks only at its start or
+    on a refresh; workers that came up after Flower would be missing from its broker page.
+    """
+    connection = http.client.HTTPConnection(upstream.host, upstream.port, timeout=10)
+    try:
+        connection.request(
+            "GET",
+            "/api/workers?refresh=1",
+            headers={"Authorization": handler.headers.get("Authorization", "")},
+        )
+        connection.getresponse().read()
+    except OSError:
+        pass  # the broker page then shows what Flower already knows
+    finally:
+        connection.close()
+
+
+def _path_only(raw: str) -> str:
+    return raw.split("?", 1)[0].split("#", 1)[0]
+
+
+class _GateHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "chordline-flower-gate"
+    upstream: Upstream
+    decide: Callable[[BaseHTTPRequestHandler], tuple[int, str] | None]
+
+    def _handle(self) -> None:
+        refusal = type(self).decide(self)
+        if refusal is None:
+            if self.command == "GET" and _path_only(self.path).rstrip("/") == "/broker":
+                refresh_workers(self, type(self).upstream)
+            _forward(self, type(self).upstream)
+            return
+        status, message = refusal
+        self.send_response(status)
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Basic realm="flower"')
+        body = message.encode()
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    # http.server dispatches on these names
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle  # noqa: N815
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug(format % args, extra={"action": "flower_gate_request"})
+
+
+def ui_rules(credentials: list[str]) -> Callable[[BaseHTTPRequestHandler], tuple[int, str] | None]:
+    def decide(request: BaseHTTPRequestHandler) -> tuple[int, str] | None:
+        path = _path_only(request.path)
+        if path.rstrip("/") == "/metrics":
+            return 404, "metrics are served on the private metrics port only"
+        if path in PUBLIC_PATHS:
+            return None
+        if not authorised(request.headers.get("Authorization"), credentials):
+            return 401, "Access denied"
+        return None
+
+    return decide
+
+
+def metrics_rules(request: BaseHTTPRequestHandler) -> tuple[int, str] | None:
+    if _path_only(request.path) != "/metrics":
+        return 404, "only /metrics is served here"
+    if request.command not in ("GET", "HEAD"):
+        return 405, "only GET /metrics"
+    return None
+
+
+def _server(
+    host: str,
+    port: int,
+    *,
+    upstream: Upstream,
+    decide: Callable[[BaseHTTPRequestHandler], tuple[int, str] | None],
+) -> ThreadingHTTPServer:
+    handler = type(
+        "Handler", (_GateHandler,), {"upstream": upstream, "decide": staticmethod(decide)}
+    )
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+@dataclass
+class Gate:
+    ui: ThreadingHTTPServer
+    metrics: ThreadingHTTPServer
+
+    def serve_forever(self) -> None:
+        threading.Thread(target=self.metrics.serve_forever, daemon=True).start()
+        try:
+            self.ui.serve_forever()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.metrics.shutdown()  # its loop runs on a thread; the UI's ran on ours
+        for server in (self.ui, self.metrics):
+            server.server_close()
+
+
+def open_gate(settings: FlowerSettings) -> Gate:
+    credentials = parse_credentials(
+        settings.basic_auth.get_secret_value() if settings.basic_auth else None
+    )
+    upstream = Upstream("127.0.0.1", settings.upstream_port)
+    return Gate(
+        ui=_server(
+            settings.ui_host, settings.ui_port, upstream=upstream, decide=ui_rules(credentials)
+        ),
+        metrics=_server(
+            settings.metrics_host, settings.metrics_port, upstream=upstream, decide=metrics_rules
+        ),
+    )

@@ -1,0 +1,162 @@
+"""Flower from the Procfile, behind its gate, against the live stack, in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+import pytest
+
+from shared.client import enqueue_turn, wait_for_turn
+from shared.procfile import ProcessGroup, read_procfile, start_workers
+from tests.conftest import ARTIFACTS, new_tenant
+from tests.ops.browser import headless_chromium
+
+pytestmark = pytest.mark.integration
+
+RUNNING_WORKERS = ("orchestrator", "researcher", "merge", "agents", "maintenance")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def queues_of(process: str) -> list[str]:
+    match = re.search(r"-Q\s+(\S+)", read_procfile()[process])
+    assert match, process
+    return match.group(1).split(",")
+
+
+@dataclass
+class Flower:
+    ui: str
+    metrics: str
+    upstream_port: int
+    credentials: str
+    group: ProcessGroup
+
+    def get(self, url: str, *, auth: str | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(url)
+        if auth is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def flower(workers: None) -> Iterator[Flower]:
+    import os
+
+    credentials = f"ops:{secrets.token_urlsafe(12)}"
+    ports = {name: free_port() for name in ("UPSTREAM", "UI", "METRICS")}
+    env = {
+        **os.environ,
+        "FLOWER_BASIC_AUTH": credentials,
+        **{f"CHORDLINE_FLOWER_{name}_PORT": str(port) for name, port in ports.items()},
+    }
+    group = start_workers(["flower", "flower-gate"], env=env, log_dir=ARTIFACTS / "worker-logs")
+    flower = Flower(
+        ui=f"http://127.0.0.1:{ports['UI']}",
+        metrics=f"http://127.0.0.1:{ports['METRICS']}",
+        upstream_port=ports["UPSTREAM"],
+        credentials=credentials,
+        group=group,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                status, body = flower.get(f"{flower.ui}/api/workers?refresh=1", auth=credentials)
+                if status == 200 and all(f'"{w}@' in body for w in RUNNING_WORKERS):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "Flower did not see the workers in time"
+            time.sleep(0.5)
+        yield flower
+    finally:
+        group.stop()
+
+
+def test_flower_is_never_served_without_auth_and_its_metrics_only_privately(
+    flower: Flower,
+) -> None:
+    status, _ = flower.get(f"{flower.ui}/")
+    assert status == 401
+    assert flower.get(f"{flower.ui}/", auth="ops:wrong")[0] == 401
+    assert flower.get(f"{flower.ui}/tasks", auth="nobody:" + flower.credentials)[0] == 401
+    assert flower.get(f"{flower.ui}/", auth=flower.credentials)[0] == 200
+    # /metrics is not on the UI's port, with or without credentials ...
+    assert flower.get(f"{flower.ui}/metrics", auth=flower.credentials)[0] == 404
+    # ... but on the private metrics port, which serves nothing else
+    status, body = flower.get(f"{flower.metrics}/metrics")
+    assert status == 200 and "flower_events_total" in body
+    assert flower.get(f"{flower.metrics}/")[0] == 404
+    assert flower.get(f"{flower.metrics}/tasks")[0] == 404
+    # Flower itself listens on loopback only
+    flower_pid = flower.group.processes["flower"].pid
+    listening = [
+        c.laddr
+        for c in psutil.Process(flower_pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+    assert {addr.port for addr in listening} == {flower.upstream_port}
+
+
+def test_flower_shows_chordline_tasks_and_queues_in_a_browser(flower: Flower) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tenant = new_tenant()
+    turn_ids = [
+        enqueue_turn(tenant, "c1", "Does Halyard have a REST API and webhooks for stock changes?"),
+        enqueue_turn(tenant, "c2", "How much does the Pro plan cost per warehouse?"),
+    ]
+    agents = {wait_for_turn(t, timeout=90).next_agent for t in turn_ids}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    with headless_chromium(basic_auth=flower.credentials) as browser:
+        browser.get(f"{flower.ui}/tasks")
+        expected = {"chordline.orchestrator", "chordline.researcher", "chordline.merge"}
+        expected |= {f"chordline.agent.{a}" for a in agents}
+
+        def tasks_listed(driver: object) -> bool:
+            text = browser.find_element(By.ID, "tasks-table").text
+            return (all(name in text for name in expected) and turn_ids[0][:8] in text) or all(
+                name in text for name in expected
+            )
+
+        WebDriverWait(browser, 60, poll_frequency=0.5).until(tasks_listed)
+        browser.save_screenshot(str(ARTIFACTS / "flower-tasks.png"))
+
+        browser.get(f"{flower.ui}/broker")
+        rows = {
+            row.get_attribute("id"): row.get_attribute("textContent").split()
+            for row in browser.find_elements(By.CSS_SELECTOR, "#queue-table tbody tr")
+        }
+        browser.save_screenshot(str(ARTIFACTS / "flower-broker.png"))
+        for process in RUNNING_WORKERS:
+            for queue in queues_of(process):
+                assert queue in rows, f"queue {queue} missing from Flower's broker page: {rows}"
+                assert rows[queue][0] == queue and rows[queue][1].isdigit(), rows[queue]
+
+        browser.get(f"{flower.ui}/workers")
+        WebDriverWait(browser, 30).until(
+            lambda _: all(f"{w}@" in browser.page_source for w in RUNNING_WORKERS)
+        )
+        browser.save_screenshot(str(ARTIFACTS / "flower-workers.png"))
+    assert (ARTIFACTS / "flower-tasks.png").stat().st_size > 10_000
