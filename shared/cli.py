@@ -13,6 +13,7 @@ from rich.table import Table
 from shared.commands import kb as kb_commands
 from shared.commands import ops as ops_commands
 from shared.commands import providers as provider_commands
+from shared.commands import recovery as recovery_commands
 from shared.commands import rescore as rescore_commands
 from shared.commands.common import TenantOpt, console, err, needed_services, turn_workers
 from shared.config import get_settings
@@ -27,7 +28,7 @@ app = typer.Typer(
 tenant_app = typer.Typer(help="Tenants and their settings.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(kb_commands.app, name="kb")
-for module in (ops_commands, rescore_commands, provider_commands):
+for module in (ops_commands, rescore_commands, provider_commands, recovery_commands):
     module.register(app)
 
 
