@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast test-faults lint format bench kb-bench clean
+.PHONY: setup demo test test-fast test-faults lint format bench kb-bench clean up
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: setup
 
 kb-bench: setup
 	$(BIN)/chordline kb bench --chunks 100000
+
+# The whole stack from the Procfile, Flower included; Ctrl-C stops all of it.
+up: setup
+	$(BIN)/chordline up
 
 clean:
 	rm -rf $(VENV) .chordline .pytest_cache .mypy_cache .ruff_cache
