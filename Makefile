@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast test-faults lint format bench kb-bench clean up
+.PHONY: setup demo test test-fast test-faults lint format bench kb-bench clean up rescore-bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: setup
 
 kb-bench: setup
 	$(BIN)/chordline kb bench --chunks 100000
+
+# Re-scoring throughput (zero-latency simulated providers), then live p99 from
+# `chordline bench` without and with a full-speed re-scoring run alongside.
+rescore-bench: setup
+	$(BIN)/chordline rescore bench --turns 10000 --rate 25 --duration 20
 
 # The whole stack from the Procfile, Flower included; Ctrl-C stops all of it.
 up: setup

@@ -7,6 +7,7 @@ from sqlalchemy import create_engine, pool
 
 from shared.db.models import Base
 from shared.db.session import database_url
+from shared.rescoring import models as rescoring_models  # noqa: F401  (its tables)
 
 target_metadata = Base.metadata
 

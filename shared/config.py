@@ -307,6 +307,28 @@ class ProviderSettings(BaseSettings):
         return "openai" if self.openai_api_key is not None else "local"
 
 
+class RescoringSettings(BaseSettings):
+    """Batch re-scoring: batch sizes, and the per-tenant rate budget it draws model calls from.
+
+    Live traffic comes first: re-scoring gets what is left of ``tenant_calls_per_s`` after the
+    tenant's live turns (estimated from their arrivals), and pauses while live messages wait
+    on the turn queues. A batch task gives its worker back after ``batch_slice_s`` and
+    re-enqueues what it has left, so it never runs near the visibility timeout.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CHORDLINE_RESCORE_", extra="ignore")
+
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    max_turns_per_run: int = Field(default=1_000_000, ge=1)
+    batch_slice_s: float = Field(default=8.0, gt=0, le=300)
+    tenant_calls_per_s: float = Field(default=100.0, gt=0)
+    burst_s: float = Field(default=1.0, gt=0, le=60)
+    live_calls_per_turn: float = Field(default=3.0, ge=0)
+    live_window_s: float = Field(default=5.0, gt=0, le=300)
+    live_backlog_limit: int = Field(default=0, ge=0)
+    live_sample_s: float = Field(default=0.5, gt=0, le=60)
+
+
 class MetricsSettings(BaseSettings):
     """Prometheus metrics of each worker process, on a private port (workers/metrics.py)."""
 
@@ -365,6 +387,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    rescoring: RescoringSettings = Field(default_factory=RescoringSettings)
 
     @field_validator("database_url")
     @classmethod

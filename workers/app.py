@@ -25,6 +25,7 @@ TASK_MODULES = [
     "workers.merge",
     "workers.agents",
     "workers.ingest",
+    "workers.rescoring",
     "workers.maintenance",
 ]
 

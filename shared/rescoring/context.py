@@ -1,0 +1,77 @@
+"""The conversation as it was just before a historical turn.
+
+The live conversation row holds only the latest memory and qualification status. What the
+orchestrator saw at turn N is rebuilt by replaying the conversation's earlier turns through
+the same functions the agents apply when they commit a reply (``updated_memory``,
+``next_qualification``): a completed turn moves memory and status on, a failed one does
+not, and the history is the last few messages with their replies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Turn
+from shared.providers.base import ConversationContext
+from shared.schemas import Agent, TurnStatus
+from shared.turn.agents import next_qualification, updated_memory
+from shared.turn.researcher import stored_research
+from shared.turn.stage import HISTORY_TURNS
+
+
+def _conversation_turns(session: Session, turns: Sequence[Turn]) -> dict[uuid.UUID, list[Turn]]:
+    """Every turn of the given turns' conversations up to the latest one asked for."""
+    last_seq: dict[uuid.UUID, int] = defaultdict(int)
+    for turn in turns:
+        last_seq[turn.conversation_id] = max(last_seq[turn.conversation_id], turn.seq)
+    rows = session.scalars(
+        select(Turn)
+        .where(Turn.conversation_id.in_(list(last_seq)), Turn.seq <= max(last_seq.values()))
+        .order_by(Turn.conversation_id, Turn.seq)
+    )
+    by_conversation: dict[uuid.UUID, list[Turn]] = defaultdict(list)
+    for row in rows:
+        if row.seq <= last_seq[row.conversation_id]:
+            by_conversation[row.conversation_id].append(row)
+    return by_conversation
+
+
+def _replay(
+    conversation: list[Turn], wanted: set[uuid.UUID]
+) -> dict[uuid.UUID, ConversationContext]:
+    memory: dict[str, object] = {}
+    qualification = "unknown"
+    history: list[dict[str, str]] = []
+    contexts: dict[uuid.UUID, ConversationContext] = {}
+    for turn in conversation:
+        if turn.id in wanted:
+            contexts[turn.id] = ConversationContext(
+                tenant_id=turn.tenant_id,
+                message=turn.message,
+                qualification_status=qualification,
+                memory=dict(memory),
+                history=list(history[-HISTORY_TURNS:]),
+            )
+        history.append({"message": turn.message, "reply": turn.agent_response or ""})
+        if turn.status == TurnStatus.COMPLETED.value and turn.next_agent:
+            memory = updated_memory(memory, turn, Agent(turn.next_agent), stored_research(turn))
+            qualification = next_qualification(qualification, turn.phase)
+    return contexts
+
+
+def contexts_before(
+    session: Session, turns: Sequence[Turn]
+) -> dict[uuid.UUID, ConversationContext]:
+    """For each turn, the context its orchestrator saw, read in one query per batch."""
+    if not turns:
+        return {}
+    wanted = {turn.id for turn in turns}
+    contexts: dict[uuid.UUID, ConversationContext] = {}
+    for conversation in _conversation_turns(session, turns).values():
+        contexts.update(_replay(conversation, wanted))
+    return contexts
