@@ -14,10 +14,12 @@ tenant's rows. Choices made on purpose, each against a trap measured on pgvector
   ORDER BY the index cannot serve: a scan of a few thousand rows through the tenant index
   is faster than a filtered graph walk, and its recall is 1. The size is a bounded count,
   remembered per process for a short while.
-- The full-text half of a large tenant leaves out lexemes so common that ranking their
-  matches would cost more than the whole vector half (over ``KEYWORD_TERM_MAX_ROWS`` rows
-  by the planner's statistics): like a low IDF, they tell little, and a question made only
-  of them is left to the vector half. Small tenants keep every term, since they are cheap.
+- The full-text half goes through the GIN index and leaves out lexemes so common that
+  ranking their matches would cost more than the whole vector half (over
+  ``KEYWORD_TERM_MAX_ROWS`` rows by the planner's statistics): like a low IDF, they tell
+  little, and a question made only of them is left to the vector half. A tiny tenant
+  (below ``TEXT_SCAN_BELOW`` chunks) is cheaper to scan than any posting list: its rows
+  are filtered directly, with every term kept.
 - Connections run with ``plan_cache_mode = force_custom_plan`` (shared/db/session.py), so a
   statement that psycopg prepares after five executions never switches to a generic plan that
   cannot see which tenant, and so which plan, it serves.
@@ -44,6 +46,7 @@ RRF_K = 60
 TENANT_SIZE_TTL_S = 30.0
 MAX_QUERY_TERMS = 32
 KEYWORD_TERM_MAX_ROWS = 2000
+TEXT_SCAN_BELOW = 2000
 FREQUENT_LEXEMES_TTL_S = 600.0
 
 
@@ -147,13 +150,27 @@ def tenant_vector_rows(session: Session, *, store: VectorStore, tenant_id: str, 
     )
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """How to search one tenant, by its size: the vector half exactly or through the
+    index; the text half by scanning the tenant's rows or through the GIN index."""
+
+    exact: bool
+    scan_text: bool
+
+
+def plan_search(
+    session: Session, *, store: VectorStore, tenant_id: str, exact_below: int
+) -> SearchPlan:
+    cap = max(exact_below, TEXT_SCAN_BELOW)
+    rows = tenant_sizes.rows(session, store=store, tenant_id=tenant_id, cap=cap)
+    return SearchPlan(exact=rows < exact_below, scan_text=rows < TEXT_SCAN_BELOW)
+
+
 def use_exact_search(
     session: Session, *, store: VectorStore, tenant_id: str, exact_below: int
 ) -> bool:
-    if exact_below <= 0:
-        return False
-    rows = tenant_sizes.rows(session, store=store, tenant_id=tenant_id, cap=exact_below)
-    return rows < exact_below
+    return plan_search(session, store=store, tenant_id=tenant_id, exact_below=exact_below).exact
 
 
 def check_question(question: object, *, max_chars: int) -> str:
@@ -217,23 +234,38 @@ def semantic_sql(store: VectorStore, *, exact: bool) -> str:
     """
 
 
-KEYWORD_SQL = """
-        SELECT c.id AS chunk_id,
-               row_number() OVER (ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id) AS rank
-        FROM kb_chunks c,
-             (SELECT to_tsquery('simple', string_agg(u.lexeme, ' | ')) AS q
-              FROM unnest(to_tsvector('english', :words)) AS u
-              WHERE u.lexeme <> ALL (CAST(:frequent AS text[]))
-              HAVING count(*) > 0) AS kq
-        WHERE c.tenant_id = :t AND c.tsv @@ kq.q
-        ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id LIMIT :k
+KEYWORD_QUERY = """
+        (SELECT to_tsquery('simple', string_agg(u.lexeme, ' | ')) AS q
+         FROM unnest(to_tsvector('english', :words)) AS u
+         WHERE u.lexeme <> ALL (CAST(:frequent AS text[]))
+         HAVING count(*) > 0) AS kq
 """
 
 
-def hybrid_sql(store: VectorStore, *, exact: bool) -> str:
+def keyword_sql(*, scan: bool) -> str:
+    """The text half: the tenant's chunks matching any of the question's lexemes, ranked.
+
+    A tiny tenant's rows are scanned and filtered (cheaper than intersecting GIN posting
+    lists that span every tenant); larger tenants go through the GIN index.
+    """
+    chunks = (
+        "(SELECT id, tsv FROM kb_chunks WHERE tenant_id = :t OFFSET 0) AS c"
+        if scan
+        else "kb_chunks AS c"
+    )
     return f"""
-        WITH semantic AS ({semantic_sql(store, exact=exact)}),
-        keyword AS ({KEYWORD_SQL}),
+        SELECT c.id AS chunk_id,
+               row_number() OVER (ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id) AS rank
+        FROM {chunks}, {KEYWORD_QUERY}
+        WHERE {"true" if scan else "c.tenant_id = :t"} AND c.tsv @@ kq.q
+        ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id LIMIT :k
+    """
+
+
+def hybrid_sql(store: VectorStore, *, plan: SearchPlan) -> str:
+    return f"""
+        WITH semantic AS ({semantic_sql(store, exact=plan.exact)}),
+        keyword AS ({keyword_sql(scan=plan.scan_text)}),
         fused AS (
             SELECT coalesce(s.chunk_id, k.chunk_id) AS chunk_id,
                    s.rank AS vector_rank, k.rank AS text_rank,
@@ -263,17 +295,17 @@ def hybrid_search(
     ef_search: int,
 ) -> list[Candidate]:
     """The tenant's best ``limit`` chunks for the question, by RRF of both halves."""
-    exact = use_exact_search(session, store=store, tenant_id=tenant_id, exact_below=exact_below)
-    if not exact:
+    plan = plan_search(session, store=store, tenant_id=tenant_id, exact_below=exact_below)
+    if not plan.exact:
         configure_hnsw(session, ef_search=ef_search, limit=limit)
     rows = session.execute(
-        text(hybrid_sql(store, exact=exact)),
+        text(hybrid_sql(store, plan=plan)),
         {
             "t": tenant_id,
             "v": vector_literal(vector),
             "k": limit,
             "words": keyword_words(question),
-            "frequent": [] if exact else frequent_lexemes.get(session),
+            "frequent": [] if plan.scan_text else frequent_lexemes.get(session),
             "rrf": RRF_K,
         },
     ).all()

@@ -8,7 +8,9 @@ handful of topics in Markdown documents with headings, so its chunks form topica
 that overlap with other tenants' clusters, as the knowledge bases of different customers do.
 Each product also has its own named things (features, settings, integrations: invented
 words, about one per eight chunks, mentioned with a Zipf skew), which give the corpus the
-long tail of rare terms that real documentation has and keyword search depends on.
+long tail of rare terms that real documentation has and keyword search depends on. A
+section is about one such name and a few topic words, as sections of real documents are
+about one thing, so a question has passages that answer it better than others.
 Questions are generated from the same topics and names. Everything is seeded, so a run is
 repeatable.
 """
@@ -173,6 +175,22 @@ SENTENCES = (
     "Use the {a} {b} to {verb} how the {c} behaves for a {d}.",
     "By default, the {a} is {common} and the {b} {c} is kept for the {d}.",
     "Each {a} is linked to a {b}, so the {c} can {verb} the {d} directly.",
+    "Only an owner of the {a} may {verb} its {b}.",
+    "The {a} report lists each {b} with its {c}.",
+    "Changes to a {a} reach the {b} within a minute.",
+    "A {a} without a {b} is skipped during the nightly {c} run.",
+    "{product} shows a warning when the {a} exceeds the {b}.",
+    "Set the {a} to zero to turn off the {b} for that {c}.",
+    "Up to fifty {a} entries can share one {b}.",
+    "Older {a} versions stay readable, but only the latest {b} can {verb} a {c}.",
+    "Support can {verb} a {a} on request if the {b} is locked.",
+    "The {a} field accepts letters, digits and dashes.",
+    "Filtering by {a} narrows the {b} list to matching {c} entries.",
+    "Deleting a {a} also removes its {b} after thirty days.",
+    "Import a {a} file to {verb} many {b} entries at once.",
+    "Rename the {a} freely; the {b} keeps its identifier.",
+    "Two {a} entries with the same {b} are merged into one {c}.",
+    "If you {verb} the {a}, notify the {b} owners first.",
 )  # fmt: skip
 
 QUESTIONS = (
@@ -252,20 +270,34 @@ def _distinct_picks(words: Sequence[str], rng: random.Random, count: int) -> lis
     return picks
 
 
+FOCUS_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class Focus:
+    """What one section is about: a topic, one of the product's names, a few topic words."""
+
+    topic: str
+    name: str
+    words: tuple[str, ...]
+
+
+def make_focus(tenant: SyntheticTenant, rng: random.Random, topic: str | None = None) -> Focus:
+    topic = topic or rng.choices(tenant.topics, weights=tenant.weights)[0]
+    name = _zipf_pick(tenant.names, rng, 1.0)
+    return Focus(topic, name, tuple(_distinct_picks(TOPICS[topic], rng, 4)))
+
+
 def _fill(
-    template: str,
-    *,
-    topic: str,
-    product: str,
-    rng: random.Random,
-    names: Sequence[str] = (),
+    template: str, *, focus: Focus, product: str, rng: random.Random, name_share: float
 ) -> str:
-    words = TOPICS[topic]
-    slots = dict(zip("abcd", _distinct_picks(words, rng, 4), strict=True))
+    """Most words from the section's focus, some from its topic, a few everyday ones."""
+    pool = focus.words if rng.random() < FOCUS_SHARE else TOPICS[focus.topic]
+    slots = dict(zip("abcd", _distinct_picks(pool, rng, 4), strict=True))
     if rng.random() < 0.3:  # everyday words mix in, as they do in real documentation
         slots[rng.choice("bcd")] = rng.choice(COMMON)
-    if names and rng.random() < 0.5:  # the product's own named things
-        slots["a"] = f"{rng.choice(names)} {slots['a']}"
+    if rng.random() < name_share:  # the product's own named things
+        slots["a"] = f"{focus.name} {slots['a']}"
     return template.format(
         **slots,
         verb=rng.choice(VERBS),
@@ -275,30 +307,31 @@ def _fill(
     )
 
 
-def sentence(topic: str, *, product: str, rng: random.Random, names: Sequence[str] = ()) -> str:
-    text = _fill(rng.choice(SENTENCES), topic=topic, product=product, rng=rng, names=names)
+def sentence(focus: Focus, *, product: str, rng: random.Random) -> str:
+    text = _fill(rng.choice(SENTENCES), focus=focus, product=product, rng=rng, name_share=0.5)
     return text[0].upper() + text[1:]
 
 
 def question(tenant: SyntheticTenant, rng: random.Random) -> str:
-    topic = rng.choices(tenant.topics, weights=tenant.weights)[0]
-    names = [_zipf_pick(tenant.names, rng, 1.0)] if rng.random() < 0.6 else []
-    return _fill(rng.choice(QUESTIONS), topic=topic, product=tenant.product, rng=rng, names=names)
+    """A question about something the tenant documents (a focus its sections may have)."""
+    focus = make_focus(tenant, rng)
+    return _fill(
+        rng.choice(QUESTIONS), focus=focus, product=tenant.product, rng=rng, name_share=0.6
+    )
 
 
 def document(tenant: SyntheticTenant, *, index: int, rng: random.Random) -> SyntheticDocument:
-    """A Markdown document about one of the tenant's topics, with 2-4 headed sections."""
+    """A Markdown document about one of the tenant's topics: 2-4 headed sections, each
+    about one of the product's names and a few of the topic's words."""
     topic = rng.choices(tenant.topics, weights=tenant.weights)[0]
-    words = TOPICS[topic]
-    names = [_zipf_pick(tenant.names, rng, 1.0) for _ in range(rng.randint(1, 3))]
-    lines = [f"# {tenant.product} {names[0]} {topic} guide {index}", ""]
-    for _ in range(rng.randint(2, 4)):
-        first, second = _distinct_picks(words, rng, 2)
-        lines += [f"## {first.capitalize()} {second}", ""]
+    sections = [make_focus(tenant, rng, topic) for _ in range(rng.randint(2, 4))]
+    lines = [f"# {tenant.product} {sections[0].name} {topic} guide {index}", ""]
+    for focus in sections:
+        lines += [f"## {focus.name.capitalize()} {focus.words[0]} {focus.words[1]}", ""]
         for _ in range(rng.randint(1, 3)):
             lines += [
                 " ".join(
-                    sentence(topic, product=tenant.product, rng=rng, names=names)
+                    sentence(focus, product=tenant.product, rng=rng)
                     for _ in range(rng.randint(3, 6))
                 ),
                 "",

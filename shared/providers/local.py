@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import math
 import re
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -358,23 +358,23 @@ class LocalEmbedder:
 
     def _embed_one(self, text: str) -> list[float]:
         terms = _embedding_terms(text)
-        features: dict[str, float] = defaultdict(float)
-        for term in terms:
+        # Weights per feature: 2 per word, 0.25 per character trigram, 1 per word pair,
+        # summed over occurrences (counted per distinct term, in order of first occurrence).
+        features: dict[str, float] = {}
+        for term, count in Counter(terms).items():
             word, trigrams = _term_features(term)
-            features[word] += 2.0
+            features[word] = 2.0 * count
             for trigram in trigrams:
-                features[trigram] += 0.25
-        for left, right in itertools.pairwise(terms):
-            features[f"b:{left}_{right}"] += 1.0
+                features[trigram] = features.get(trigram, 0.0) + 0.25 * count
+        for (left, right), count in Counter(itertools.pairwise(terms)).items():
+            features[f"b:{left}_{right}"] = float(count)
         vector = [0.0] * self.dim
+        dim, log = self.dim, math.log
         for feature, weight in features.items():
-            index, sign = _bucket(feature, self.dim)
-            vector[index] += sign * (1.0 + math.log(weight))
+            index, sign = _bucket(feature, dim)
+            vector[index] += sign * (1.0 + log(weight))
         norm = math.sqrt(sum(v * v for v in vector)) or 1.0
         return [v / norm for v in vector]
-
-
-# --------------------------------------------------------------------------- reranker
 
 
 # Words that shape a question rather than name what it is about ("how *long* does it take",

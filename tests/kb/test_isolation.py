@@ -94,12 +94,15 @@ def test_the_vector_half_returns_only_the_tenants_chunks(
 
 
 @pytest.mark.parametrize("exact_below", [10_000, 0], ids=["exact", "graph"])
-@pytest.mark.parametrize("prune", [False, True], ids=["all-terms", "frequent-terms-pruned"])
+@pytest.mark.parametrize("text_path", ["scan", "index", "index-pruned"])
 def test_the_text_half_and_the_fused_result_return_only_the_tenants_chunks(
-    twins: dict[str, str], exact_below: int, prune: bool, monkeypatch: pytest.MonkeyPatch
+    twins: dict[str, str], exact_below: int, text_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    prune = text_path == "index-pruned"
+    if text_path != "scan":
+        monkeypatch.setattr(search, "TEXT_SCAN_BELOW", 0)  # through the GIN index
     if prune:
-        # every lexeme the statistics know counts as frequent: the pruned path
+        # every lexeme the statistics know counts as frequent
         monkeypatch.setattr(search, "frequent_lexemes", search.FrequentLexemes(max_rows=0))
     for name, tenant_id in twins.items():
         other_secret = next(s for n, (_, s) in TENANTS.items() if n != name)
