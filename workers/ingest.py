@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.config import get_settings
 from shared.contract import INGEST_TASK
-from shared.kb.jobs import run_ingest_job
+from shared.kb.jobs import fail_ingest_job, run_ingest_job
 from shared.providers.registry import get_providers
 from workers.app import app
 from workers.base import ChordlineTask, validate
@@ -26,4 +28,14 @@ class IngestPayload(BaseModel):
 @app.task(name=INGEST_TASK, bind=True, base=ChordlineTask, ignore_result=True)
 def ingest_document(self: ChordlineTask, /, **payload: Any) -> str:
     ref: IngestPayload = validate(IngestPayload, payload)
-    return run_ingest_job(ref.job_id, embedder=get_providers().embedder)
+    try:
+        return run_ingest_job(ref.job_id, embedder=get_providers().embedder)
+    except SoftTimeLimitExceeded:
+        limit = get_settings().celery.soft_time_limit_s
+        fail_ingest_job(
+            ref.job_id,
+            error=f"storing it took longer than the task time limit ({limit} s, "
+            "CHORDLINE_CELERY_SOFT_TIME_LIMIT_S); split the document or ingest it with "
+            "`kb ingest --mode inline`",
+        )
+        return "failed"

@@ -275,12 +275,26 @@ def _finish(
     return bool(result.rowcount)
 
 
-def run_ingest_job(job_id: str, *, embedder: Embedder) -> str:
-    """Store the document of one queued job and write its outcome on the job row."""
+def _job_uuid(job_id: str) -> uuid.UUID:
     try:
-        job_uuid = uuid.UUID(job_id)
+        return uuid.UUID(job_id)
     except ValueError as exc:
         raise InvalidInput("job_id", f"{job_id[:40]!r} is not a UUID") from exc
+
+
+def fail_ingest_job(job_id: str, *, error: str) -> bool:
+    """End a queued job as failed (the worker gave up on it); False if it already ended."""
+    failed = _finish(
+        _job_uuid(job_id), status=JobStatus.FAILED, outcome=None, chunks=0, error=error
+    )
+    if failed:
+        log.error("ingest job failed", extra={"action": "kb_ingest_failed", "reason": error})
+    return failed
+
+
+def run_ingest_job(job_id: str, *, embedder: Embedder) -> str:
+    """Store the document of one queued job and write its outcome on the job row."""
+    job_uuid = _job_uuid(job_id)
     with session_scope() as session:
         job = session.get(KbIngestJob, job_uuid)
         if job is None or job.status != JobStatus.QUEUED or job.body is None:

@@ -3,6 +3,7 @@ progress fed by finished tasks, bad files reported at the door and never queued.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,17 @@ from sqlalchemy import func, select
 from shared.db.models import KbIngestJob
 from shared.db.session import session_scope
 from shared.kb import ingest, jobs
-from shared.kb.documents import discover
+from shared.kb.documents import LoadedDocument, discover
 from shared.kb.ingest import IngestReport, Outcome, list_documents
-from shared.kb.jobs import ingest_queued, ingest_workers_answer
+from shared.kb.jobs import (
+    fail_ingest_job,
+    ingest_queued,
+    ingest_workers_answer,
+    run_ingest_job,
+    stage_jobs,
+    wait_for_batch,
+)
+from shared.providers.local import LocalEmbedder
 from tests.kb.conftest import chordline, write_docs
 
 pytestmark = pytest.mark.integration
@@ -79,3 +88,23 @@ def test_the_command_uses_the_queue_and_prints_a_summary(
     again = chordline("kb", "ingest", str(docs / "topic-1.md"), "--tenant", empty_tenant)
     assert again.returncode == 0, again.stderr
     assert "1 documents (0 added, 0 replaced, 1 unchanged), 0 chunks written" in again.stdout
+
+
+def test_a_job_the_worker_gives_up_on_is_reported_as_failed(empty_tenant: str) -> None:
+    batch = uuid.uuid4()
+    with session_scope() as session:
+        [job_id] = stage_jobs(
+            session,
+            batch_id=batch,
+            tenant_id=empty_tenant,
+            documents=[LoadedDocument("big.md", "markdown", "# Big\n\nText.")],
+            embedding_model="local-hash-384",
+        )
+    assert fail_ingest_job(str(job_id), error="took longer than the task time limit")
+    assert not fail_ingest_job(str(job_id), error="again")  # a job ends once
+    assert run_ingest_job(str(job_id), embedder=LocalEmbedder()) == "already finished"
+    report = IngestReport()
+    wait_for_batch(batch, expected=1, report=report, idle_timeout_s=5)
+    assert [(r.source, r.reason.value, r.detail) for r in report.rejected] == [
+        ("big.md", "failed", "took longer than the task time limit")
+    ]
