@@ -4,8 +4,10 @@ Delivery is at least once (acks_late, reject_on_worker_lost), so every turn stag
 again; three things keep that safe and bounded:
 
 - the stages' writes are conditional, so a second run changes nothing twice;
-- a per-message delivery counter in Redis ends a turn whose task keeps killing its worker
-  (a poison pill) after ``max_deliveries``, failed with a reason, instead of looping;
+- per-message delivery counters in Redis end a turn whose task keeps killing its worker
+  (a poison pill: ``max_deliveries`` deliveries that started and never finished), failed
+  with a reason, instead of looping; deliveries repeated for other reasons (a dropped
+  connection, a retry) ran to their end and do not count;
 - a retry never waits longer than the broker can hold a message unacknowledged: a retried
   task sits reserved (unacked) on its worker until its countdown ends, and Redis hands it to
   another worker once the visibility timeout passes, which would run it twice. Countdowns
@@ -34,6 +36,7 @@ from workers import fault_hooks
 log = logging.getLogger(__name__)
 
 RETRYABLE = (TransientError, OperationalError, RedisConnectionError)
+DELIVERY_KEY_TTL_S = 86_400
 
 
 def retry_after_s(exc: BaseException | None) -> float | None:
@@ -98,17 +101,43 @@ class ChordlineTask(Task[Any, Any]):
             delivery=self.delivery_count(),
         )
 
+    def _delivery_key(self, what: str) -> str:
+        return f"chordline:{what}:{self.request.id}:{self.request.retries}"
+
     def delivery_count(self) -> int:
-        """How often this message (this retry of this task) has been handed to a worker."""
-        key = f"chordline:deliveries:{self.request.id}:{self.request.retries}"
+        """How often this message (this retry of this task) has been handed to a worker.
+
+        Also reads how many of the earlier deliveries ran to their end, in the same round
+        trip: the others died with their process (see ``crashed_deliveries``).
+        """
+        key = self._delivery_key("deliveries")
         pipe = get_redis().pipeline(transaction=False)
         pipe.incr(key)
-        pipe.expire(key, 86_400)
-        count, _ = pipe.execute()
+        pipe.expire(key, DELIVERY_KEY_TTL_S)
+        pipe.get(self._delivery_key("finished"))
+        count, _, finished = pipe.execute()
+        self.request.chordline_finished = int(finished or 0)  # type: ignore[attr-defined]
         return int(count)
 
+    def mark_finished(self) -> None:
+        """This delivery ran to its end (whatever the outcome): it did not kill its process."""
+        key = self._delivery_key("finished")
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, DELIVERY_KEY_TTL_S)
+        pipe.execute()
+
+    def crashed_deliveries(self, origin: StageOrigin) -> int:
+        """Earlier deliveries that started and never finished: their process died under them.
+
+        A delivery repeated because a connection dropped, or a retry, finished and does not
+        count; a task that keeps killing its worker does.
+        """
+        finished = int(getattr(self.request, "chordline_finished", 0) or 0)
+        return max(0, origin.delivery - 1 - finished)
+
     def over_delivered(self, origin: StageOrigin) -> bool:
-        return origin.delivery > get_settings().celery.max_deliveries
+        return self.crashed_deliveries(origin) >= get_settings().celery.max_deliveries
 
 
 def validate(model: Any, payload: dict[str, Any]) -> Any:
@@ -132,7 +161,8 @@ def _end_turn(turn_id: str, reason: str) -> dict[str, Any]:
 
 def _poison_reason(task: ChordlineTask, origin: StageOrigin) -> str:
     return (
-        f"{task.name} was delivered {origin.delivery} times (limit "
+        f"{task.name} was delivered {origin.delivery} times and its worker died during "
+        f"{task.crashed_deliveries(origin)} of them (limit "
         f"{get_settings().celery.max_deliveries}); it keeps killing its worker"
     )
 
@@ -162,3 +192,14 @@ def run_turn_stage(task: ChordlineTask, payload: dict[str, Any], model: Any, sta
         raise
     finally:
         fault_hooks.after_stage()
+        _mark_finished(task)
+
+
+def _mark_finished(task: ChordlineTask) -> None:
+    try:
+        task.mark_finished()
+    except RETRYABLE:  # Redis is down: at worst this delivery counts as one that crashed
+        log.warning(
+            "delivery not marked finished",
+            extra={"action": "delivery_mark_failed", "stage": task.name},
+        )
