@@ -23,10 +23,12 @@ import binascii
 import hmac
 import http.client
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 from shared.config import FlowerSettings
 from shared.errors import InvalidInput
@@ -134,7 +136,9 @@ def refresh_workers(handler: BaseHTTPRequestHandler, upstream: Upstream) -> None
 
 
 def _path_only(raw: str) -> str:
-    return raw.split("?", 1)[0].split("#", 1)[0]
+    """The request's path, decoded and with repeated slashes collapsed, for the rules."""
+    path = unquote(raw.split("?", 1)[0].split("#", 1)[0])
+    return re.sub(r"/{2,}", "/", path)
 
 
 class _GateHandler(BaseHTTPRequestHandler):

@@ -95,3 +95,28 @@ def test_every_stage_of_a_turn_joins_the_trace_named_by_the_turn_id() -> None:
     assert spans["chordline.orchestrator"].status.status_code is StatusCode.UNSET
     assert spans["chordline.kb.ingest_document"].context.trace_id != trace_id
     provider.shutdown()
+
+
+def test_the_ui_listener_never_serves_metrics_and_asks_everyone_else_for_credentials() -> None:
+    from types import SimpleNamespace
+
+    from shared.flower_gate import metrics_rules, ui_rules
+
+    decide = ui_rules(["ops:s3cret"])
+
+    def request(path: str, auth: str | None = None, command: str = "GET") -> object:
+        return SimpleNamespace(
+            path=path, command=command, headers={"Authorization": auth} if auth else {}
+        )
+
+    for path in ("/metrics", "/metrics/", "//metrics", "/%6detrics", "/metrics?x=1"):
+        assert decide(request(path, basic("ops:s3cret"))) == (
+            404,
+            "metrics are served on the private metrics port only",
+        ), path
+    assert decide(request("/tasks"))[0] == 401
+    assert decide(request("/tasks", basic("ops:s3cret"))) is None
+    assert decide(request("/healthcheck")) is None
+    assert metrics_rules(request("/metrics")) is None
+    assert metrics_rules(request("/tasks"))[0] == 404
+    assert metrics_rules(request("/metrics", command="POST"))[0] == 405
