@@ -59,8 +59,19 @@ def end_turn_failed(turn_id: str, reason: str) -> tuple[str, str] | None:
         log.error(
             "turn failed", extra={"action": "turn_failed", "turn_id": turn_id, "reason": reason}
         )
-        publish_end(turn_id, TurnStatus.FAILED.value)
+        _tell_readers(turn_id)
     return released
+
+
+def _tell_readers(turn_id: str) -> None:
+    """Best effort: readers also see the end in Postgres, the source of truth."""
+    try:
+        publish_end(turn_id, TurnStatus.FAILED.value)
+    except Exception as exc:  # Redis is down: wait_for_turn still finds the end in Postgres
+        log.warning(
+            "end of turn not streamed",
+            extra={"action": "stream_end_failed", "turn_id": turn_id, "reason": type(exc).__name__},
+        )
 
 
 def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:

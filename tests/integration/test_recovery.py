@@ -1,0 +1,117 @@
+"""The sweeper and the outbox relay on real Postgres and Redis: several of them at once,
+and a turn that runs out of attempts."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from shared.config import get_settings
+from shared.db.models import Turn, TurnOutbox
+from shared.db.session import session_scope
+from shared.db.turns import accept_turn
+from shared.turn.agents import FALLBACK_REPLY
+from shared.turn.recovery import SweepReport, relay_outbox, sweep_stuck_turns
+
+pytestmark = pytest.mark.integration
+
+
+def _stuck_turns(tenant: str, count: int, *, conversation: str | None = None) -> list[str]:
+    """Accepted turns whose stage deadline has already passed and that nobody published."""
+    ids = []
+    for _ in range(count):
+        turn_id = str(uuid.uuid4())
+        with session_scope() as session:
+            accept_turn(
+                session,
+                turn_id=turn_id,
+                tenant_id=tenant,
+                conversation=conversation or f"c-{uuid.uuid4().hex[:8]}",
+                message="How much does the Growth plan cost?",
+                topology="parallel",
+                idempotency_key=None,
+                accepted_at=time.time(),
+                stage_deadline_s=-1.0,
+                reject_when_busy=False,
+            )
+        ids.append(turn_id)
+    return ids
+
+
+def _rows(ids: list[str]) -> dict[str, Turn]:
+    with session_scope() as session:
+        turns = session.scalars(select(Turn).where(Turn.id.in_([uuid.UUID(i) for i in ids])))
+        return {str(t.id): t for t in turns}
+
+
+def _in_parallel(count: int, work: object) -> list[object]:
+    assert callable(work)
+    results: list[object] = []
+    start = threading.Barrier(count)
+
+    def run() -> None:
+        start.wait()
+        results.append(work())
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_sweepers_on_several_machines_re_drive_each_turn_once(services: None, tenant: str) -> None:
+    ids = _stuck_turns(tenant, 12)
+    reports = _in_parallel(4, sweep_stuck_turns)
+    redriven = [t for r in reports if isinstance(r, SweepReport) for t in r.redriven]
+    mine = [t for t in redriven if t in ids]
+    assert sorted(mine) == sorted(ids)  # every stuck turn once, none twice
+    assert all(turn.attempts == 1 for turn in _rows(ids).values())
+
+
+def test_a_turn_out_of_attempts_fails_with_a_reason_and_frees_its_conversation(
+    services: None, tenant: str
+) -> None:
+    first, waiting = _stuck_turns(tenant, 2, conversation="stuck-conversation")
+    with session_scope() as session:
+        session.execute(
+            update(Turn)
+            .where(Turn.id == uuid.UUID(first))
+            .values(attempts=get_settings().turn.max_attempts - 1)
+        )
+    report = sweep_stuck_turns()
+    assert first in report.failed
+    rows = _rows([first, waiting])
+    assert rows[first].status == "failed"
+    assert "stuck in queued after" in (rows[first].failure_reason or "")
+    assert rows[first].agent_response == FALLBACK_REPLY and rows[first].agent_fallback
+    # the next turn of the conversation may run now, and its dispatch intent is durable
+    assert rows[waiting].status == "queued"
+    with session_scope() as session:
+        assert session.scalar(select(TurnOutbox.id).where(TurnOutbox.turn_id == uuid.UUID(waiting)))
+
+
+def test_relays_on_several_machines_leave_no_intent_behind(services: None, tenant: str) -> None:
+    ids = _stuck_turns(tenant, 10)
+    with session_scope() as session:  # old enough for the relay to take them
+        session.execute(
+            update(TurnOutbox)
+            .where(TurnOutbox.turn_id.in_([uuid.UUID(i) for i in ids]))
+            .values(created_at=TurnOutbox.created_at - timedelta(seconds=60))
+        )
+    sent = _in_parallel(3, lambda: relay_outbox(older_than_s=1.0))
+    with session_scope() as session:
+        pending = session.scalars(
+            select(TurnOutbox.turn_id).where(
+                TurnOutbox.turn_id.in_([uuid.UUID(i) for i in ids]),
+                TurnOutbox.dispatched_at.is_(None),
+            )
+        ).all()
+    assert pending == []
+    assert sum(int(n) for n in sent if isinstance(n, int)) >= len(ids)
