@@ -312,8 +312,9 @@ class RescoringSettings(BaseSettings):
 
     Live traffic comes first: re-scoring gets what is left of ``tenant_calls_per_s`` after the
     tenant's live turns (estimated from their arrivals), and pauses while live messages wait
-    on the turn queues. A batch task gives its worker back after ``batch_slice_s`` and
-    re-enqueues what it has left, so it never runs near the visibility timeout.
+    on the turn queues or live turns take longer than ``live_latency_limit_s``. A batch task
+    gives its worker back after ``batch_slice_s`` and re-enqueues what it has left, so it
+    never runs near the visibility timeout.
     """
 
     model_config = SettingsConfigDict(env_prefix="CHORDLINE_RESCORE_", extra="ignore")
@@ -326,6 +327,7 @@ class RescoringSettings(BaseSettings):
     live_calls_per_turn: float = Field(default=3.0, ge=0)
     live_window_s: float = Field(default=5.0, gt=0, le=300)
     live_backlog_limit: int = Field(default=0, ge=0)
+    live_latency_limit_s: float = Field(default=4.0, gt=0)
     live_sample_s: float = Field(default=0.5, gt=0, le=60)
 
 

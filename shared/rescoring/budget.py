@@ -9,9 +9,14 @@ worker of the tenant, refilled only with what live traffic leaves over:
 
 The live rate is estimated from the tenant's turn arrivals over the last ``live_window_s``
 (each live turn spends about ``live_calls_per_turn`` calls), which leads the calls
-themselves, so re-scoring backs off as a burst arrives rather than after it. And while
-more than ``live_backlog_limit`` live messages wait on the turn queues (the turn workers
-are saturated), re-scoring takes nothing at all.
+themselves, so re-scoring backs off as a burst arrives rather than after it.
+
+And re-scoring takes nothing at all while live turns are hurting, whatever their tenant,
+since they share the workers, the database and the machines:
+
+- while more than ``live_backlog_limit`` live messages wait on the turn queues, or
+- while live turns take longer than ``live_latency_limit_s``, estimated by Little's law
+  from the turns in flight and the arrival rate (both read from indexes).
 
 The bucket is a token bucket evaluated atomically by a Lua script on Redis's own clock, so
 any number of worker processes on any number of machines share one budget without having
@@ -34,6 +39,7 @@ from shared.contract import TURN_QUEUES
 from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.redis_conn import get_redis
+from shared.schemas import TurnStatus
 
 BUCKET_KEY = "chordline:rescore:budget:{tenant}"
 POLL_S = 0.1  # how often a waiting acquire looks at live load again
@@ -68,15 +74,22 @@ class LiveLoad:
 
     calls_per_s: float  # of this tenant, estimated
     backlog: int  # live messages waiting on the turn queues, all tenants
+    latency_s: float = 0.0  # how long live turns take now, all tenants, estimated
 
 
 class LiveLoadSource(Protocol):
     def sample(self, tenant_id: str) -> LiveLoad: ...
 
 
+def estimated_latency_s(*, in_flight: int, arrivals: int, window_s: float) -> float:
+    """Little's law: time in the system = turns in it / arrival rate. No arrivals, no load
+    (a turn stuck alone is the sweeper's business, not a reason to stop re-scoring)."""
+    return in_flight * window_s / arrivals if arrivals else 0.0
+
+
 class ObservedLiveLoad:
-    """Live load read from Postgres (the tenant's recent arrivals) and Redis (queue lengths),
-    cached for ``live_sample_s`` per tenant so a busy worker asks rarely."""
+    """Live load read from Postgres (arrivals and turns in flight) and Redis (queue
+    lengths), cached for ``live_sample_s`` per tenant so that a busy worker asks rarely."""
 
     def __init__(self, settings: RescoringSettings) -> None:
         self.settings = settings
@@ -89,21 +102,29 @@ class ObservedLiveLoad:
             cached = self._cache.get(tenant_id)
             if cached and now - cached[0] < self.settings.live_sample_s:
                 return cached[1]
-        load = LiveLoad(calls_per_s=self._tenant_calls_per_s(tenant_id), backlog=live_backlog())
+        load = self._observe(tenant_id)
         with self._lock:
             self._cache[tenant_id] = (now, load)
         return load
 
-    def _tenant_calls_per_s(self, tenant_id: str) -> float:
+    def _observe(self, tenant_id: str) -> LiveLoad:
         window = self.settings.live_window_s
-        since = datetime.now(UTC) - timedelta(seconds=window)
+        recent = Turn.created_at >= datetime.now(UTC) - timedelta(seconds=window)
+        in_flight = Turn.status.in_([TurnStatus.QUEUED.value, TurnStatus.ROUTED.value])
         with session_scope() as session:
-            arrivals = session.scalar(
-                select(func.count())
-                .select_from(Turn)
-                .where(Turn.tenant_id == tenant_id, Turn.created_at >= since)
+            # (tenant_id, created_at) serves both counts; open turns have their own index.
+            tenant_arrivals = session.scalar(
+                select(func.count()).where(Turn.tenant_id == tenant_id, recent)
             )
-        return (arrivals or 0) * self.settings.live_calls_per_turn / window
+            arrivals = session.scalar(select(func.count()).where(recent))
+            open_turns = session.scalar(select(func.count()).where(in_flight))
+        return LiveLoad(
+            calls_per_s=(tenant_arrivals or 0) * self.settings.live_calls_per_turn / window,
+            backlog=live_backlog(),
+            latency_s=estimated_latency_s(
+                in_flight=open_turns or 0, arrivals=arrivals or 0, window_s=window
+            ),
+        )
 
 
 def live_backlog() -> int:
@@ -135,6 +156,8 @@ class RateBudget:
     def spare_rate(self, load: LiveLoad) -> float:
         """Calls per second re-scoring may spend now: what live traffic leaves, or nothing."""
         if load.backlog > self.settings.live_backlog_limit:
+            return 0.0
+        if load.latency_s > self.settings.live_latency_limit_s:
             return 0.0
         return max(0.0, self.settings.tenant_calls_per_s - load.calls_per_s)
 

@@ -11,7 +11,7 @@ import pytest
 from shared.client import enqueue_turn, wait_for_turn
 from shared.config import RescoringSettings, reset_settings
 from shared.rescoring.batch import BatchEnd, score_batch
-from shared.rescoring.budget import LiveLoad, ObservedLiveLoad, RateBudget
+from shared.rescoring.budget import LiveLoad, ObservedLiveLoad, RateBudget, estimated_latency_s
 from shared.rescoring.runs import read_progress, start_run
 from shared.rescoring.selection import RunRequest
 from tests.conftest import new_tenant
@@ -71,6 +71,9 @@ def test_live_traffic_comes_first(services: None) -> None:
     # Live messages waiting on the turn queues: re-scoring takes nothing, whatever is left.
     backlog = budget(calls_per_s=1000, live=LiveLoad(calls_per_s=0.0, backlog=5))
     assert not backlog.acquire(1, until=time.monotonic() + 0.3)
+    # Live turns slowing down (of any tenant): re-scoring takes nothing.
+    slow = budget(calls_per_s=1000, live=LiveLoad(calls_per_s=0.0, backlog=0, latency_s=9.0))
+    assert not slow.acquire(1, until=time.monotonic() + 0.3)
     # Half the budget used live: re-scoring refills at the other half.
     half = budget(calls_per_s=10, live=LiveLoad(calls_per_s=5.0, backlog=0))
     assert half.spare_rate(half.live.sample("t")) == 5.0
@@ -88,6 +91,12 @@ def test_live_arrivals_of_the_tenant_are_seen(workers: None) -> None:
     busy = live.sample(tenant).calls_per_s
     assert quiet == 0.0 and busy == pytest.approx(4 * 3 / 120)
     assert live.sample(f"other-{tenant}").calls_per_s == 0.0  # per tenant
+
+
+def test_live_latency_is_estimated_from_turns_in_flight_and_arrivals() -> None:
+    # 50 turns in flight while 100 arrived in 5 s (20/s): each spends about 2.5 s.
+    assert estimated_latency_s(in_flight=50, arrivals=100, window_s=5) == 2.5
+    assert estimated_latency_s(in_flight=3, arrivals=0, window_s=5) == 0.0  # stuck, not busy
 
 
 @pytest.fixture
