@@ -70,6 +70,27 @@ def test_11_a_retry_after_longer_than_the_visibility_timeout_runs_nothing_twice(
     assert _stage_runs(brief, "orchestrator") >= 2  # the 429, then a retry after 1 s
 
 
+def test_11b_work_that_outlives_the_visibility_timeout_changes_nothing_twice(
+    rig: Rig,
+) -> None:
+    """celery #5935: a task still running after the visibility timeout is delivered again.
+
+    The threads pool enforces no time limit, so an agent that hangs past its deadlines is
+    run a second time while it still runs (redelivered by Redis after the visibility
+    timeout, or re-driven by the sweeper after the stage deadline, whichever comes first);
+    its late write must change nothing.
+    """
+    with rig.chaos(spare=("agents",)) as load:
+        slow = load.send(f"{MESSAGES[1]} {rig.fault('hang', 'agent', VISIBILITY_TIMEOUT_S + 5)}")
+        time.sleep(VISIBILITY_TIMEOUT_S + 8)
+    rig.verify("11b. work outlives the visibility timeout", load)
+    assert slow is not None
+    view = get_turn(slow)
+    assert view.status == "completed"
+    # delivered twice (the hang, then the redelivery that answered), replied once
+    assert int(get_redis().get(f"chordline:fault:hang:{slow}:agent") or 0) >= 2
+
+
 def _turns_in_flight(turn_ids: list[str]) -> int:
     with session_scope() as session:
         return int(
