@@ -68,7 +68,11 @@ class Round:
     unended: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        seconds = np.array(self.ended_s) if self.ended_s else np.array([np.nan])
+        seconds = np.array(self.ended_s)
+
+        def percentile(q: float) -> float | None:
+            return round(float(np.percentile(seconds, q)), 2) if len(seconds) else None
+
         return {
             "victim": self.victim,
             "affected": len(self.affected),
@@ -76,9 +80,9 @@ class Round:
             "failed_with_reason": self.failed,
             "fallback_replies": self.fallback,
             "unended": self.unended,
-            "p50_s": round(float(np.nanpercentile(seconds, 50)), 2),
-            "p95_s": round(float(np.nanpercentile(seconds, 95)), 2),
-            "max_s": round(float(np.nanmax(seconds)), 2),
+            "p50_s": percentile(50),
+            "p95_s": percentile(95),
+            "max_s": percentile(100),
         }
 
 
@@ -187,7 +191,7 @@ def run_recovery_bench(
         flush_dispatch(10.0)
         group.stop()
     rows = [r.as_dict() for r in results]
-    worst = max((r["max_s"] for r in rows if r["ended"]), default=0.0)
+    worst = max((r["max_s"] for r in rows if r["max_s"] is not None), default=0.0)
     return {
         "rate": rate,
         "turns_sent": load.sent,
@@ -211,9 +215,10 @@ def print_recovery_table(result: dict[str, Any], console: Console) -> None:
             str(row["ended"]),
             str(row["failed_with_reason"]),
             str(row["fallback_replies"]),
-            f"{row['p50_s']:.1f}",
-            f"{row['p95_s']:.1f}",
-            f"{row['max_s']:.1f}",
+            *(
+                "-" if row[key] is None else f"{row[key]:.1f}"
+                for key in ("p50_s", "p95_s", "max_s")
+            ),
         )
     console.print(table)
     verdict = "within" if result["within_target"] else "NOT within"
