@@ -98,10 +98,13 @@ def _in_flight_on(victim: str) -> Any:
     return and_(header, Turn.orchestrated_at.is_not(None), Turn.researched_at.is_not(None))
 
 
-def _affected(victim: str) -> list[str]:
+def _affected(victim: str, *, since: float) -> list[str]:
+    """Turns of this run (not left over by an earlier one) in flight on the victim's queue."""
     with session_scope() as session:
         rows = session.scalars(
-            select(Turn.id).where(Turn.tenant_id == TENANT, _in_flight_on(victim))
+            select(Turn.id).where(
+                Turn.tenant_id == TENANT, Turn.accepted_at >= since, _in_flight_on(victim)
+            )
         ).all()
     return [str(r) for r in rows]
 
@@ -175,11 +178,12 @@ def run_recovery_bench(
             app_ping=lambda: dispatch_app().control.ping(timeout=0.5),
             timeout_s=120,
         )
+        started = time.time()
         load.start()
         victims = [TURN_PROCESSES[i % len(TURN_PROCESSES)] for i in range(rounds)]
         for victim in victims:
             time.sleep(warmup_s)
-            affected = _affected(victim)
+            affected = _affected(victim, since=started)
             item = Round(victim, time.time(), affected)
             _kill_and_restart(group, victim, env)
             progress(f"killed {victim}: {len(affected)} turns in flight on its queue")
