@@ -45,6 +45,7 @@ class TurnView:
     routing_reason: str | None
     agent_response: str | None
     agent_fallback: bool | None
+    agent_note: str | None
     failure_reason: str | None
     accepted_at: float
     completed_at: float | None
@@ -125,6 +126,7 @@ def get_turn(turn_id: str) -> TurnView:
             routing_reason=turn.routing_reason,
             agent_response=turn.agent_response,
             agent_fallback=turn.agent_fallback,
+            agent_note=turn.agent_note,
             failure_reason=turn.failure_reason,
             accepted_at=turn.accepted_at,
             completed_at=turn.completed_at,

@@ -102,6 +102,7 @@ class RoutingDecision(Frozen):
 class AgentReply(Frozen):
     text: str
     fallback: bool = False
+    note: str | None = None  # why the agent fell back, when it did
 
 
 class LevelThresholds(Frozen):

@@ -123,6 +123,7 @@ class Turn(Base):
     # agent
     agent_response: Mapped[str | None] = mapped_column(Text)
     agent_fallback: Mapped[bool | None] = mapped_column(Boolean)
+    agent_note: Mapped[str | None] = mapped_column(Text)
     completed_at: Mapped[float | None] = mapped_column(Float)
     # the end of a turn that did not complete
     failure_reason: Mapped[str | None] = mapped_column(Text)

@@ -41,7 +41,9 @@ OWNED_FIELDS: dict[Stage, frozenset[str]] = {
     Stage.MERGE: frozenset(
         {"next_agent", "routing_reason", "routed_at", "status", "stage_deadline_at"}
     ),
-    Stage.AGENT: frozenset({"agent_response", "agent_fallback", "completed_at", "status"}),
+    Stage.AGENT: frozenset(
+        {"agent_response", "agent_fallback", "agent_note", "completed_at", "status"}
+    ),
 }
 # The column whose presence means "this stage's output is durable".
 STAGE_OUTPUT: dict[Stage, str] = {

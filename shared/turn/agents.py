@@ -79,7 +79,7 @@ def updated_memory(
 
 def _generate(
     *, turn_id: str, request: ReplyRequest, stream: ReplyStream, usage: Usage, deadline: float
-) -> tuple[str, bool]:
+) -> AgentReply:
     tokens: list[str] = []
     try:
         for token in get_providers().chat.stream_reply(
@@ -87,7 +87,7 @@ def _generate(
         ):
             stream.token(token)
             tokens.append(token)
-        return "".join(tokens), False
+        return AgentReply(text="".join(tokens))
     except ChordlineError as exc:
         log.warning(
             "agent fallback",
@@ -99,7 +99,7 @@ def _generate(
             },
         )
         stream.token(("\n" if tokens else "") + FALLBACK_REPLY)
-        return FALLBACK_REPLY, True
+        return AgentReply(text=FALLBACK_REPLY, fallback=True, note=f"agent fell back: {exc}"[:500])
     finally:
         stream.close()  # every token is in Redis before the turn's end is announced
 
@@ -126,7 +126,7 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
         model=inputs.settings.models.agent,
     )
     usage = Usage()
-    reply, fallback = _generate(
+    reply = _generate(
         turn_id=turn_id,
         request=request,
         stream=ReplyStream(turn_id, attempt=origin.delivery),
@@ -136,7 +136,7 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
     next_turn = _commit_reply(
         inputs=inputs,
         agent=agent,
-        reply=AgentReply(text=reply, fallback=fallback),
+        reply=reply,
         research=research,
         usage=usage,
         span=span,
@@ -159,6 +159,7 @@ def _commit_reply(
     values = {
         "agent_response": reply.text,
         "agent_fallback": reply.fallback,
+        "agent_note": reply.note,
         "completed_at": time.time(),
         "status": TurnStatus.COMPLETED.value,
     }

@@ -206,6 +206,7 @@ def test_a_stalled_reply_ends_with_the_fallback_reply_marked_as_such(apis: Model
     assert view.agent_fallback is True
     assert view.agent_response == FALLBACK_REPLY
     assert_logged_fallback(view.id, "agent", "timed out")
+    assert "timed out" in (view.agent_note or "")
 
 
 def test_an_unknown_agent_model_ends_with_the_fallback_reply_and_names_the_setting(
@@ -223,6 +224,7 @@ def test_an_unknown_agent_model_ends_with_the_fallback_reply_and_names_the_setti
     assert view.agent_fallback is True
     assert chat_calls(apis).count(True) == 1  # not retried
     assert_logged_fallback(view.id, "agent", "unknown model 'gpt-nope'")
+    assert "unknown model 'gpt-nope'" in (view.agent_note or "")
 
 
 def test_rejected_keys_end_the_turn_with_reasons_and_no_key_is_stored_or_logged(
@@ -248,6 +250,7 @@ def test_rejected_keys_end_the_turn_with_reasons_and_no_key_is_stored_or_logged(
     assert view.agent_fallback is True and view.agent_response == FALLBACK_REPLY
     assert chat_calls(apis) == [False, True]  # one call each, no retries
     assert_logged_fallback(view.id, "agent", "set a valid OPENAI_API_KEY")
+    assert "set a valid OPENAI_API_KEY" in (view.agent_note or "")
     assert_no_key_anywhere(apis.tenant)
 
 
