@@ -8,6 +8,7 @@ does), and so does naming it: ``pytest tests/faults``.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def rig() -> Iterator[Rig]:
                 proxy.close()
         redis.stop()
         postgres.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
