@@ -122,12 +122,15 @@ def _index_name(store: VectorStore) -> str:
     return f"ix_{store.table}_embedding_hnsw"
 
 
-def _hnsw_index_ddl(store: VectorStore) -> str:
+def hnsw_options(store: VectorStore) -> dict[str, Any]:
+    """The HNSW build options of the store's index, as the models (and migrations) set them."""
     table = Base.metadata.tables[store.table]
     index = next(i for i in table.indexes if i.name == _index_name(store))
-    options = ", ".join(
-        f"{k} = {v}" for k, v in index.dialect_options["postgresql"]["with"].items()
-    )
+    return dict(index.dialect_options["postgresql"]["with"])
+
+
+def _hnsw_index_ddl(store: VectorStore) -> str:
+    options = ", ".join(f"{k} = {v}" for k, v in hnsw_options(store).items())
     return (
         f"CREATE INDEX {_index_name(store)} ON {store.table} "
         f"USING hnsw (embedding vector_cosine_ops) WITH ({options})"
@@ -368,7 +371,7 @@ def bench_report(
     report["config"] = {
         "requested_chunks": chunks,
         "embedding_model": "local-hash-384",
-        "hnsw": {"m": 16, "ef_construction": 64, "ef_search": kb.ef_search},
+        "hnsw": {**hnsw_options(store_for(LocalEmbedder())), "ef_search": kb.ef_search},
         "iterative_scan": "relaxed_order",
         "exact_search_below": kb.exact_search_below,
         "candidates": RECALL_AT * 4,
