@@ -6,6 +6,7 @@ is written back on that row for the caller of ``kb ingest`` to collect.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -18,6 +19,8 @@ from shared.providers.registry import get_providers
 from workers.app import app
 from workers.base import ChordlineTask, validate
 
+log = logging.getLogger(__name__)
+
 
 class IngestPayload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,8 +28,27 @@ class IngestPayload(BaseModel):
     job_id: str = Field(min_length=36, max_length=36)
 
 
-@app.task(name=INGEST_TASK, bind=True, base=ChordlineTask, ignore_result=True)
-def ingest_document(self: ChordlineTask, /, **payload: Any) -> str:
+class IngestTask(ChordlineTask):
+    """An ingest task that fails for good (retries spent, a bug) ends its job as failed,
+    so the caller waiting on the job hears about it instead of waiting out its timeout."""
+
+    abstract = True
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        job_id = (kwargs or {}).get("job_id")
+        if not isinstance(job_id, str):
+            return
+        try:
+            fail_ingest_job(job_id, error=f"the ingest worker failed: {exc}"[:500])
+        except Exception as unmarked:  # the database may be what failed
+            log.warning(
+                "ingest job left queued",
+                extra={"action": "kb_ingest_unmarked", "reason": str(unmarked)},
+            )
+
+
+@app.task(name=INGEST_TASK, bind=True, base=IngestTask, ignore_result=True)
+def ingest_document(self: IngestTask, /, **payload: Any) -> str:
     ref: IngestPayload = validate(IngestPayload, payload)
     try:
         return run_ingest_job(ref.job_id, embedder=get_providers().embedder)

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from itertools import islice
 from typing import Any
 
@@ -48,7 +49,7 @@ STALE_JOBS = "1 day"
 PING_TIMEOUT_S = 1.0  # a loaded worker may take a while to answer
 
 
-class JobStatus:
+class JobStatus(StrEnum):
     QUEUED = "queued"
     DONE = "done"
     REJECTED = "rejected"

@@ -108,3 +108,23 @@ def test_a_job_the_worker_gives_up_on_is_reported_as_failed(empty_tenant: str) -
     assert [(r.source, r.reason.value, r.detail) for r in report.rejected] == [
         ("big.md", "failed", "took longer than the task time limit")
     ]
+
+
+def test_a_task_that_fails_for_good_ends_its_job(empty_tenant: str) -> None:
+    from workers.ingest import ingest_document
+
+    batch = uuid.uuid4()
+    with session_scope() as session:
+        [job_id] = stage_jobs(
+            session,
+            batch_id=batch,
+            tenant_id=empty_tenant,
+            documents=[LoadedDocument("a.md", "markdown", "# A\n\nText.")],
+            embedding_model="local-hash-384",
+        )
+    ingest_document.on_failure(RuntimeError("boom"), "task-1", (), {"job_id": str(job_id)}, None)
+    report = IngestReport()
+    wait_for_batch(batch, expected=1, report=report, idle_timeout_s=5)
+    assert [(r.source, r.detail) for r in report.rejected] == [
+        ("a.md", "the ingest worker failed: boom")
+    ]
