@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
 from shared.config import get_settings
+from shared.contract import MERGE_TASK
 from shared.db.models import Turn
 from shared.db.outbox import claim_undispatched, mark_dispatched
 from shared.db.session import session_scope
 from shared.db.turns import fail_turn, release_conversation
-from shared.dispatch import publish_agent, publish_turn
+from shared.dispatch import dispatch_app, publish_agent, publish_turn
 from shared.schemas import Agent, Topology, TurnStatus
 from shared.streaming import publish_end
 from shared.turn.agents import FALLBACK_REPLY
@@ -39,6 +41,19 @@ class _Redrive:
     status: str
     topology: str
     next_agent: str | None
+    headers_durable: bool  # the merge's inputs are in Postgres: only the merge is missing
+
+    @property
+    def stage(self) -> str:
+        if self.status == TurnStatus.ROUTED.value:
+            return "agent"
+        return "merge" if self.headers_durable else "workflow"
+
+
+def _headers_durable(row: Any) -> bool:
+    if row.topology == Topology.SEQUENTIAL.value:  # no researcher before the route
+        return row.orchestrated_at is not None
+    return row.orchestrated_at is not None and row.researched_at is not None
 
 
 def end_turn_failed(turn_id: str, reason: str) -> tuple[str, str] | None:
@@ -81,7 +96,15 @@ def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:
     exhausted: list[tuple[str, str]] = []
     with session_scope() as session:
         rows = session.execute(
-            select(Turn.id, Turn.status, Turn.topology, Turn.attempts, Turn.next_agent)
+            select(
+                Turn.id,
+                Turn.status,
+                Turn.topology,
+                Turn.attempts,
+                Turn.next_agent,
+                Turn.orchestrated_at,
+                Turn.researched_at,
+            )
             .where(
                 Turn.status.in_([TurnStatus.QUEUED.value, TurnStatus.ROUTED.value]),
                 Turn.stage_deadline_at < now,
@@ -104,7 +127,11 @@ def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:
                     stage_deadline_at=now + timedelta(seconds=settings.stage_deadline_s),
                 )
             )
-            redrives.append(_Redrive(str(row.id), row.status, row.topology, row.next_agent))
+            redrives.append(
+                _Redrive(
+                    str(row.id), row.status, row.topology, row.next_agent, _headers_durable(row)
+                )
+            )
     return redrives, exhausted
 
 
@@ -119,18 +146,11 @@ def sweep_stuck_turns(limit: int = 200) -> SweepReport:
             report.released.append(released)
     for item in redrives:
         try:
-            if item.status == TurnStatus.ROUTED.value and item.next_agent:
-                publish_agent(
-                    item.turn_id,
-                    Agent(item.next_agent),
-                    retrieve=item.topology == Topology.SEQUENTIAL.value,
-                )
-            else:  # stages whose output is already durable return it without running again
-                publish_turn(item.turn_id, item.topology)
+            _redrive(item)
             report.redriven.append(item.turn_id)
             log.warning(
                 "turn re-driven",
-                extra={"action": "turn_redriven", "turn_id": item.turn_id, "stage": item.status},
+                extra={"action": "turn_redriven", "turn_id": item.turn_id, "stage": item.stage},
             )
         except Exception as exc:  # broker down: the next sweep tries again
             log.warning(
@@ -144,6 +164,25 @@ def sweep_stuck_turns(limit: int = 200) -> SweepReport:
     for turn_id, topology in report.released:
         relay_one(turn_id, topology)
     return report
+
+
+def _redrive(item: _Redrive) -> None:
+    """Publish the turn again from its last durable stage."""
+    if item.status == TurnStatus.ROUTED.value and item.next_agent:
+        publish_agent(
+            item.turn_id,
+            Agent(item.next_agent),
+            retrieve=item.topology == Topology.SEQUENTIAL.value,
+        )
+    elif item.headers_durable:
+        # Both header outputs are durable, the route is not: the chord's callback was lost
+        # (a lost counter, a flushed result backend). Publish the merge alone, without
+        # depending on chord state again.
+        dispatch_app().signature(
+            MERGE_TASK, kwargs={"turn_id": item.turn_id}, immutable=True
+        ).apply_async()
+    else:  # header stages whose output is already durable return it without running again
+        publish_turn(item.turn_id, item.topology)
 
 
 def relay_one(turn_id: str, topology: str) -> bool:

@@ -115,3 +115,24 @@ def test_relays_on_several_machines_leave_no_intent_behind(services: None, tenan
         ).all()
     assert pending == []
     assert sum(int(n) for n in sent if isinstance(n, int)) >= len(ids)
+
+
+def test_a_turn_whose_chord_callback_was_lost_is_routed_from_its_durable_headers(
+    workers: None, tenant: str
+) -> None:
+    from shared.client import wait_for_turn
+    from shared.db.spans import spans_of
+    from shared.turn.orchestrator import run_orchestrator
+    from shared.turn.researcher import run_researcher
+    from shared.turn.stage import StageOrigin
+
+    (turn_id,) = _stuck_turns(tenant, 1)
+    run_orchestrator(turn_id, StageOrigin.here())  # both header outputs durable, no route:
+    run_researcher(turn_id, StageOrigin.here())  # the chord's callback never came
+    report = sweep_stuck_turns()
+    assert turn_id in report.redriven
+    view = wait_for_turn(turn_id, timeout=30)
+    assert view.status == "completed"
+    with session_scope() as session:
+        stages = sorted(s.stage for s in spans_of(session, turn_id))
+    assert stages == ["agent", "merge", "orchestrator", "researcher"]  # each written once
