@@ -291,7 +291,8 @@ def print_report(report: RunReport, console: Console) -> None:
     console.print(_matrix_table("kb level: was -> would be now", report.level_shift))
     if report.examples:
         table = Table(title="examples of changed turns")
-        for column in ("conversation#seq", "message", "agent", "kb level", "why now"):
+        table.add_column("conversation#seq", overflow="fold")
+        for column in ("message", "agent", "kb level", "why now"):
             table.add_column(column)
         for ex in report.examples:
             table.add_row(
