@@ -105,6 +105,9 @@ def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
             Tenant.settings,
             history,
         )
+        # An explicit left side: tenants can join conversations too, and a worker process
+        # was seen refusing the statement as ambiguous on every call after a restart.
+        .select_from(_TurnRow)
         .join(Conversation, Conversation.id == _TurnRow.conversation_id)
         .join(Tenant, Tenant.id == _TurnRow.tenant_id)
         .where(_TurnRow.id == uuid.UUID(turn_id))
