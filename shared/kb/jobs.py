@@ -66,14 +66,20 @@ class FinishedJob:
 
 
 def ingest_workers_answer(timeout_s: float = PING_TIMEOUT_S) -> bool:
-    """True when at least one worker of the ``ingest`` process type answers a ping."""
+    """True when at least one worker of the ``ingest`` process type answers a ping.
+
+    Only workers named ``ingest@...`` (as the Procfile names them) are asked, and the first
+    answer ends the wait; with none running, the wait is the whole timeout.
+    """
     from shared.dispatch import dispatch_app
 
     try:
-        replies = dispatch_app().control.ping(timeout=timeout_s) or []
+        replies = dispatch_app().control.ping(
+            timeout=timeout_s, pattern="ingest@*", matcher="glob", limit=1
+        )
     except Exception:  # no broker: no workers either
         return False
-    return any(name.split("@", 1)[0] == "ingest" for reply in replies for name in reply)
+    return any(name.split("@", 1)[0] == "ingest" for reply in replies or [] for name in reply)
 
 
 def _batches(items: Iterable[DocumentSource], size: int) -> Iterator[list[DocumentSource]]:
