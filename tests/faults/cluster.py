@@ -171,7 +171,9 @@ class Killer(threading.Thread):
         self.kills: list[tuple[float, str]] = []
 
     def run(self) -> None:
-        while not self.halt.wait(self.interval_s):
+        wait_s = self.interval_s / 2  # the first kill comes early, then one per interval
+        while not self.halt.wait(wait_s):
+            wait_s = self.interval_s
             with self.cluster.lock:
                 spare = self.cluster.held | self.cluster.spared
                 candidates = [n for n in KILLABLE if n not in spare]

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +86,11 @@ class Rig:
         load.start()
         if killer:
             killer.start()
+        started = time.monotonic()
         try:
             yield load
+            if killer:  # long enough for the killer to have struck at least once
+                time.sleep(max(0.0, kill_every_s / 2 + 1.0 - (time.monotonic() - started)))
         finally:
             if killer:
                 killer.halt.set()
@@ -103,6 +107,8 @@ class Rig:
         outcome.notes["workers_killed"] = getattr(load, "kills", 0)
         REPORT.append(outcome)
         assert outcome.accepted > 0, "the scenario accepted no turn"
+        if hasattr(load, "kills"):
+            assert load.kills > 0, "no worker was killed during the scenario"
         assert outcome.lost == 0 and not outcome.violations, outcome.violations[:10]
         return outcome
 
