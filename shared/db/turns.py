@@ -12,9 +12,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, literal, select, text, update
+from sqlalchemy import Table, bindparam, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -22,6 +22,9 @@ from sqlalchemy.orm import Session
 from shared.db.models import Conversation, Turn, TurnOutbox
 from shared.errors import InvalidInput, OwnershipViolation, TurnNotFound
 from shared.schemas import Stage, TurnStatus
+
+TURNS = cast(Table, Turn.__table__)
+TERMINAL = (TurnStatus.COMPLETED.value, TurnStatus.FAILED.value)
 
 OWNED_FIELDS: dict[Stage, frozenset[str]] = {
     Stage.ORCHESTRATOR: frozenset(
@@ -142,11 +145,13 @@ def is_idempotency_conflict(exc: IntegrityError) -> bool:
     return "uq_turns_tenant_idempotency_key" in str(exc.orig)
 
 
+_LOAD_TURN = select(Turn).where(Turn.id == bindparam("turn_id"))  # built once: it is hot
+_LOCK_TURN = _LOAD_TURN.with_for_update()
+
+
 def load_turn(session: Session, turn_id: str, *, lock: bool = False) -> Turn:
-    stmt = select(Turn).where(Turn.id == uuid.UUID(turn_id))
-    if lock:
-        stmt = stmt.with_for_update()
-    turn = session.scalar(stmt)
+    stmt = _LOCK_TURN if lock else _LOAD_TURN
+    turn = session.scalar(stmt, {"turn_id": uuid.UUID(turn_id)})
     if turn is None:
         raise TurnNotFound(f"turn {turn_id} does not exist")
     return turn
@@ -168,16 +173,19 @@ def write_stage_fields(
             f"stage {stage.value!r} tried to write {sorted(foreign)}, which it does not own; "
             f"it owns {sorted(OWNED_FIELDS[stage])}"
         )
-    stmt = update(Turn).where(Turn.id == uuid.UUID(turn_id))
+    # A Core UPDATE on the table: this runs once per stage of every turn, and the ORM's
+    # bulk-update machinery costs more CPU than the statement itself.
+    turns = TURNS.c
+    stmt = update(TURNS).where(turns.id == uuid.UUID(turn_id))
     if only_if_unset:
-        stmt = stmt.where(getattr(Turn, STAGE_OUTPUT[stage]).is_(None))
+        stmt = stmt.where(turns[STAGE_OUTPUT[stage]].is_(None))
     if stage in (Stage.MERGE, Stage.AGENT):
-        stmt = stmt.where(Turn.status.notin_([TurnStatus.COMPLETED.value, TurnStatus.FAILED.value]))
+        stmt = stmt.where(turns.status.notin_(TERMINAL))
     assignments: dict[Any, Any] = dict(values)
     if usage:
         # usage is one JSONB column with a key per stage; each stage writes only its key.
-        assignments["usage"] = Turn.usage.op("||")(literal({stage.value: usage}, type_=JSONB))
-    result = session.execute(stmt.values(assignments).returning(Turn.id))
+        assignments["usage"] = turns.usage.op("||")(literal({stage.value: usage}, type_=JSONB))
+    result = session.connection().execute(stmt.values(assignments).returning(turns.id))
     return result.first() is not None
 
 

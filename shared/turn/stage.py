@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Select, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, aliased
 
@@ -83,8 +85,9 @@ class StageInputs:
 HISTORY_TURNS = 6
 
 
-def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
-    """The turn, its tenant's settings and its conversation context, in one query."""
+@functools.cache
+def _stage_inputs_statement() -> Select[Any]:
+    """Built once per process: constructing it costs more CPU than running it."""
     earlier = (
         select(Turn.seq, Turn.message, Turn.agent_response)
         .where(Turn.conversation_id == Conversation.id, Turn.seq < _TurnRow.seq)
@@ -97,7 +100,7 @@ def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
     history = select(
         func.coalesce(func.json_agg(aggregate_order_by(entry, earlier.c.seq)), text("'[]'::json"))
     ).scalar_subquery()
-    row = session.execute(
+    return (
         select(
             _TurnRow,
             Conversation.qualification_status,
@@ -110,8 +113,13 @@ def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
         .select_from(_TurnRow)
         .join(Conversation, Conversation.id == _TurnRow.conversation_id)
         .join(Tenant, Tenant.id == _TurnRow.tenant_id)
-        .where(_TurnRow.id == uuid.UUID(turn_id))
-    ).first()
+        .where(_TurnRow.id == bindparam("turn_id"))
+    )
+
+
+def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
+    """The turn, its tenant's settings and its conversation context, in one query."""
+    row = session.execute(_stage_inputs_statement(), {"turn_id": uuid.UUID(turn_id)}).first()
     if row is None:
         raise TurnNotFound(f"turn {turn_id} does not exist")
     turn, qualification, memory, settings, past = row
