@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,7 +18,9 @@ from shared.commands.common import TenantOpt, console, err, needed_services
 from shared.config import get_settings
 
 if TYPE_CHECKING:
-    from shared.kb.ingest import IngestReport
+    from shared.kb.documents import Discovery
+    from shared.kb.ingest import IngestReport, Outcome
+    from shared.schemas import TenantSettings
 
 app = typer.Typer(help="The knowledge base of a tenant.", no_args_is_help=True)
 
@@ -52,6 +54,54 @@ def _print_rejections(report: IngestReport) -> None:
         err.print(f"[dim]... and {len(report.skipped) - MAX_LISTED} more skipped[/]")
 
 
+def _ingest_with_progress(
+    found: Discovery, *, tenant: str, queued: bool, report: IngestReport
+) -> None:
+    """Ingest what was found, on the ingest queue or inline, advancing a progress bar."""
+    from shared.kb.ingest import ingest_sources
+    from shared.kb.jobs import ingest_queued
+    from shared.providers.registry import get_providers
+
+    embedder = get_providers().embedder
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as progress:
+        bar = progress.add_task(
+            "ingesting on the ingest queue" if queued else "ingesting",
+            total=len(found.sources),
+        )
+
+        def advance(source: str, outcome: Outcome) -> None:
+            progress.advance(bar)
+
+        if queued:
+            ingest_queued(
+                found.sources,
+                tenant_id=tenant,
+                embedding_model=embedder.model,
+                report=report,
+                on_progress=advance,
+            )
+        else:
+            ingest_sources(
+                found.sources,
+                tenant_id=tenant,
+                embedder=embedder,
+                report=report,
+                on_progress=advance,
+            )
+
+
+def _print_report(report: IngestReport) -> None:
+    _print_rejections(report)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    if report.pending:
+        err.print(
+            f"{report.pending} documents were still queued when no more progress came for "
+            f"{get_settings().kb.queue_idle_timeout_s:.0f} s; `chordline kb list` shows them "
+            "once the ingest workers store them"
+        )
+
+
 @app.command("ingest")
 def kb_ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .html).")],
@@ -71,9 +121,7 @@ def kb_ingest(
     from shared.db.tenants import require_tenant
     from shared.errors import InvalidInput
     from shared.kb.documents import discover
-    from shared.kb.ingest import IngestReport, ingest_sources
-    from shared.kb.jobs import ingest_queued
-    from shared.providers.registry import get_providers
+    from shared.kb.ingest import IngestReport
     from shared.validation import check_slug
 
     check_slug("tenant", tenant)
@@ -87,45 +135,9 @@ def kb_ingest(
             require_tenant(session, tenant)
         found = discover(paths)
         report = IngestReport(rejected=found.rejected, skipped=found.skipped)
-        embedder = get_providers().embedder
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as progress:
-            bar = progress.add_task(
-                "ingesting on the ingest queue" if queue_available else "ingesting",
-                total=len(found.sources),
-            )
-            advance = lambda source, outcome: progress.advance(bar)  # noqa: E731
-            if queue_available:
-                ingest_queued(
-                    found.sources,
-                    tenant_id=tenant,
-                    embedding_model=embedder.model,
-                    report=report,
-                    on_progress=advance,
-                )
-            else:
-                ingest_sources(
-                    found.sources,
-                    tenant_id=tenant,
-                    embedder=embedder,
-                    report=report,
-                    on_progress=advance,
-                )
+        _ingest_with_progress(found, tenant=tenant, queued=queue_available, report=report)
     report.seconds = time.perf_counter() - started
-    _print_rejections(report)
-    console.print(report.summary(), highlight=False, soft_wrap=True)
-    if report.pending:
-        err.print(
-            f"{report.pending} documents were still queued when no more progress came for "
-            f"{get_settings().kb.queue_idle_timeout_s:.0f} s; `chordline kb list` shows them "
-            "once the ingest workers store them"
-        )
+    _print_report(report)
     if report.rejected or report.pending:
         raise typer.Exit(1)
 
@@ -225,21 +237,7 @@ def kb_search(
     )
 
 
-@app.command("bench")
-def kb_bench(
-    chunks: Annotated[int, typer.Option(min=100, help="Chunks to generate and load.")] = 100_000,
-    queries: Annotated[int, typer.Option(min=10, help="Questions per size class.")] = 300,
-    seed: Annotated[int, typer.Option(help="Seed of the generated corpus.")] = 7,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Ingestion and tenant-filtered search on a generated corpus, in a scratch database."""
-    from shared.kb.bench import run_kb_bench
-
-    with needed_services(redis=False):
-        result = run_kb_bench(chunks=chunks, queries=queries, seed=seed, progress=err.print)
-    if as_json:
-        print(json.dumps(result))
-        return
+def _print_bench(result: dict[str, Any]) -> None:
     table = Table(
         "class",
         "tenants",
@@ -270,6 +268,76 @@ def kb_bench(
     )
 
 
+@app.command("bench")
+def kb_bench(
+    chunks: Annotated[int, typer.Option(min=100, help="Chunks to generate and load.")] = 100_000,
+    queries: Annotated[int, typer.Option(min=10, help="Questions per size class.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the generated corpus.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Ingestion and tenant-filtered search on a generated corpus, in a scratch database."""
+    from shared.kb.bench import run_kb_bench
+
+    with needed_services(redis=False):
+        result = run_kb_bench(chunks=chunks, queries=queries, seed=seed, progress=err.print)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _print_bench(result)
+
+
+CALIBRATION_TENANT = "kb-calibration"
+
+
+def _calibration_settings(tenant: str) -> TenantSettings:
+    """The tenant's settings; the default calibration tenant gets the demo documents."""
+    from shared.db.session import session_scope
+    from shared.db.tenants import ensure_tenant, require_tenant
+    from shared.demo import DEMO_KB
+    from shared.kb.ingest import ingest_paths
+    from shared.providers.registry import get_providers
+
+    with session_scope() as session:
+        if tenant == CALIBRATION_TENANT:
+            ensure_tenant(session, tenant_id=tenant, name="threshold calibration")
+        settings = require_tenant(session, tenant)
+    if tenant == CALIBRATION_TENANT:
+        ingest_paths([DEMO_KB], tenant_id=tenant, embedder=get_providers().embedder)
+    return settings
+
+
+def _accuracy_row(name: str, accuracy: dict[str, float], *cells: str) -> list[str]:
+    levels = [f"{accuracy[level]:.2f}" for level in ("ACCURATE", "PARTIAL", "MISSING")]
+    balanced = sum(accuracy.values()) / len(accuracy)
+    return [name, *cells, *levels, f"{balanced:.3f}"]
+
+
+def _print_calibration(report: dict[str, Any]) -> None:
+    table = Table("thresholds", "accurate", "partial", "ACCURATE", "PARTIAL", "MISSING", "balanced")
+    for name in ("fitted", "defaults"):
+        row = report[name]
+        thresholds = row["thresholds"]
+        table.add_row(
+            *_accuracy_row(
+                name,
+                row["per_class_accuracy"],
+                str(thresholds["accurate"]),
+                str(thresholds["partial"]),
+            )
+        )
+    table.add_row(
+        *_accuracy_row("5-fold CV", report["cross_validated_per_class_accuracy"], "-", "-")
+    )
+    console.print(table)
+    console.print(f"questions per label: {report['questions']}")
+    for miss in report["misclassified_by_defaults"]:
+        console.print(
+            f"[dim]{miss['label']:>8} -> {miss['predicted']:<8} {miss['top_score']:.3f} "
+            f"{escape(miss['question'])}[/]",
+            highlight=False,
+        )
+
+
 @app.command("calibrate")
 def kb_calibrate(
     questions: Annotated[
@@ -284,63 +352,23 @@ def kb_calibrate(
             help="Tenant whose knowledge base answers; the demo KB is "
             "ingested into it when it is the default one.",
         ),
-    ] = "kb-calibration",
+    ] = CALIBRATION_TENANT,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Fit the knowledge-level thresholds on labelled questions; report accuracy per class."""
-    from shared.db.session import session_scope
-    from shared.db.tenants import ensure_tenant, require_tenant
-    from shared.demo import DEMO_KB
     from shared.kb.calibration import (
         DEFAULT_QUESTIONS,
         calibration_report,
         load_questions,
         score_questions,
     )
-    from shared.kb.ingest import ingest_paths
-    from shared.providers.registry import get_providers
 
     labelled = load_questions(questions or DEFAULT_QUESTIONS)
     with needed_services(redis=False):
-        with session_scope() as session:
-            if tenant == "kb-calibration":
-                ensure_tenant(session, tenant_id=tenant, name="threshold calibration")
-            settings = require_tenant(session, tenant)
-        if tenant == "kb-calibration":
-            ingest_paths([DEMO_KB], tenant_id=tenant, embedder=get_providers().embedder)
+        settings = _calibration_settings(tenant)
         scored = score_questions(labelled, tenant_id=tenant, settings=settings)
     report = calibration_report(scored)
     if as_json:
         print(json.dumps(report))
-        return
-    table = Table("thresholds", "accurate", "partial", "ACCURATE", "PARTIAL", "MISSING", "balanced")
-    for name in ("fitted", "defaults"):
-        row = report[name]
-        acc = row["per_class_accuracy"]
-        table.add_row(
-            name,
-            str(row["thresholds"]["accurate"]),
-            str(row["thresholds"]["partial"]),
-            f"{acc['ACCURATE']:.2f}",
-            f"{acc['PARTIAL']:.2f}",
-            f"{acc['MISSING']:.2f}",
-            f"{row['balanced_accuracy']:.3f}",
-        )
-    cv = report["cross_validated_per_class_accuracy"]
-    table.add_row(
-        "5-fold CV",
-        "-",
-        "-",
-        f"{cv['ACCURATE']:.2f}",
-        f"{cv['PARTIAL']:.2f}",
-        f"{cv['MISSING']:.2f}",
-        f"{sum(cv.values()) / 3:.3f}",
-    )
-    console.print(table)
-    console.print(f"questions per label: {report['questions']}")
-    for miss in report["misclassified_by_defaults"]:
-        console.print(
-            f"[dim]{miss['label']:>8} -> {miss['predicted']:<8} {miss['top_score']:.3f} "
-            f"{miss['question']}[/]",
-            highlight=False,
-        )
+    else:
+        _print_calibration(report)
