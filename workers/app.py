@@ -17,6 +17,7 @@ from shared.contract import (
     stamp_published_tasks,
     wire_config,
 )
+from shared.db.session import check_connections_on_checkout
 from shared.dispatch import set_dispatch_app
 
 TASK_MODULES = [
@@ -95,6 +96,7 @@ def create_app() -> Celery:
     app.add_defaults(worker_config)  # evaluated on first use of app.conf, not now
     stamp_published_tasks()
     set_dispatch_app(app)
+    check_connections_on_checkout(False)  # a stale connection fails the task, which retries
     return app
 
 

@@ -104,12 +104,28 @@ class ChordlineTask(Task[Any, Any]):
     def _delivery_key(self, what: str) -> str:
         return f"chordline:{what}:{self.request.id}:{self.request.retries}"
 
+    def is_redelivery(self) -> bool:
+        """kombu marks every message it gives back to a queue (a dead worker's, an unacked
+        one past the visibility timeout, a rejected one) as redelivered."""
+        headers = self.request.headers if isinstance(self.request.headers, dict) else {}
+        return bool((self.request.delivery_info or {}).get("redelivered")) or bool(
+            headers.get("redelivered")
+        )
+
     def delivery_count(self) -> int:
         """How often this message (this retry of this task) has been handed to a worker.
 
-        Also reads how many of the earlier deliveries ran to their end, in the same round
-        trip: the others died with their process (see ``crashed_deliveries``).
+        A first delivery costs nothing: counting starts with the first redelivery, which
+        adds the uncounted first one. A redelivery also reads how many of the earlier
+        deliveries ran to their end, in the same round trip: the others died with their
+        process (see ``crashed_deliveries``). A first delivery that finished but was
+        redelivered anyway (its ack was lost) then counts as one crash: the limit is
+        several, so that costs nothing but one more delivery in a rare case.
         """
+        self.request.chordline_counted = self.is_redelivery()  # type: ignore[attr-defined]
+        if not self.request.chordline_counted:  # type: ignore[attr-defined]
+            self.request.chordline_finished = 0  # type: ignore[attr-defined]
+            return 1
         key = self._delivery_key("deliveries")
         pipe = get_redis().pipeline(transaction=False)
         pipe.incr(key)
@@ -117,10 +133,15 @@ class ChordlineTask(Task[Any, Any]):
         pipe.get(self._delivery_key("finished"))
         count, _, finished = pipe.execute()
         self.request.chordline_finished = int(finished or 0)  # type: ignore[attr-defined]
-        return int(count)
+        return int(count) + 1
 
     def mark_finished(self) -> None:
-        """This delivery ran to its end (whatever the outcome): it did not kill its process."""
+        """This delivery ran to its end (whatever the outcome): it did not kill its process.
+
+        Only counted (re)deliveries need marking; see ``delivery_count``.
+        """
+        if not getattr(self.request, "chordline_counted", True):
+            return
         key = self._delivery_key("finished")
         pipe = get_redis().pipeline(transaction=False)
         pipe.incr(key)

@@ -45,6 +45,21 @@ def _configure_connection(dbapi_connection: object, _record: object) -> None:
     dbapi_connection.commit()  # type: ignore[attr-defined]
 
 
+_pre_ping = True
+
+
+def check_connections_on_checkout(enabled: bool) -> None:
+    """Whether the pool pings a connection before handing it out (before the engine exists).
+
+    Clients keep the ping: their first call after a database restart then still succeeds.
+    Worker processes turn it off: it costs a round trip per transaction on the hot path, and
+    a stale connection there fails the task with OperationalError, which is retried (and
+    the pool, seeing a disconnect, replaces all its connections).
+    """
+    global _pre_ping
+    _pre_ping = enabled
+
+
 def get_engine() -> Engine:
     """The engine of this process. A forked child gets a fresh one, not its parent's sockets."""
     global _engine, _engine_pid, _sessions
@@ -56,7 +71,7 @@ def get_engine() -> Engine:
                 database_url(),
                 pool_size=get_settings().db.pool_size,
                 max_overflow=get_settings().db.max_overflow,
-                pool_pre_ping=True,
+                pool_pre_ping=_pre_ping,
                 pool_recycle=1800,
             )
             event.listen(_engine, "connect", _configure_connection)
