@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from shared.db.models import Turn, TurnOutbox
@@ -18,17 +18,15 @@ class PendingDispatch:
     topology: str
 
 
+_MARK_DISPATCHED = text(
+    "UPDATE turn_outbox SET dispatched_at = now() "
+    "WHERE turn_id = ANY(:turn_ids) AND dispatched_at IS NULL"
+)
+
+
 def mark_dispatched(session: Session, turn_ids: Sequence[str]) -> None:
-    if not turn_ids:
-        return
-    session.execute(
-        update(TurnOutbox)
-        .where(
-            TurnOutbox.turn_id.in_([uuid.UUID(t) for t in turn_ids]),
-            TurnOutbox.dispatched_at.is_(None),
-        )
-        .values(dispatched_at=func.now())
-    )
+    if turn_ids:
+        session.execute(_MARK_DISPATCHED, {"turn_ids": [uuid.UUID(t) for t in turn_ids]})
 
 
 def claim_undispatched(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -34,8 +34,11 @@ def ensure_tenant(
     return tenant_settings(session, tenant_id)
 
 
+_TENANT_SETTINGS = text("SELECT settings FROM tenants WHERE id = :id")  # on every enqueue
+
+
 def tenant_settings(session: Session, tenant_id: str) -> TenantSettings:
-    raw = session.scalar(select(Tenant.settings).where(Tenant.id == tenant_id))
+    raw = session.execute(_TENANT_SETTINGS, {"id": tenant_id}).scalar()
     if raw is None:
         raise UnknownTenant(tenant_id)
     return TenantSettings.model_validate(raw)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, literal, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,6 +80,30 @@ def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Ac
     return AcceptedTurn(str(row.id), TurnStatus(row.status), row.topology, existing=True)
 
 
+# enqueue_turn runs these for every turn, in the caller's process: plain SQL, prepared once.
+_UPSERT_CONVERSATION = text("""
+    INSERT INTO conversations (id, tenant_id, external_id, next_seq, active_turn_id)
+    VALUES (:id, :tenant_id, :external_id, 2, :turn_id)
+    ON CONFLICT (tenant_id, external_id) DO UPDATE
+    SET next_seq = conversations.next_seq + 1,
+        active_turn_id = COALESCE(conversations.active_turn_id, EXCLUDED.active_turn_id),
+        updated_at = now()
+    RETURNING id, next_seq, active_turn_id
+""")
+_TURN_VALUES = """
+    INSERT INTO turns (id, tenant_id, conversation_id, seq, idempotency_key, message, topology,
+                       status, accepted_at, stage_deadline_at)
+    VALUES (:id, :tenant_id, :conversation_id, :seq, :idempotency_key, :message, :topology,
+            :status, :accepted_at, :stage_deadline_at)
+"""
+_INSERT_WAITING_TURN = text(_TURN_VALUES)
+# The turn and its dispatch intent in one statement.
+_INSERT_TURN_AND_INTENT = text(f"""
+    WITH inserted AS ({_TURN_VALUES} RETURNING id)
+    INSERT INTO turn_outbox (turn_id) SELECT id FROM inserted
+""")
+
+
 def accept_turn(
     session: Session,
     *,
@@ -99,45 +123,33 @@ def accept_turn(
     one conversation, and ``active_turn_id`` says which of them may run now.
     """
     conv = session.execute(
-        insert(Conversation)
-        .values(
-            id=uuid.uuid4(),
-            tenant_id=tenant_id,
-            external_id=conversation,
-            next_seq=2,
-            active_turn_id=uuid.UUID(turn_id),
-        )
-        .on_conflict_do_update(
-            index_elements=[Conversation.tenant_id, Conversation.external_id],
-            set_={
-                "next_seq": Conversation.next_seq + 1,
-                "active_turn_id": func.coalesce(Conversation.active_turn_id, uuid.UUID(turn_id)),
-                "updated_at": func.now(),
-            },
-        )
-        .returning(Conversation.id, Conversation.next_seq, Conversation.active_turn_id)
+        _UPSERT_CONVERSATION,
+        {
+            "id": uuid.uuid4(),
+            "tenant_id": tenant_id,
+            "external_id": conversation,
+            "turn_id": uuid.UUID(turn_id),
+        },
     ).one()
     runs_now = conv.active_turn_id == uuid.UUID(turn_id)
     if not runs_now and reject_when_busy:
         raise InvalidInput("conversation", f"{conversation!r} already has a turn in flight")
     status = TurnStatus.QUEUED if runs_now else TurnStatus.WAITING
-    new_turn = insert(Turn).values(
-        id=uuid.UUID(turn_id),
-        tenant_id=tenant_id,
-        conversation_id=conv.id,
-        seq=conv.next_seq - 1,
-        idempotency_key=idempotency_key,
-        message=message,
-        topology=topology,
-        status=status.value,
-        accepted_at=accepted_at,
-        stage_deadline_at=_deadline(stage_deadline_s) if runs_now else None,
+    session.execute(
+        _INSERT_TURN_AND_INTENT if runs_now else _INSERT_WAITING_TURN,
+        {
+            "id": uuid.UUID(turn_id),
+            "tenant_id": tenant_id,
+            "conversation_id": conv.id,
+            "seq": conv.next_seq - 1,
+            "idempotency_key": idempotency_key,
+            "message": message,
+            "topology": topology,
+            "status": status.value,
+            "accepted_at": accepted_at,
+            "stage_deadline_at": _deadline(stage_deadline_s) if runs_now else None,
+        },
     )
-    if runs_now:  # the turn and its dispatch intent in one statement
-        inserted = new_turn.returning(Turn.id).cte("inserted_turn")
-        session.execute(insert(TurnOutbox).from_select(["turn_id"], select(inserted.c.id)))
-    else:
-        session.execute(new_turn)
     return AcceptedTurn(turn_id, status, topology, existing=False)
 
 
