@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
-from typing import cast
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from shared.db.models import TurnSpan
-
-SPANS = cast(Table, TurnSpan.__table__)
 
 
 @dataclass
@@ -32,36 +30,42 @@ class SpanRecord:
     tokens_out: int = 0
 
 
+# Every stage of every turn inserts one: plain SQL, prepared once; the attempt number is
+# counted in the same statement.
+_INSERT_SPAN = text("""
+    INSERT INTO turn_spans (turn_id, stage, attempt, queue, worker, pid, enqueued_at,
+                            started_at, finished_at, simulated_ms, outcome, fields_written,
+                            calls, tokens_in, tokens_out)
+    SELECT CAST(:turn_id AS uuid), CAST(:stage AS varchar), count(*) + 1,
+           CAST(:queue AS varchar), CAST(:worker AS varchar), CAST(:pid AS integer),
+           CAST(:enqueued_at AS double precision), CAST(:started_at AS double precision),
+           CAST(:finished_at AS double precision), CAST(:simulated_ms AS double precision),
+           CAST(:outcome AS varchar), CAST(:fields_written AS jsonb), CAST(:calls AS integer),
+           CAST(:tokens_in AS integer), CAST(:tokens_out AS integer)
+      FROM turn_spans WHERE turn_id = CAST(:turn_id AS uuid) AND stage = CAST(:stage AS varchar)
+""")
+
+
 def record_span(session: Session, span: SpanRecord) -> None:
-    """Insert the span; its attempt number is counted in the same statement."""
-    turn_id = uuid.UUID(span.turn_id)
-    spans = SPANS.c
-    attempt = (
-        select(func.count() + 1)
-        .select_from(SPANS)
-        .where(spans.turn_id == turn_id, spans.stage == span.stage)
-        .scalar_subquery()
-    )
-    # A Core insert on the table: the ORM's bulk-insert machinery costs more CPU than the
-    # statement itself on this hot path.
-    session.connection().execute(
-        insert(SPANS).values(
-            turn_id=turn_id,
-            stage=span.stage,
-            attempt=attempt,
-            queue=span.queue,
-            worker=span.worker,
-            pid=span.pid,
-            enqueued_at=span.enqueued_at,
-            started_at=span.started_at,
-            finished_at=span.finished_at,
-            simulated_ms=span.simulated_ms,
-            outcome=span.outcome,
-            fields_written=span.fields_written,
-            calls=span.calls,
-            tokens_in=span.tokens_in,
-            tokens_out=span.tokens_out,
-        )
+    """Insert the span of a stage that has just finished."""
+    session.execute(
+        _INSERT_SPAN,
+        {
+            "turn_id": uuid.UUID(span.turn_id),
+            "stage": span.stage,
+            "queue": span.queue,
+            "worker": span.worker,
+            "pid": span.pid,
+            "enqueued_at": span.enqueued_at,
+            "started_at": span.started_at,
+            "finished_at": span.finished_at,
+            "simulated_ms": span.simulated_ms,
+            "outcome": span.outcome,
+            "fields_written": json.dumps(span.fields_written),
+            "calls": span.calls,
+            "tokens_in": span.tokens_in,
+            "tokens_out": span.tokens_out,
+        },
     )
 
 

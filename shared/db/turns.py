@@ -9,12 +9,13 @@ nothing twice.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, func, literal, select, text, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -55,6 +56,57 @@ STAGE_OUTPUT: dict[Stage, str] = {
     Stage.MERGE: "routed_at",
     Stage.AGENT: "completed_at",
 }
+
+
+class TurnRecord(Protocol):
+    """What stages read of a turn: an ORM ``Turn`` or a plain result row of ``turns``."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def conversation_id(self) -> uuid.UUID: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def topology(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def accepted_at(self) -> float: ...
+    @property
+    def phase(self) -> str | None: ...
+    @property
+    def intent(self) -> str | None: ...
+    @property
+    def proposed_agent(self) -> str | None: ...
+    @property
+    def confidence(self) -> float | None: ...
+    @property
+    def handoff(self) -> bool | None: ...
+    @property
+    def orchestration_note(self) -> str | None: ...
+    @property
+    def orchestrated_at(self) -> float | None: ...
+    @property
+    def research_results(self) -> list[Any] | None: ...
+    @property
+    def kb_information_level(self) -> str | None: ...
+    @property
+    def research_note(self) -> str | None: ...
+    @property
+    def researched_at(self) -> float | None: ...
+    @property
+    def next_agent(self) -> str | None: ...
+    @property
+    def routing_reason(self) -> str | None: ...
+    @property
+    def routed_at(self) -> float | None: ...
+    @property
+    def completed_at(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -185,20 +237,31 @@ def write_stage_fields(
             f"stage {stage.value!r} tried to write {sorted(foreign)}, which it does not own; "
             f"it owns {sorted(OWNED_FIELDS[stage])}"
         )
-    # A Core UPDATE on the table: this runs once per stage of every turn, and the ORM's
-    # bulk-update machinery costs more CPU than the statement itself.
+    params: dict[str, Any] = {f"new_{k}": v for k, v in values.items()}
+    params["turn_id"] = uuid.UUID(turn_id)
+    if usage:
+        params["stage_usage"] = {stage.value: usage}
+    stmt = _stage_write(stage, tuple(sorted(values)), only_if_unset, bool(usage))
+    return session.connection().execute(stmt, params).first() is not None
+
+
+@functools.cache
+def _stage_write(stage: Stage, columns: tuple[str, ...], only_if_unset: bool, usage: bool) -> Any:
+    """The conditional UPDATE of one stage's fields, built once per shape: it runs once per
+    stage of every turn, and building a statement costs more CPU than running it."""
     turns = TURNS.c
-    stmt = update(TURNS).where(turns.id == uuid.UUID(turn_id))
+    stmt = update(TURNS).where(turns.id == bindparam("turn_id"))
     if only_if_unset:
         stmt = stmt.where(turns[STAGE_OUTPUT[stage]].is_(None))
     if stage in (Stage.MERGE, Stage.AGENT):
         stmt = stmt.where(turns.status.notin_(TERMINAL))
-    assignments: dict[Any, Any] = dict(values)
+    assignments: dict[Any, Any] = {
+        column: bindparam(f"new_{column}", type_=turns[column].type) for column in columns
+    }
     if usage:
         # usage is one JSONB column with a key per stage; each stage writes only its key.
-        assignments["usage"] = turns.usage.op("||")(literal({stage.value: usage}, type_=JSONB))
-    result = session.connection().execute(stmt.values(assignments).returning(turns.id))
-    return result.first() is not None
+        assignments["usage"] = turns.usage.op("||")(bindparam("stage_usage", type_=JSONB))
+    return stmt.values(assignments).returning(turns.id)
 
 
 def release_conversation(

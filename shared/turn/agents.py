@@ -11,10 +11,9 @@ import logging
 import time
 
 from shared.config import get_settings
-from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.db.spans import SpanRecord, record_span
-from shared.db.turns import release_conversation, write_stage_fields
+from shared.db.turns import TurnRecord, release_conversation, write_stage_fields
 from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import ReplyRequest, Usage
 from shared.providers.registry import get_providers
@@ -59,7 +58,7 @@ def next_qualification(current: str, phase: str | None) -> str:
 
 
 def updated_memory(
-    memory: dict[str, object], turn: Turn, agent: Agent, research: Research | None
+    memory: dict[str, object], turn: TurnRecord, agent: Agent, research: Research | None
 ) -> dict[str, object]:
     earlier = memory.get("topics")
     topics = [str(t) for t in earlier] if isinstance(earlier, list) else []

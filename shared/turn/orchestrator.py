@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.db.spans import record_span
-from shared.db.turns import load_turn, write_stage_fields
+from shared.db.turns import TurnRecord, load_turn, write_stage_fields
 from shared.errors import ChordlineError
 from shared.providers.base import Usage
 from shared.providers.registry import get_providers
@@ -18,7 +17,7 @@ from shared.turn.stage import StageOrigin, finish_span, load_stage_inputs, start
 log = logging.getLogger(__name__)
 
 
-def stored_orchestration(turn: Turn) -> Orchestration | None:
+def stored_orchestration(turn: TurnRecord) -> Orchestration | None:
     if turn.orchestrated_at is None:
         return None
     return Orchestration(

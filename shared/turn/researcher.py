@@ -6,10 +6,9 @@ import logging
 import time
 
 from shared.config import get_settings
-from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.db.spans import record_span
-from shared.db.turns import load_turn, write_stage_fields
+from shared.db.turns import TurnRecord, load_turn, write_stage_fields
 from shared.errors import ChordlineError
 from shared.kb.levels import level_for
 from shared.kb.search import hybrid_search
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 GATE_SKIPS = frozenset({"handoff", "off_topic"})
 
 
-def stored_research(turn: Turn) -> Research | None:
+def stored_research(turn: TurnRecord) -> Research | None:
     if turn.researched_at is None:
         return None
     return Research(
@@ -82,7 +81,7 @@ def research_question(
     )
 
 
-def _gate_skips(turn: Turn, settings: TenantSettings) -> bool:
+def _gate_skips(turn: TurnRecord, settings: TenantSettings) -> bool:
     if settings.researcher_gate != "gated":
         return False
     cheap = classify(

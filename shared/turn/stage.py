@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.db.models import Conversation, Tenant, Turn
 from shared.db.spans import SpanRecord
+from shared.db.turns import TurnRecord
 from shared.errors import TurnNotFound
 from shared.providers.base import ConversationContext, Usage
 from shared.schemas import Stage, TenantSettings
-
-_TurnRow = aliased(Turn, name="this_turn")
 
 
 @dataclass(frozen=True)
@@ -64,7 +59,7 @@ def finish_span(
     return span
 
 
-def turn_deadline(turn: Turn) -> float:
+def turn_deadline(turn: TurnRecord) -> float:
     """Epoch seconds by which the turn must have ended: accepted + budget."""
     return turn.accepted_at + get_settings().turn.budget_s
 
@@ -73,7 +68,7 @@ def turn_deadline(turn: Turn) -> float:
 class StageInputs:
     """Everything a stage reads before it calls a model, fetched in one round trip."""
 
-    turn: Turn
+    turn: TurnRecord
     settings: TenantSettings
     context: ConversationContext
 
@@ -85,49 +80,39 @@ class StageInputs:
 HISTORY_TURNS = 6
 
 
-@functools.cache
-def _stage_inputs_statement() -> Select[Any]:
-    """Built once per process: constructing it costs more CPU than running it."""
-    earlier = (
-        select(Turn.seq, Turn.message, Turn.agent_response)
-        .where(Turn.conversation_id == Conversation.id, Turn.seq < _TurnRow.seq)
-        .order_by(Turn.seq.desc())
-        .limit(HISTORY_TURNS)
-        .correlate(Conversation, _TurnRow)
-        .subquery()
-    )
-    entry = func.json_build_object("message", earlier.c.message, "reply", earlier.c.agent_response)
-    history = select(
-        func.coalesce(func.json_agg(aggregate_order_by(entry, earlier.c.seq)), text("'[]'::json"))
-    ).scalar_subquery()
-    return (
-        select(
-            _TurnRow,
-            Conversation.qualification_status,
-            Conversation.contextual_memory,
-            Tenant.settings,
-            history,
-        )
-        # An explicit left side: tenants can join conversations too, and a worker process
-        # was seen refusing the statement as ambiguous on every call after a restart.
-        .select_from(_TurnRow)
-        .join(Conversation, Conversation.id == _TurnRow.conversation_id)
-        .join(Tenant, Tenant.id == _TurnRow.tenant_id)
-        .where(_TurnRow.id == bindparam("turn_id"))
-    )
+# Every stage reads this first: plain SQL, prepared once, rows without ORM bookkeeping.
+_STAGE_INPUTS = text(f"""
+    SELECT t.*,
+           c.qualification_status AS conversation_qualification,
+           c.contextual_memory AS conversation_memory,
+           tn.settings AS tenant_settings,
+           (SELECT coalesce(json_agg(json_build_object('message', h.message,
+                                                       'reply', h.agent_response)
+                                     ORDER BY h.seq), '[]'::json)
+              FROM (SELECT seq, message, agent_response FROM turns
+                     WHERE conversation_id = t.conversation_id AND seq < t.seq
+                     ORDER BY seq DESC LIMIT {HISTORY_TURNS}) h) AS conversation_history
+      FROM turns t
+      JOIN conversations c ON c.id = t.conversation_id
+      JOIN tenants tn ON tn.id = t.tenant_id
+     WHERE t.id = :turn_id
+""")
 
 
 def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
     """The turn, its tenant's settings and its conversation context, in one query."""
-    row = session.execute(_stage_inputs_statement(), {"turn_id": uuid.UUID(turn_id)}).first()
+    row = session.execute(_STAGE_INPUTS, {"turn_id": uuid.UUID(turn_id)}).first()
     if row is None:
         raise TurnNotFound(f"turn {turn_id} does not exist")
-    turn, qualification, memory, settings, past = row
     context = ConversationContext(
-        tenant_id=turn.tenant_id,
-        message=turn.message,
-        qualification_status=qualification,
-        memory=dict(memory),
-        history=[{"message": h["message"], "reply": h["reply"] or ""} for h in past or []],
+        tenant_id=row.tenant_id,
+        message=row.message,
+        qualification_status=row.conversation_qualification,
+        memory=dict(row.conversation_memory),
+        history=[
+            {"message": h["message"], "reply": h["reply"] or ""} for h in row.conversation_history
+        ],
     )
-    return StageInputs(turn=turn, settings=TenantSettings.model_validate(settings), context=context)
+    return StageInputs(
+        turn=row, settings=TenantSettings.model_validate(row.tenant_settings), context=context
+    )
