@@ -112,6 +112,9 @@ def _sleep_within(ms: float, deadline: float) -> None:
     time.sleep(max(ms, 0.0) / 1000)
 
 
+STREAM_CHUNK_S = 0.05
+
+
 class SimulatedChatModel:
     name = "simulated"
 
@@ -141,12 +144,14 @@ class SimulatedChatModel:
         self.faults.maybe_fail("agent")
         started = time.time()
         tokens = list(self.inner.stream_reply(request=request, usage=usage, deadline=deadline))
-        for index, token in enumerate(tokens, 1):
-            # Tokens arrive spread over the drawn latency, as a streamed answer does.
+        # Tokens arrive spread over the drawn latency, as a streamed answer does, in chunks
+        # at most every STREAM_CHUNK_S (model APIs send several tokens per event at speed).
+        chunks = max(1, min(len(tokens), int(ms / 1000 / STREAM_CHUNK_S)))
+        for chunk in range(1, chunks + 1):
             _sleep_within(
-                max(0.0, started + ms / 1000 * index / len(tokens) - time.time()) * 1000, deadline
+                max(0.0, started + ms / 1000 * chunk / chunks - time.time()) * 1000, deadline
             )
-            yield token
+            yield from tokens[len(tokens) * (chunk - 1) // chunks : len(tokens) * chunk // chunks]
 
 
 class SimulatedReranker:
