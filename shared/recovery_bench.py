@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import and_, select
 
+from shared.bench import QUESTIONS, SIMULATED_ENV
 from shared.client import enqueue_turn
 from shared.config import get_settings
 from shared.db.models import Turn
@@ -44,15 +45,6 @@ from shared.procfile import TURN_PROCESSES, ProcessGroup, start_workers, wait_fo
 from shared.providers.registry import get_providers
 
 TENANT = "bench-recovery"
-QUESTIONS = (
-    "How much does the Growth plan cost?",
-    "Does Halyard have a REST API and webhooks?",
-    "Our barcode scanners stopped syncing, what should we do?",
-    "Is customer data encrypted at rest?",
-    "We run five warehouses and want to replace spreadsheets.",
-    "Can you write a summary email for our CFO?",
-)
-SIMULATED_ENV = {"CHORDLINE_PROVIDERS": "simulated", "CHORDLINE_SIMULATED_LATENCY_SCALE": "1.0"}
 PROCESSES = (*TURN_PROCESSES, "maintenance", "beat")
 OPEN = ("queued", "routed")
 

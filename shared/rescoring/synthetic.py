@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from shared.bench import QUESTIONS as BENCH_QUESTIONS
 from shared.db.models import Conversation, Turn
 from shared.db.session import session_scope
 from shared.db.tenants import require_tenant
@@ -32,14 +33,7 @@ from shared.turn.routing import route_turn
 
 QUESTIONS = (
     *SCRIPT,
-    "How much does the Growth plan cost?",
-    "Does Halyard have a REST API and webhooks?",
-    "Our barcode scanners stopped syncing, what should we do?",
-    "Is customer data encrypted at rest?",
-    "We run five warehouses and want to replace spreadsheets.",
-    "Can you write a summary email for our CFO?",
-    "Does it integrate with NetSuite and Shopify?",
-    "Can it connect to our on-prem mainframe?",
+    *BENCH_QUESTIONS,
     "Do you support data residency in the EU?",
     "What is your uptime SLA?",
     "Can we self-host Halyard on our own servers?",
