@@ -8,6 +8,7 @@ completed (with the stage's fallback recorded) within its budget.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from rich.console import Console
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -27,7 +29,7 @@ from shared.db.session import session_scope
 from shared.db.spans import spans_of
 from shared.db.tenants import ensure_tenant
 from shared.db.usage import tenant_usage
-from shared.demo import DEMO_KB
+from shared.demo import DEMO_KB, SCRIPT, coverage_gaps, play_demo
 from shared.kb.ingest import ingest_paths
 from shared.procfile import TURN_PROCESSES, running_workers
 from shared.providers.registry import build_providers
@@ -142,6 +144,33 @@ def test_a_turn_runs_on_the_model_apis_end_to_end(apis: ModelApis) -> None:
         spans = {s.stage: s for s in spans_of(session, turn_id)}
     assert spans["agent"].tokens_out == len(tokens)
     assert spans["orchestrator"].tokens_in == usage["orchestrator"]["tokens_in"] > 0
+
+
+def test_the_demo_runs_on_the_model_apis(apis: ModelApis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With keys set, the scripted demo (this process included) runs on OpenAI and Cohere."""
+    for name, value in fake_api_env(apis.openai, apis.cohere).items():
+        monkeypatch.setenv(name, value)
+    reset_process_state()
+    try:
+        turns = play_demo(console=Console(file=io.StringIO()), timeout_s=BUDGET_S + 30)
+    finally:
+        monkeypatch.undo()
+        reset_process_state()
+    assert coverage_gaps(turns) == []
+    assert all(turn.reply for turn in turns)
+    # every turn was classified and answered by the chat API, and its question was embedded
+    # by the embeddings API; the researcher reranked through Cohere
+    assert sorted(chat_calls(apis)) == [False] * len(SCRIPT) + [True] * len(SCRIPT)
+    assert len(apis.openai.calls("/embeddings")) >= len(SCRIPT)
+    assert apis.cohere.calls("/v2/rerank")
+    with session_scope() as session:
+        fallbacks = session.execute(
+            text(
+                "SELECT count(*) FROM turns WHERE id = ANY(CAST(:ids AS uuid[])) AND agent_fallback"
+            ),
+            {"ids": [turn.turn_id for turn in turns]},
+        ).scalar_one()
+    assert fallbacks == 0
 
 
 def test_a_rate_limited_orchestrator_waits_for_retry_after_and_completes(apis: ModelApis) -> None:
