@@ -12,15 +12,21 @@ import time
 
 from shared.config import get_settings
 from shared.db.session import session_scope
-from shared.db.spans import SpanRecord, record_span
-from shared.db.turns import TurnRecord, release_conversation, write_stage_fields
+from shared.db.spans import SpanRecord
+from shared.db.turns import TurnRecord, release_conversation
 from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import ReplyRequest, Usage
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, AgentReply, KbLevel, Research, Stage, TurnStatus
 from shared.streaming import ReplyStream, publish_end
 from shared.turn.researcher import run_researcher, stored_research
-from shared.turn.stage import StageInputs, StageOrigin, finish_span, load_stage_inputs, start_span
+from shared.turn.stage import (
+    StageInputs,
+    StageOrigin,
+    commit_stage_output,
+    load_stage_inputs,
+    start_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +168,19 @@ def _commit_reply(
         "completed_at": time.time(),
         "status": TurnStatus.COMPLETED.value,
     }
+    outcome = "fallback" if reply.fallback else "ok"
     with session_scope() as session:
-        if not write_stage_fields(
-            session, stage=Stage.AGENT, turn_id=str(turn.id), values=values, usage=usage.as_dict()
+        if not commit_stage_output(
+            session,
+            stage=Stage.AGENT,
+            turn_id=str(turn.id),
+            values=values,
+            span=span,
+            usage=usage,
+            outcome=outcome,
         ):
             return None  # another delivery committed the reply first: exactly one reply
-        next_turn = release_conversation(
+        return release_conversation(
             session,
             turn_id=str(turn.id),
             conversation_id=turn.conversation_id,
@@ -177,6 +190,3 @@ def _commit_reply(
                 inputs.context.qualification_status, turn.phase
             ),
         )
-        outcome = "fallback" if reply.fallback else "ok"
-        record_span(session, finish_span(span, usage=usage, fields=sorted(values), outcome=outcome))
-        return next_turn

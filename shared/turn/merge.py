@@ -7,15 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 from shared.config import get_settings
 from shared.db.session import session_scope
-from shared.db.spans import record_span
-from shared.db.turns import load_turn, write_stage_fields
+from shared.db.turns import load_turn
 from shared.errors import StageConflict
-from shared.providers.base import Usage
 from shared.schemas import Agent, RoutingDecision, Stage, Topology, TurnStatus
 from shared.turn.orchestrator import stored_orchestration
 from shared.turn.researcher import stored_research
 from shared.turn.routing import route_turn
-from shared.turn.stage import StageOrigin, finish_span, start_span
+from shared.turn.stage import StageOrigin, commit_stage_output, start_span
 
 
 def run_merge(turn_id: str, origin: StageOrigin) -> tuple[RoutingDecision, bool] | None:
@@ -45,6 +43,5 @@ def run_merge(turn_id: str, origin: StageOrigin) -> tuple[RoutingDecision, bool]
             "stage_deadline_at": datetime.now(UTC)
             + timedelta(seconds=get_settings().turn.stage_deadline_s),
         }
-        if write_stage_fields(session, stage=Stage.MERGE, turn_id=turn_id, values=values):
-            record_span(session, finish_span(span, usage=Usage(), fields=sorted(values)))
+        commit_stage_output(session, stage=Stage.MERGE, turn_id=turn_id, values=values, span=span)
     return decision, sequential

@@ -6,13 +6,12 @@ import logging
 import time
 
 from shared.db.session import session_scope
-from shared.db.spans import record_span
-from shared.db.turns import TurnRecord, load_turn, write_stage_fields
+from shared.db.turns import TurnRecord, load_turn
 from shared.errors import ChordlineError
 from shared.providers.base import Usage
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, Orchestration, Phase, Stage
-from shared.turn.stage import StageOrigin, finish_span, load_stage_inputs, start_span
+from shared.turn.stage import StageOrigin, commit_stage_output, load_stage_inputs, start_span
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +80,15 @@ def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, 
         "orchestrated_at": time.time(),
     }
     with session_scope() as session:
-        if write_stage_fields(
-            session, stage=Stage.ORCHESTRATOR, turn_id=turn_id, values=values, usage=usage.as_dict()
+        if commit_stage_output(
+            session,
+            stage=Stage.ORCHESTRATOR,
+            turn_id=turn_id,
+            values=values,
+            span=span,
+            usage=usage,
+            outcome=outcome,
         ):
-            record_span(
-                session, finish_span(span, usage=usage, fields=sorted(values), outcome=outcome)
-            )
             return result, topology
         stored = stored_orchestration(load_turn(session, turn_id))
     assert stored is not None  # another delivery wrote first; its answer stands

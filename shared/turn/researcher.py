@@ -7,8 +7,7 @@ import time
 
 from shared.config import get_settings
 from shared.db.session import session_scope
-from shared.db.spans import record_span
-from shared.db.turns import TurnRecord, load_turn, write_stage_fields
+from shared.db.turns import TurnRecord, load_turn
 from shared.errors import ChordlineError
 from shared.kb.levels import level_for
 from shared.kb.search import hybrid_search
@@ -18,7 +17,7 @@ from shared.providers.local import classify
 from shared.providers.registry import get_providers
 from shared.providers.timing import operation
 from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings
-from shared.turn.stage import StageOrigin, finish_span, load_stage_inputs, start_span
+from shared.turn.stage import StageOrigin, commit_stage_output, load_stage_inputs, start_span
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +141,15 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
         "researched_at": time.time(),
     }
     with session_scope() as session:
-        if write_stage_fields(
-            session, stage=Stage.RESEARCHER, turn_id=turn_id, values=values, usage=usage.as_dict()
+        if commit_stage_output(
+            session,
+            stage=Stage.RESEARCHER,
+            turn_id=turn_id,
+            values=values,
+            span=span,
+            usage=usage,
+            outcome=outcome,
         ):
-            record_span(
-                session, finish_span(span, usage=usage, fields=sorted(values), outcome=outcome)
-            )
             return result
         stored = stored_research(load_turn(session, turn_id))
     assert stored is not None

@@ -7,13 +7,14 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.db.spans import SpanRecord
-from shared.db.turns import TurnRecord
+from shared.db.spans import SpanRecord, record_span
+from shared.db.turns import TurnRecord, write_stage_fields
 from shared.errors import TurnNotFound
 from shared.providers.base import ConversationContext, Usage
 from shared.schemas import Stage, TenantSettings
@@ -57,6 +58,29 @@ def finish_span(
     span.calls, span.tokens_in, span.tokens_out = usage.calls, usage.tokens_in, usage.tokens_out
     span.simulated_ms = usage.simulated_ms or None
     return span
+
+
+def commit_stage_output(
+    session: Session,
+    *,
+    stage: Stage,
+    turn_id: str,
+    values: dict[str, Any],
+    span: SpanRecord,
+    usage: Usage | None = None,
+    outcome: str = "ok",
+) -> bool:
+    """Write the stage's own fields (and its model usage, if it called one) and its span,
+    in the caller's transaction, once.
+
+    False when another delivery of the stage wrote its output first: that one stands.
+    """
+    counts = usage.as_dict() if usage else None
+    if not write_stage_fields(session, stage=stage, turn_id=turn_id, values=values, usage=counts):
+        return False
+    finished = finish_span(span, usage=usage or Usage(), fields=sorted(values), outcome=outcome)
+    record_span(session, finished)
+    return True
 
 
 def turn_deadline(turn: TurnRecord) -> float:
