@@ -213,15 +213,11 @@ def _init_pgdata(pgdata: Path, bin_dir: Path, user: str | None, log_file: Path) 
 
 
 def _create_database(bin_dir: Path, port: int, user: str | None) -> None:
+    connect = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
     exists = subprocess.run(
         [
             str(bin_dir / "psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            "postgres",
+            *connect,
             "-tAc",
             "SELECT 1 FROM pg_database WHERE datname = 'chordline'",
             "postgres",
@@ -233,16 +229,7 @@ def _create_database(bin_dir: Path, port: int, user: str | None) -> None:
     ).stdout.strip()
     if exists != "1":
         subprocess.run(
-            [
-                str(bin_dir / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "chordline",
-            ],
+            [str(bin_dir / "createdb"), *connect, "chordline"],
             check=True,
             capture_output=True,
             user=user,
@@ -343,6 +330,35 @@ def _redis_pid(root: Path) -> tuple[int, int] | None:
     return None
 
 
+def valkey_command(*, port: int, root: Path, appendonly: bool) -> list[str]:
+    """How chordline runs Valkey: loopback only, AOF (fsync every second) instead of RDB
+    snapshots, and noeviction, so that a full server refuses writes instead of dropping
+    queued turns. The log goes to ``root/valkey.log``."""
+    return [
+        str(_valkey_binary()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(root),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(root / "valkey.log"),
+        "--maxclients",
+        "10000",
+    ]
+
+
 def ensure_redis(data_dir: Path, *, appendonly: bool = True) -> RunningServer:
     """Reuse the Valkey running on ``data_dir/redis``, or start one there (AOF on, noeviction)."""
     root = data_dir / "redis"
@@ -353,29 +369,7 @@ def ensure_redis(data_dir: Path, *, appendonly: bool = True) -> RunningServer:
         port = _remembered_port(root / "port")
         log_file = root / "valkey.log"
         proc = subprocess.Popen(
-            [
-                str(_valkey_binary()),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(root),
-                "--appendonly",
-                "yes" if appendonly else "no",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(log_file),
-                "--maxclients",
-                "10000",
-            ],
+            valkey_command(port=port, root=root, appendonly=appendonly),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

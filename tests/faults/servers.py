@@ -78,25 +78,7 @@ class Valkey:
         self.appendonly = appendonly
         # One argument list for every (re)start, so a restarted server is the same server.
         self.proc = subprocess.Popen(
-            [
-                str(embedded._valkey_binary()),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.root),
-                "--appendonly",
-                "yes" if appendonly else "no",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--logfile",
-                str(self.root / "valkey.log"),
-            ],
+            embedded.valkey_command(port=self.port, root=self.root, appendonly=appendonly),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
