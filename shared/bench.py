@@ -3,7 +3,7 @@
 Turns arrive as a Poisson process (exponential gaps at the given rate), so producers never
 fire in coordinated bursts and a slow turn cannot hold back the next arrival. Latency runs
 from a turn's scheduled arrival to the commit of its reply, so client lag counts too.
-Stage latencies are simulated from the design's ranges and seeded by the message, and both
+Stage latencies are simulated from the default stage times and seeded by the message, and both
 topologies receive the same messages at the same offsets: they do identical simulated work.
 
 overhead = latency - the ideal critical path of that turn's own simulated stages:

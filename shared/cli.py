@@ -59,7 +59,7 @@ def demo(
         str,
         typer.Option(
             help="'auto' (the model APIs when OPENAI_API_KEY / COHERE_API_KEY are set, "
-            "simulated otherwise), 'simulated' (the field report's stage times, halved) "
+            "simulated otherwise), 'simulated' (the default simulated stage times, halved) "
             "or 'none' (offline providers at full speed)"
         ),
     ] = "auto",

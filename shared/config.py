@@ -147,7 +147,7 @@ class ProviderSettings(BaseSettings):
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
     cohere_api_key: SecretStr | None = Field(default=None, alias="COHERE_API_KEY")
     cohere_base_url: str | None = Field(default=None, alias="COHERE_BASE_URL")
-    # "simulated" draws stage latencies from the design's ranges (benchmarks, fault tests).
+    # "simulated" draws stage latencies from distributions (benchmarks, fault tests).
     mode: Literal["auto", "offline", "simulated"] = Field(
         default="auto", alias="CHORDLINE_PROVIDERS"
     )
@@ -205,7 +205,7 @@ class ProviderSettings(BaseSettings):
     simulated_latency_scale: float = Field(
         default=1.0, ge=0.0, le=100.0, alias="CHORDLINE_SIMULATED_LATENCY_SCALE"
     )
-    # The field report's stage times, as distributions in milliseconds (see LATENCY_FORMS).
+    # Typical model-API stage times, as distributions in milliseconds (see LATENCY_FORMS).
     simulated_orchestrator_ms: str = Field(
         default="uniform:400:800", alias="CHORDLINE_SIMULATED_ORCHESTRATOR_MS"
     )

@@ -1,7 +1,7 @@
 """`chordline bench-recovery`: after a worker is SIGKILLed, how long until its turns end.
 
 Workers run from the Procfile with the default recovery settings, under a steady Poisson
-load of turns with the field report's simulated stage latencies. Each round SIGKILLs one
+load of turns with the default simulated stage latencies. Each round SIGKILLs one
 turn worker (its whole process group, as the OOM killer or a lost node would) and starts
 it again at once, as a process manager does. The turns of that round are the ones in flight
 on the killed worker's queue at the moment of the kill, read from Postgres: for the

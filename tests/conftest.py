@@ -41,7 +41,7 @@ def workers(services: None) -> Iterator[None]:
     """One real worker process per turn queue, plus maintenance, as the Procfile runs them."""
     from shared.procfile import TURN_PROCESSES, running_workers
 
-    # Simulated providers at a tenth of the field report's stage times: the header stages
+    # Simulated providers at a tenth of the default stage times: the header stages
     # really run side by side (40-80 ms and 30-70 ms), and a turn still takes ~0.2 s.
     env = {
         "CHORDLINE_PROVIDERS": "simulated",

@@ -1,7 +1,7 @@
 """Providers with the latency of real ones, for benchmarks and fault tests.
 
 Each stage's latency is drawn from a configured distribution (settings
-``CHORDLINE_SIMULATED_{ORCHESTRATOR,RETRIEVAL,AGENT}_MS``; the design's field report by
+``CHORDLINE_SIMULATED_{ORCHESTRATOR,RETRIEVAL,AGENT}_MS``; typical model-API times by
 default: orchestrator 400-800 ms, retrieval + rerank 300-700 ms, agent 1-2 s streamed) and
 slept, around an offline provider that computes the actual answer. Draws are seeded by the
 stage and the message, so the same message costs the same in every topology: a benchmark
@@ -51,7 +51,7 @@ class LatencyDistribution:
         return self.params[0]
 
 
-# The field report's stage times.
+# Typical model-API stage times: the defaults.
 ORCHESTRATOR_MS = LatencyDistribution("uniform", (400.0, 800.0))
 RETRIEVAL_MS = LatencyDistribution("uniform", (300.0, 700.0))
 AGENT_MS = LatencyDistribution("uniform", (1000.0, 2000.0))

@@ -1,7 +1,7 @@
 """deploy/, checked offline: Kubernetes manifests against the Kubernetes schemas that
 kubernetes-validate bundles, KEDA's objects against deploy/schemas (written from KEDA's
 documented fields, since its CRDs are not bundled), compose.yaml against the compose
-specification's schema that check-jsonschema ships; and what the issue asks of each."""
+specification's schema that check-jsonschema ships; and what chordline needs of each."""
 
 from __future__ import annotations
 

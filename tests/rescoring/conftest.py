@@ -11,7 +11,7 @@ from shared.procfile import ProcessGroup, running_workers
 from tests.conftest import ARTIFACTS, new_tenant
 
 # A batch's turns must still take a moment, so a test can act while a run is under way:
-# simulated stage times at a fifth of the field report's (orchestrator 80-160 ms,
+# simulated stage times at a fifth of the defaults (orchestrator 80-160 ms,
 # retrieval 60-140 ms), in series per turn.
 SLOW_ENV = {"CHORDLINE_PROVIDERS": "simulated", "CHORDLINE_SIMULATED_LATENCY_SCALE": "0.2"}
 FAST_ENV = {"CHORDLINE_PROVIDERS": "simulated", "CHORDLINE_SIMULATED_LATENCY_SCALE": "0"}
