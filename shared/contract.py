@@ -64,14 +64,22 @@ SENT_AT_HEADER = "chordline_sent_at"
 class RedisResultBackend(RedisBackend):
     """Celery's Redis backend without the per-publish result subscription.
 
-    Celery subscribes the publisher to every task's result channel, so that
-    ``AsyncResult.get()`` can be woken up. chordline never waits on Celery results (Postgres
-    holds every stage's output), so each publish would only pay for a SUBSCRIBE round trip
-    and leave a subscription behind. Chord counting does not depend on it.
+    Celery subscribes the publisher to every task's result channel (and, for a chord, to
+    its header tasks' channels as it builds the group result), so that ``AsyncResult.get()``
+    can be woken up. chordline never waits on Celery results (Postgres holds every stage's
+    output), so each publish would only pay for SUBSCRIBE round trips and leave
+    subscriptions behind; and with Redis down, the chord's subscription would fail with a
+    RuntimeError before the publish itself could report the outage. Chord counting does not
+    depend on it.
     """
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
+
+    def add_pending_result(
+        self, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        return result  # nobody waits on it: no drainer, no subscription
 
     def on_result_fulfilled(self, result: Any) -> None:
         return None  # nothing was subscribed, so there is nothing to unsubscribe

@@ -17,35 +17,41 @@ import logging
 import os
 import queue
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import kombu.exceptions
+import redis
 from celery import Celery
 
 from shared.config import get_settings
 from shared.contract import agent_signature, make_celery, turn_workflow
 from shared.db.outbox import mark_dispatched
 from shared.db.session import session_scope
+from shared.errors import BrokerUnavailable
 from shared.schemas import Agent, Topology
 
 log = logging.getLogger(__name__)
 
 _app: Celery | None = None
-_app_pid: int | None = None
+_client_app_pid: int | None = None  # set when this module built the app (a client process)
 _app_lock = threading.Lock()
 
 
 def set_dispatch_app(app: Celery) -> None:
-    global _app, _app_pid
-    _app, _app_pid = app, os.getpid()
+    global _app, _client_app_pid
+    _app, _client_app_pid = app, None
 
 
 def dispatch_app() -> Celery:
-    global _app, _app_pid
+    """The worker's app, or a producer-only app made once per client process: a client
+    forked after publishing must not share its parent's broker connections."""
+    global _app, _client_app_pid
     with _app_lock:
-        if _app is None:
+        if _app is None or (_client_app_pid is not None and _client_app_pid != os.getpid()):
             _app = make_celery("chordline-client", get_settings())
-            _app_pid = os.getpid()
+            _client_app_pid = os.getpid()
         return _app
 
 
@@ -54,13 +60,28 @@ def reset_dispatch_app() -> None:
     _app = None
 
 
+@contextmanager
+def _broker_failures(what: str, turn_id: str) -> Iterator[None]:
+    """A publish that failed after its own retries is a transient error: the caller's task
+    retries, or the outbox relay publishes the turn later."""
+    try:
+        yield
+    except (kombu.exceptions.OperationalError, redis.RedisError) as exc:
+        raise BrokerUnavailable(
+            f"could not publish the {what} of turn {turn_id}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def publish_turn(turn_id: str, topology: str) -> None:
-    """Publish the turn's workflow now (raises if the broker cannot be reached)."""
-    turn_workflow(dispatch_app(), turn_id=turn_id, topology=Topology(topology)).apply_async()
+    """Publish the turn's workflow now (BrokerUnavailable if the broker cannot be reached)."""
+    with _broker_failures("workflow", turn_id):
+        turn_workflow(dispatch_app(), turn_id=turn_id, topology=Topology(topology)).apply_async()
 
 
 def publish_agent(turn_id: str, agent: Agent, *, retrieve: bool) -> None:
-    agent_signature(dispatch_app(), turn_id=turn_id, agent=agent, retrieve=retrieve).apply_async()
+    with _broker_failures(f"{agent.value} agent", turn_id):
+        signature = agent_signature(dispatch_app(), turn_id=turn_id, agent=agent, retrieve=retrieve)
+        signature.apply_async()
 
 
 @dataclass(frozen=True)
@@ -158,7 +179,3 @@ def publish_now(turn_id: str, topology: str) -> None:
     publish_turn(turn_id, topology)
     with session_scope() as session:
         mark_dispatched(session, [turn_id])
-
-
-def _monotonic_ms() -> float:
-    return time.monotonic() * 1000

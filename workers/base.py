@@ -24,6 +24,7 @@ from typing import Any
 from celery import Task
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
@@ -35,7 +36,9 @@ from workers import fault_hooks
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = (TransientError, OperationalError, RedisConnectionError)
+# chordline's transient errors (BrokerUnavailable for a failed publish among them), a lost
+# Postgres connection, and a Redis that dropped or did not answer in time.
+RETRYABLE = (TransientError, OperationalError, RedisConnectionError, RedisTimeoutError)
 DELIVERY_KEY_TTL_S = 86_400
 
 
