@@ -139,8 +139,9 @@ def wait_for_turn(
 ) -> TurnView:
     """Block until the turn has ended (completed or failed), or raise TurnTimeout.
 
-    Wakes on the turn's stream in Redis, and checks Postgres, the source of truth, each time,
-    so a lost Redis entry can delay it by at most a second but never hang it.
+    Follows the turn's stream in Redis and checks Postgres, the source of truth, when the
+    stream announces the end or has been quiet for a second: a lost Redis entry can delay
+    it by at most a second but never hang it, and reply tokens cost no queries.
     """
     deadline = time.monotonic() + timeout
     cursor = "0"
@@ -150,13 +151,25 @@ def wait_for_turn(
             if raise_on_failure and view.status == TurnStatus.FAILED.value:
                 raise TurnFailed(f"turn {turn_id} failed: {view.failure_reason}")
             return view
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if time.monotonic() >= deadline:
             raise TurnTimeout(f"turn {turn_id} is still {view.status} after {timeout:.1f} s")
-        for event in read_events(
+        cursor = _until_end_or_quiet(turn_id, after=cursor, deadline=deadline)
+
+
+def _until_end_or_quiet(turn_id: str, *, after: str, deadline: float) -> str:
+    """Read the turn's stream until its end entry, a quiet second, or the deadline; returns
+    the id of the last entry read."""
+    cursor = after
+    while (remaining := deadline - time.monotonic()) > 0:
+        events = read_events(
             turn_id, after=cursor, block_ms=max(1, int(min(remaining, 1.0) * 1000))
-        ):
-            cursor = event.id
+        )
+        if not events:
+            break
+        cursor = events[-1].id
+        if any(event.kind == "end" for event in events):
+            break
+    return cursor
 
 
 def stream_turn(turn_id: str, *, after: str = "0", timeout: float = 60.0) -> Iterator[StreamEvent]:

@@ -1,9 +1,9 @@
 """Reply tokens through Redis streams, one stream per turn.
 
 The agent appends each token as it arrives, then an ``end`` entry once the turn is
-committed in Postgres. A reader resumes from the last entry id it saw. If an agent attempt
-is re-run (a re-delivered task), it first appends a ``restart`` entry: readers drop what
-they showed of the earlier attempt.
+committed in Postgres. A reader resumes from the last entry id it saw. If the agent runs
+again for the same turn (a re-delivered or retried task, a re-drive), the new run first
+appends a ``restart`` entry: readers drop what they showed of the earlier run.
 """
 
 from __future__ import annotations
@@ -104,13 +104,38 @@ def _stream_writer() -> _StreamWriter:
         return _writer
 
 
-class ReplyStream:
-    """The writer side, used by the agent of one turn."""
+def attempts_key(turn_id: str) -> str:
+    return f"chordline:reply-attempts:{turn_id}"
 
-    def __init__(self, turn_id: str, *, attempt: int) -> None:
+
+def _next_attempt(turn_id: str) -> int:
+    """This agent run's number among the runs that streamed the turn's reply (from 1)."""
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.incr(attempts_key(turn_id))
+    pipe.expire(attempts_key(turn_id), STREAM_TTL_S)
+    attempt, _ = pipe.execute()
+    return int(attempt)
+
+
+class ReplyStream:
+    """The writer side, used by the agent of one turn.
+
+    Any agent run after the first one of its turn (a redelivery, a retry, a re-drive by the
+    sweeper, two copies at once) starts with a ``restart`` entry, so readers drop the text
+    of the earlier run instead of showing two replies. Streaming is best effort: the reply
+    is committed in Postgres, so a Redis failure here is logged, never raised.
+    """
+
+    def __init__(self, turn_id: str) -> None:
+        self.turn_id = turn_id
         self.key = stream_key(turn_id)
         self.writer = _stream_writer()
         self.index = 0
+        try:
+            attempt = _next_attempt(turn_id)
+        except Exception as exc:
+            _stream_failed(turn_id, exc)
+            attempt = 2  # unknown: tell readers to start over, which is always safe
         if attempt > 1:
             self.writer.append(self.key, {"kind": "restart", "attempt": attempt})
 
@@ -119,8 +144,18 @@ class ReplyStream:
         self.index += 1
 
     def close(self) -> None:
-        """Every token is in Redis when this returns."""
-        self.writer.flush()
+        """Every token is in Redis when this returns, unless Redis failed (logged)."""
+        try:
+            self.writer.flush()
+        except Exception as exc:
+            _stream_failed(self.turn_id, exc)
+
+
+def _stream_failed(turn_id: str, exc: Exception) -> None:
+    log.warning(
+        "reply tokens not streamed",
+        extra={"action": "stream_failed", "turn_id": turn_id, "reason": type(exc).__name__},
+    )
 
 
 def publish_end(turn_id: str, status: str) -> None:
@@ -130,6 +165,18 @@ def publish_end(turn_id: str, status: str) -> None:
     pipe.xadd(key, {"kind": "end", "status": status}, maxlen=MAX_STREAM_LEN, approximate=True)
     pipe.expire(key, STREAM_TTL_S)
     pipe.execute()
+
+
+def announce_end(turn_id: str, status: str) -> None:
+    """``publish_end``, best effort: readers also find the end in Postgres, the source of
+    truth (``wait_for_turn`` checks it at least every second)."""
+    try:
+        publish_end(turn_id, status)
+    except Exception as exc:
+        log.warning(
+            "end of turn not streamed",
+            extra={"action": "stream_end_failed", "turn_id": turn_id, "reason": type(exc).__name__},
+        )
 
 
 def _kind(raw: str) -> EventKind:

@@ -18,7 +18,7 @@ from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import ReplyRequest, Usage
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, AgentReply, KbLevel, Research, Stage, TurnStatus
-from shared.streaming import ReplyStream, publish_end
+from shared.streaming import ReplyStream, announce_end
 from shared.turn.researcher import run_researcher, stored_research
 from shared.turn.stage import (
     StageInputs,
@@ -111,17 +111,19 @@ def _generate(
 
 def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> str | None:
     """Answer the turn. Returns the id of the conversation's next turn, if one was waiting."""
-    if retrieve:
-        run_researcher(turn_id, origin)  # sequential topology: this agent's own retrieval
-    span = start_span(turn_id, Stage.AGENT, origin)
     with session_scope() as session:
         inputs = load_stage_inputs(session, turn_id)
     turn = inputs.turn
     if turn.completed_at is not None:
+        # A run after the end (a duplicate, or a retry after the end was committed but not
+        # announced): readers may still be waiting for the end entry.
+        announce_end(turn_id, turn.status)
         return None
     if turn.next_agent != agent.value:
         raise StageConflict(f"turn {turn_id} is routed to {turn.next_agent}, not {agent.value}")
-    research = stored_research(turn)
+    # sequential topology: this agent does its own retrieval; otherwise it is in the row
+    research = run_researcher(turn_id, origin) if retrieve else stored_research(turn)
+    span = start_span(turn_id, Stage.AGENT, origin)
     request = ReplyRequest(
         agent=agent,
         context=inputs.context,
@@ -134,11 +136,11 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
     reply = _generate(
         turn_id=turn_id,
         request=request,
-        stream=ReplyStream(turn_id, attempt=origin.delivery),
+        stream=ReplyStream(turn_id),
         usage=usage,
         deadline=inputs.deadline,
     )
-    next_turn = _commit_reply(
+    committed, next_turn = _commit_reply(
         inputs=inputs,
         agent=agent,
         reply=reply,
@@ -146,7 +148,8 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
         usage=usage,
         span=span,
     )
-    publish_end(turn_id, TurnStatus.COMPLETED.value)
+    if committed:  # otherwise whoever ended the turn first announced it
+        announce_end(turn_id, TurnStatus.COMPLETED.value)
     return next_turn
 
 
@@ -158,8 +161,10 @@ def _commit_reply(
     research: Research | None,
     usage: Usage,
     span: SpanRecord,
-) -> str | None:
-    """One transaction: the reply, the conversation's memory, the span, the next turn."""
+) -> tuple[bool, str | None]:
+    """One transaction: the reply, the conversation's memory, the span, the next turn.
+
+    Returns whether this run committed the reply, and the conversation's next turn."""
     turn = inputs.turn
     values = {
         "agent_response": reply.text,
@@ -179,8 +184,8 @@ def _commit_reply(
             usage=usage,
             outcome=outcome,
         ):
-            return None  # another delivery committed the reply first: exactly one reply
-        return release_conversation(
+            return False, None  # the turn ended first (another run, the sweeper): one reply
+        return True, release_conversation(
             session,
             turn_id=str(turn.id),
             conversation_id=turn.conversation_id,

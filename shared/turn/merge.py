@@ -43,5 +43,8 @@ def run_merge(turn_id: str, origin: StageOrigin) -> tuple[RoutingDecision, bool]
             "stage_deadline_at": datetime.now(UTC)
             + timedelta(seconds=get_settings().turn.stage_deadline_s),
         }
-        commit_stage_output(session, stage=Stage.MERGE, turn_id=turn_id, values=values, span=span)
+        if not commit_stage_output(
+            session, stage=Stage.MERGE, turn_id=turn_id, values=values, span=span
+        ):
+            return None  # the turn ended (or was routed) meanwhile: no agent from this run
     return decision, sequential

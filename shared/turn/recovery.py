@@ -22,7 +22,7 @@ from shared.db.session import session_scope
 from shared.db.turns import fail_turn, release_conversation
 from shared.dispatch import dispatch_app, publish_agent, publish_turn
 from shared.schemas import Agent, Topology, TurnStatus
-from shared.streaming import publish_end
+from shared.streaming import announce_end
 from shared.turn.agents import FALLBACK_REPLY
 
 log = logging.getLogger(__name__)
@@ -72,21 +72,16 @@ def end_turn_failed(turn_id: str, reason: str) -> tuple[str, str] | None:
                 released = (next_id, turn.topology)
     if turn is not None:
         log.error(
-            "turn failed", extra={"action": "turn_failed", "turn_id": turn_id, "reason": reason}
+            "turn failed",
+            extra={
+                "action": "turn_failed",
+                "turn_id": turn_id,
+                "tenant_id": turn.tenant_id,
+                "reason": reason,
+            },
         )
-        _tell_readers(turn_id)
+        announce_end(turn_id, TurnStatus.FAILED.value)
     return released
-
-
-def _tell_readers(turn_id: str) -> None:
-    """Best effort: readers also see the end in Postgres, the source of truth."""
-    try:
-        publish_end(turn_id, TurnStatus.FAILED.value)
-    except Exception as exc:  # Redis is down: wait_for_turn still finds the end in Postgres
-        log.warning(
-            "end of turn not streamed",
-            extra={"action": "stream_end_failed", "turn_id": turn_id, "reason": type(exc).__name__},
-        )
 
 
 def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:

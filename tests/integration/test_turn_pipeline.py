@@ -15,7 +15,12 @@ from shared.db.session import session_scope
 from shared.db.spans import spans_of
 from shared.db.turns import load_turn
 from shared.errors import InvalidInput, UnknownTenant
+from shared.redis_conn import get_redis
+from shared.schemas import Agent
+from shared.streaming import ReplyStream, follow, publish_end, stream_key
 from shared.trace import overlap_ms, stage_bars
+from shared.turn.agents import run_agent
+from shared.turn.stage import StageOrigin
 from tests.conftest import new_tenant
 
 pytestmark = pytest.mark.integration
@@ -84,6 +89,31 @@ def test_stream_yields_the_reply_and_resumes_from_the_last_event(
     assert text == get_turn(turn_id).agent_response
     resumed = list(stream_turn(turn_id, after=events[2].id, timeout=5))
     assert [e.id for e in resumed] == [e.id for e in events[3:]]
+
+
+def test_every_agent_run_after_the_first_starts_with_a_restart(services: None) -> None:
+    # A re-drive or a retry arrives as a new message (delivery 1): the marker must not
+    # depend on the broker's redelivery count.
+    turn_id = str(uuid.uuid4())
+    for text in ("Hel", "Hello"):
+        run = ReplyStream(turn_id)
+        run.token(text)
+        run.close()
+    publish_end(turn_id, "completed")
+    events = [(e.kind, e.text) for e in follow(turn_id, timeout_s=5)]
+    assert events == [("token", "Hel"), ("restart", ""), ("token", "Hello"), ("end", "")]
+
+
+def test_an_agent_run_after_the_end_announces_it_again(workers: None, tenant: str) -> None:
+    turn_id = enqueue_turn(tenant, "c-announce", "How much does the Growth plan cost?")
+    view = wait_for_turn(turn_id, timeout=90)
+    assert view.status == "completed" and view.next_agent
+    get_redis().delete(stream_key(turn_id))  # as if the end was committed but never streamed
+    origin = StageOrigin.here(queue="agents")
+    assert run_agent(turn_id, agent=Agent(view.next_agent), retrieve=False, origin=origin) is None
+    [end] = list(stream_turn(turn_id, timeout=5))
+    assert (end.kind, end.status) == ("end", "completed")
+    assert get_turn(turn_id).agent_response == view.agent_response  # one reply, unchanged
 
 
 def test_turns_of_one_conversation_run_in_order(workers: None, tenant: str) -> None:
