@@ -25,6 +25,7 @@ from shared.turn.stage import (
     StageOrigin,
     commit_stage_output,
     load_stage_inputs,
+    log_fallback,
     start_span,
 )
 
@@ -83,7 +84,7 @@ def updated_memory(
 
 
 def _generate(
-    *, turn_id: str, request: ReplyRequest, stream: ReplyStream, usage: Usage, deadline: float
+    *, turn: TurnRecord, request: ReplyRequest, stream: ReplyStream, usage: Usage, deadline: float
 ) -> AgentReply:
     tokens: list[str] = []
     try:
@@ -94,15 +95,7 @@ def _generate(
             tokens.append(token)
         return AgentReply(text="".join(tokens))
     except ChordlineError as exc:
-        log.warning(
-            "agent fallback",
-            extra={
-                "action": "stage_fallback",
-                "turn_id": turn_id,
-                "stage": "agent",
-                "reason": str(exc),
-            },
-        )
+        log_fallback(Stage.AGENT, turn=turn, exc=exc)
         stream.token(("\n" if tokens else "") + FALLBACK_REPLY)
         return AgentReply(text=FALLBACK_REPLY, fallback=True, note=f"agent fell back: {exc}"[:500])
     finally:
@@ -134,7 +127,7 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
     )
     usage = Usage()
     reply = _generate(
-        turn_id=turn_id,
+        turn=turn,
         request=request,
         stream=ReplyStream(turn_id),
         usage=usage,

@@ -11,7 +11,13 @@ from shared.errors import ChordlineError
 from shared.providers.base import Usage
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, Orchestration, Phase, Stage
-from shared.turn.stage import StageOrigin, commit_stage_output, load_stage_inputs, start_span
+from shared.turn.stage import (
+    StageOrigin,
+    commit_stage_output,
+    load_stage_inputs,
+    log_fallback,
+    start_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +67,7 @@ def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, 
     except ChordlineError as exc:
         result = default_route(f"orchestrator failed over to the default route: {exc}")
         outcome = "fallback"
-        log.warning(
-            "orchestrator fallback",
-            extra={
-                "action": "stage_fallback",
-                "turn_id": turn_id,
-                "stage": "orchestrator",
-                "reason": str(exc),
-            },
-        )
+        log_fallback(Stage.ORCHESTRATOR, turn=inputs.turn, exc=exc)
     values = {
         "phase": result.phase.value,
         "intent": result.intent,

@@ -17,7 +17,13 @@ from shared.providers.local import classify
 from shared.providers.registry import get_providers
 from shared.providers.timing import operation
 from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings
-from shared.turn.stage import StageOrigin, commit_stage_output, load_stage_inputs, start_span
+from shared.turn.stage import (
+    StageOrigin,
+    commit_stage_output,
+    load_stage_inputs,
+    log_fallback,
+    start_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +131,7 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
                 reason=f"retrieval failed: {exc}"[:500],
             )
             outcome = "fallback"
-            log.warning(
-                "researcher fallback",
-                extra={
-                    "action": "stage_fallback",
-                    "turn_id": turn_id,
-                    "stage": "researcher",
-                    "reason": str(exc),
-                },
-            )
+            log_fallback(Stage.RESEARCHER, turn=turn, exc=exc)
     values = {
         "research_results": [h.model_dump(mode="json") for h in result.hits],
         "kb_information_level": result.kb_information_level.value,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -18,6 +19,8 @@ from shared.db.turns import TurnRecord, write_stage_fields
 from shared.errors import TurnNotFound
 from shared.providers.base import ConversationContext, Usage
 from shared.schemas import Stage, TenantSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,20 @@ def commit_stage_output(
     finished = finish_span(span, usage=usage or Usage(), fields=sorted(values), outcome=outcome)
     record_span(session, finished)
     return True
+
+
+def log_fallback(stage: Stage, *, turn: TurnRecord, exc: Exception) -> None:
+    """A stage answered with its fallback instead of its provider's answer."""
+    log.warning(
+        f"{stage.value} fallback",
+        extra={
+            "action": "stage_fallback",
+            "turn_id": str(turn.id),
+            "tenant_id": turn.tenant_id,
+            "stage": stage.value,
+            "reason": str(exc),
+        },
+    )
 
 
 def turn_deadline(turn: TurnRecord) -> float:
