@@ -177,10 +177,11 @@ def validate(model: Any, payload: dict[str, Any]) -> Any:
 def _end_turn(turn_id: str, reason: str) -> dict[str, Any]:
     from shared.turn.recovery import end_turn_failed, relay_one
 
-    released = end_turn_failed(turn_id, reason)
-    if released:
-        relay_one(*released)
-    return {"status": "failed", "reason": reason}
+    ending = end_turn_failed(turn_id, reason)
+    if ending.released:
+        relay_one(*ending.released)
+    # "failed" only when this call ended the turn: the metrics count those
+    return {"status": "failed" if ending.ended else "ended", "reason": reason}
 
 
 def _poison_reason(task: ChordlineTask, origin: StageOrigin) -> str:

@@ -133,9 +133,14 @@ def _task_finished(
             "reason": state,
         },
     )
-    if name in AGENT_TASK_NAMES and state == "SUCCESS" and isinstance(turn_id, str):
+    if name in AGENT_TASK_NAMES and _ended_the_turn(state, retval) and isinstance(turn_id, str):
         _recorder.turn_finished(turn_id)
     _count_failed_turns(name, retval)
+
+
+def _ended_the_turn(state: str | None, retval: Any) -> bool:
+    """An agent run that committed the turn's reply (not a duplicate that found it ended)."""
+    return state == "SUCCESS" and isinstance(retval, dict) and retval.get("ended") is True
 
 
 def _count_failed_turns(task_name: str, retval: Any) -> None:

@@ -102,8 +102,11 @@ def _generate(
         stream.close()  # every token is in Redis before the turn's end is announced
 
 
-def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> str | None:
-    """Answer the turn. Returns the id of the conversation's next turn, if one was waiting."""
+def run_agent(
+    turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
+) -> tuple[bool, str | None]:
+    """Answer the turn. Returns whether this run ended it (committed the one reply), and the
+    id of the conversation's next turn, if one was waiting."""
     with session_scope() as session:
         inputs = load_stage_inputs(session, turn_id)
     turn = inputs.turn
@@ -111,7 +114,7 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
         # A run after the end (a duplicate, or a retry after the end was committed but not
         # announced): readers may still be waiting for the end entry.
         announce_end(turn_id, turn.status)
-        return None
+        return False, None
     if turn.next_agent != agent.value:
         raise StageConflict(f"turn {turn_id} is routed to {turn.next_agent}, not {agent.value}")
     # sequential topology: this agent does its own retrieval; otherwise it is in the row
@@ -143,7 +146,7 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
     )
     if committed:  # otherwise whoever ended the turn first announced it
         announce_end(turn_id, TurnStatus.COMPLETED.value)
-    return next_turn
+    return committed, next_turn
 
 
 def _commit_reply(

@@ -38,9 +38,9 @@ def route(turn_id: str, origin: StageOrigin) -> dict[str, object]:
 
 
 def answer(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> dict[str, object]:
-    next_turn = run_agent(turn_id, agent=agent, retrieve=retrieve, origin=origin)
+    ended, next_turn = run_agent(turn_id, agent=agent, retrieve=retrieve, origin=origin)
     if next_turn is not None:
         with session_scope() as session:
             topology = load_turn(session, next_turn).topology
         publish_now(next_turn, topology)
-    return {"agent": agent.value, "next_turn": next_turn}
+    return {"agent": agent.value, "ended": ended, "next_turn": next_turn}

@@ -21,6 +21,7 @@ from shared.db.outbox import claim_undispatched, mark_dispatched
 from shared.db.session import session_scope
 from shared.db.turns import fail_turn, release_conversation
 from shared.dispatch import dispatch_app, publish_agent, publish_turn
+from shared.errors import BrokerUnavailable
 from shared.schemas import Agent, Topology, TurnStatus
 from shared.streaming import announce_end
 from shared.turn.agents import FALLBACK_REPLY
@@ -56,8 +57,14 @@ def _headers_durable(row: Any) -> bool:
     return row.orchestrated_at is not None and row.researched_at is not None
 
 
-def end_turn_failed(turn_id: str, reason: str) -> tuple[str, str] | None:
-    """Fail a turn with a reason and the fallback reply; returns the released next turn."""
+@dataclass(frozen=True)
+class TurnEnding:
+    ended: bool  # this call ended the turn; False when it had already ended
+    released: tuple[str, str] | None  # the conversation's next turn (id, topology), if any
+
+
+def end_turn_failed(turn_id: str, reason: str) -> TurnEnding:
+    """Fail a turn with a reason and the fallback reply, unless it has already ended."""
     with session_scope() as session:
         turn = fail_turn(session, turn_id=turn_id, reason=reason, fallback_reply=FALLBACK_REPLY)
         released = None
@@ -81,7 +88,7 @@ def end_turn_failed(turn_id: str, reason: str) -> tuple[str, str] | None:
             },
         )
         announce_end(turn_id, TurnStatus.FAILED.value)
-    return released
+    return TurnEnding(ended=turn is not None, released=released)
 
 
 def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:
@@ -135,10 +142,11 @@ def sweep_stuck_turns(limit: int = 200) -> SweepReport:
     report = SweepReport()
     redrives, exhausted = _claim_stuck(limit)
     for turn_id, reason in exhausted:
-        released = end_turn_failed(turn_id, reason)
-        report.failed.append(turn_id)
-        if released:
-            report.released.append(released)
+        ending = end_turn_failed(turn_id, reason)
+        if ending.ended:  # another sweeper, or the turn's own agent, may have ended it
+            report.failed.append(turn_id)
+        if ending.released:
+            report.released.append(ending.released)
     for item in redrives:
         try:
             _redrive(item)
@@ -211,7 +219,9 @@ def relay_outbox(*, older_than_s: float = 3.0, limit: int = 500) -> int:
                         "reason": type(exc).__name__,
                     },
                 )
-                break
+                if isinstance(exc, BrokerUnavailable):
+                    break  # the rest would fail too; the next relay tries again
+                continue  # this row only: it must not hold back the ones behind it
             sent.append(item.turn_id)
         mark_dispatched(session, sent)
     return len(sent)
