@@ -84,7 +84,8 @@ def dispose_engine() -> None:
     global _engine, _sessions
     with _lock:
         if _engine is not None:
-            _engine.dispose()
+            # In a forked child the pooled connections are the parent's: drop them unclosed.
+            _engine.dispose(close=_engine_pid == os.getpid())
         _engine = None
         _sessions = None
 
