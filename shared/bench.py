@@ -29,6 +29,7 @@ from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
 from shared.demo import DEMO_KB
 from shared.dispatch import flush_dispatch
+from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.procfile import TURN_PROCESSES, running_workers
 from shared.providers.registry import get_providers
@@ -45,6 +46,15 @@ QUESTIONS = (
     "Can it connect to our on-prem mainframe?",
 )
 SIMULATED_ENV = {"CHORDLINE_PROVIDERS": "simulated", "CHORDLINE_SIMULATED_LATENCY_SCALE": "1.0"}
+MAX_RATE = 1000.0  # turns per second
+MAX_DURATION_S = 3600.0
+
+
+def check_positive(field: str, value: float, *, limit: float) -> float:
+    """A rate or a duration: above 0 (a rate of 0 or below never ends) and at most ``limit``."""
+    if not 0 < value <= limit:  # NaN fails too
+        raise InvalidInput(field, f"is {value:g}; it must be above 0 and at most {limit:g}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ class Arrival:
 
 
 def poisson_offsets(rate: float, duration_s: float, seed: int) -> list[float]:
+    check_positive("--rate", rate, limit=MAX_RATE)
+    check_positive("--duration", duration_s, limit=MAX_DURATION_S)
     rng = random.Random(seed)
     offsets: list[float] = []
     t = 0.0
@@ -171,8 +183,8 @@ def warm_up(tenant: str) -> None:
 def run_bench(
     *, rate: float, duration_s: float, seed: int, progress: Console | None = None
 ) -> dict[str, Any]:
+    offsets = poisson_offsets(rate, duration_s, seed)  # checks the load before anything runs
     tenants = prepare_bench_tenants()
-    offsets = poisson_offsets(rate, duration_s, seed)
     tag = uuid.uuid4().hex[:8]
     result: dict[str, Any] = {"rate": rate}
     with running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV):

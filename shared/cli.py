@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging.config
+import math
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from shared.commands import kb as kb_commands
 from shared.commands import ops as ops_commands
@@ -42,7 +45,7 @@ def main() -> None:
     try:
         app()
     except ChordlineError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -110,28 +113,13 @@ def turn(
         ("why", view.routing_reason),
         ("latency", f"{view.latency_ms:,.0f} ms" if view.latency_ms else "-"),
     ):
-        table.add_row(label, str(value))
+        table.add_row(label, Text(str(value)))  # the routing reason is model text: no markup
     console.print(table)
-    if not stream:
-        console.print(view.agent_response or view.failure_reason or "")
+    if not stream:  # the reply is user-facing text: "[urgent]" stays, "[/x]" is not a tag
+        console.print(view.agent_response or view.failure_reason or "", markup=False)
 
 
 # --------------------------------------------------------------------------- tenants
-
-
-def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    from shared.errors import InvalidInput
-
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise InvalidInput("--set", f"{pair!r} is not key=value")
-        key, raw = pair.split("=", 1)
-        try:
-            overrides[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = raw
-    return overrides
 
 
 @tenant_app.command("create")
@@ -144,12 +132,14 @@ def tenant_create(
 ) -> None:
     """Create a tenant (or leave an existing one as it is)."""
     from shared.db.session import session_scope
-    from shared.db.tenants import ensure_tenant, update_tenant_settings
+    from shared.db.tenants import ensure_tenant, parse_setting_pairs, update_tenant_settings
 
+    overrides = parse_setting_pairs(set_ or [], field="--set")
+    # one transaction: a refused setting leaves no tenant behind
     with needed_services(redis=False), session_scope() as session:
         settings = ensure_tenant(session, tenant_id=tenant, name=name)
-        if set_:
-            settings = update_tenant_settings(session, tenant, _parse_overrides(set_))
+        if overrides:
+            settings = update_tenant_settings(session, tenant, overrides)
     console.print_json(settings.model_dump_json())
 
 
@@ -160,10 +150,11 @@ def tenant_set(
 ) -> None:
     """Change a tenant's settings."""
     from shared.db.session import session_scope
-    from shared.db.tenants import update_tenant_settings
+    from shared.db.tenants import parse_setting_pairs, update_tenant_settings
 
+    overrides = parse_setting_pairs(pairs, field="settings")
     with needed_services(redis=False), session_scope() as session:
-        settings = update_tenant_settings(session, tenant, _parse_overrides(pairs))
+        settings = update_tenant_settings(session, tenant, overrides)
     console.print_json(settings.model_dump_json())
 
 
@@ -180,10 +171,28 @@ def tenant_show(tenant: Annotated[str, typer.Argument(help="Tenant id.")]) -> No
 # --------------------------------------------------------------------------- benchmark
 
 
+def _above_zero(value: float) -> float:
+    """Typer's ``min=`` is inclusive: a rate or duration of 0 (or NaN, or infinity) is refused
+    too. The upper limits are shared.bench's, checked before anything runs."""
+    if not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"{value:g} is not a number above 0.")  # Typer names the option
+    return value
+
+
 @app.command()
 def bench(
-    rate: Annotated[float, typer.Option(help="Turns per second (Poisson arrivals).")] = 25.0,
-    duration: Annotated[float, typer.Option(help="Seconds of arrivals per topology.")] = 20.0,
+    rate: Annotated[
+        float,
+        typer.Option(
+            help="Turns per second (Poisson arrivals), above 0.", min=0, callback=_above_zero
+        ),
+    ] = 25.0,
+    duration: Annotated[
+        float,
+        typer.Option(
+            help="Seconds of arrivals per topology, above 0.", min=0, callback=_above_zero
+        ),
+    ] = 20.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the arrival process.")] = 7,
 ) -> None:

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import and_, select
 
-from shared.bench import QUESTIONS, SIMULATED_ENV
+from shared.bench import MAX_RATE, QUESTIONS, SIMULATED_ENV, check_positive
 from shared.client import enqueue_turn
 from shared.config import get_settings
 from shared.db.models import Turn
@@ -40,6 +40,7 @@ from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
 from shared.demo import DEMO_KB
 from shared.dispatch import dispatch_app, flush_dispatch
+from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.procfile import TURN_PROCESSES, ProcessGroup, start_workers, wait_for_workers
 from shared.providers.registry import get_providers
@@ -47,6 +48,22 @@ from shared.providers.registry import get_providers
 TENANT = "bench-recovery"
 PROCESSES = (*TURN_PROCESSES, "maintenance", "beat")
 OPEN = ("queued", "routed")
+MAX_ROUNDS = 100
+MAX_WARMUP_S = 600.0
+
+
+def check_recovery_load(*, rate: float, rounds: int, warmup_s: float) -> None:
+    """The options of a run, before anything starts: a run that kills no worker, or whose
+    load never arrives (rate 0) or floods (a negative rate), would measure nothing."""
+    check_positive("--rate", rate, limit=MAX_RATE)
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise InvalidInput(
+            "--rounds", f"is {rounds}; it must be at least 1 and at most {MAX_ROUNDS}"
+        )
+    if not 0 <= warmup_s <= MAX_WARMUP_S:  # NaN fails too
+        raise InvalidInput(
+            "--warmup", f"is {warmup_s:g}; it must be at least 0 and at most {MAX_WARMUP_S:g}"
+        )
 
 
 @dataclass
@@ -156,6 +173,7 @@ def run_recovery_bench(
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Kill one turn worker per round under load; report how long its turns took to end."""
+    check_recovery_load(rate=rate, rounds=rounds, warmup_s=warmup_s)
     settings = get_settings()
     bound_s = settings.celery.visibility_timeout_s + settings.celery.sweeper_interval_s
     _prepare_tenant()
@@ -198,7 +216,7 @@ def run_recovery_bench(
         "target_s": bound_s,
         "rounds": rows,
         "worst_s": worst,
-        "within_target": all(r["unended"] == 0 for r in rows) and worst <= bound_s,
+        "within_target": bool(rows) and all(r["unended"] == 0 for r in rows) and worst <= bound_s,
     }
 
 

@@ -157,7 +157,7 @@ def kb_list(tenant: TenantOpt) -> None:
                 escape(doc.source),
                 escape(doc.title),
                 str(doc.chunk_count),
-                ", ".join(models.get(doc.id, [])) or "-",
+                escape(", ".join(models.get(doc.id, []))) or "-",
                 f"{doc.updated_at:%Y-%m-%d %H:%M}",
             )
     console.print(table)
@@ -176,7 +176,7 @@ def kb_delete(
     with needed_services(redis=False), session_scope() as session:
         found = delete_document(session, tenant_id=tenant, source=source)
     if not found:
-        err.print(f"no document {escape(repr(source))} in tenant {tenant!r}")
+        err.print(f"no document {escape(repr(source))} in tenant {escape(repr(tenant))}")
         raise typer.Exit(1)
     console.print(f"deleted {escape(source)}")
 
@@ -232,7 +232,7 @@ def kb_search(
         f"kb_information_level: [bold]{result.kb_information_level.value}[/] (top score "
         f"{max((h.score for h in result.hits), default=0.0):.3f}; accurate >= "
         f"{settings.thresholds.accurate}, partial >= {settings.thresholds.partial}); "
-        f"{store.model} vectors, {elapsed_ms:.0f} ms",
+        f"{escape(store.model)} vectors, {elapsed_ms:.0f} ms",
         highlight=False,
     )
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -12,6 +15,68 @@ from shared.db.models import Tenant
 from shared.errors import InvalidInput, UnknownTenant
 from shared.schemas import TenantSettings
 from shared.validation import check_slug
+
+
+def parse_setting_pairs(pairs: Iterable[str], *, field: str = "--set") -> dict[str, Any]:
+    """``key=value`` pairs as typed; a value is read as JSON when it parses, else as text."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(field, f"{pair!r} is not key=value (e.g. thresholds.accurate=0.7)")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+def setting_keys(settings: TenantSettings) -> list[str]:
+    """Every dotted key a setting can be changed by, e.g. ``thresholds.accurate``."""
+
+    def walk(prefix: str, value: Any) -> list[str]:
+        if isinstance(value, dict):
+            return [k for name, v in value.items() for k in walk(f"{prefix}{name}.", v)]
+        return [prefix.rstrip(".")]
+
+    return walk("", settings.model_dump(mode="json"))
+
+
+def _invalid_settings(exc: ValidationError) -> InvalidInput:
+    """What pydantic refused, as InvalidInput naming the first setting (the others follow)."""
+    problems: list[tuple[str, str]] = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = error.get("input")
+        if not isinstance(given, dict | list):
+            shown = repr(given)
+            message += f"; got {shown if len(shown) <= 60 else shown[:57] + '...'}"
+        problems.append((where, message[:1].lower() + message[1:]))
+    (field, first), *others = problems
+    also = "".join(f"; and {where}: {message}" for where, message in others)
+    return InvalidInput(field, first + also)
+
+
+def validate_settings(raw: dict[str, Any]) -> TenantSettings:
+    """A tenant's settings from plain data, or InvalidInput naming the setting at fault."""
+    try:
+        return TenantSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid_settings(exc) from None
+
+
+def apply_overrides(current: TenantSettings, overrides: dict[str, Any]) -> TenantSettings:
+    """``current`` with dotted-key overrides, validated; InvalidInput names what is wrong."""
+    try:
+        return current.with_overrides(overrides)
+    except KeyError as exc:
+        raise InvalidInput(
+            "settings",
+            f"unknown setting {exc.args[0]!r}; known settings: {', '.join(setting_keys(current))}",
+        ) from None
+    except ValidationError as exc:
+        raise _invalid_settings(exc) from None
 
 
 def ensure_tenant(
@@ -23,7 +88,7 @@ def ensure_tenant(
 ) -> TenantSettings:
     """Create the tenant if it does not exist; update its settings when given."""
     check_slug("tenant", tenant_id)
-    validated = TenantSettings.model_validate(settings or {})
+    validated = validate_settings(settings or {})
     stored = validated.model_dump(mode="json", exclude_defaults=True)
     stmt = insert(Tenant).values(id=tenant_id, name=name or tenant_id, settings=stored)
     if settings is not None:
@@ -52,11 +117,7 @@ def require_tenant(session: Session, tenant_id: str) -> TenantSettings:
 def update_tenant_settings(
     session: Session, tenant_id: str, overrides: dict[str, Any]
 ) -> TenantSettings:
-    current = require_tenant(session, tenant_id)
-    try:
-        updated = current.with_overrides(overrides)
-    except KeyError as exc:
-        raise InvalidInput("settings", f"unknown setting {exc.args[0]!r}") from exc
+    updated = apply_overrides(require_tenant(session, tenant_id), overrides)
     session.execute(
         update(Tenant)
         .where(Tenant.id == tenant_id)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from shared.config import KbSettings, get_settings
 from shared.db.models import Base
@@ -89,6 +89,12 @@ def plan_tenants(total_chunks: int, rng: random.Random) -> list[SyntheticTenant]
     return tenants
 
 
+def scratch_url(base_url: str, name: str) -> str:
+    """``base_url`` with another database: user, password, host and query (``sslmode``,
+    ...) kept. ``str(URL)`` would mask the password, so the URL is rendered in full."""
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+
 @contextlib.contextmanager
 def scratch_database() -> Iterator[str]:
     """A fresh database on the configured server, migrated; this process uses it meanwhile."""
@@ -101,7 +107,7 @@ def scratch_database() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     previous = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = base_url.rsplit("/", 1)[0] + f"/{name}"
+    os.environ["DATABASE_URL"] = scratch_url(base_url, name)
     reset_process_state()
     try:
         migrate()

@@ -34,6 +34,8 @@ from shared.schemas import KbLevel, LevelThresholds, TenantSettings
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "tests" / "data" / "kb_questions.jsonl"
 CV_FOLDS = 5
+MIN_QUESTIONS = 2  # fitting with one held out needs at least one question left to fit on
+LEVELS = tuple(level.value for level in KbLevel)
 
 
 @dataclass(frozen=True)
@@ -50,20 +52,59 @@ class ScoredQuestion:
     top_score: float
 
 
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise InvalidInput("--questions", f"{path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            "--questions", f"{path} is not UTF-8 (invalid byte at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise InvalidInput("--questions", f"{path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _labelled(line: str) -> LabelledQuestion:
+    """One line: a JSON object with a non-empty "question", a "level" and an optional
+    "evidence"; ValueError saying what is wrong otherwise."""
+    raw = json.loads(line)  # json.JSONDecodeError is a ValueError
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object, got a JSON {type(raw).__name__}")
+    question, evidence = raw.get("question"), raw.get("evidence", "")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError('"question" must be a non-empty string')
+    if not isinstance(evidence, str):
+        raise ValueError('"evidence" must be a string')
+    level = raw.get("level")
+    if level not in LEVELS:  # compared with ==, so a list or an object is refused, not hashed
+        raise ValueError(f'"level" must be one of {", ".join(LEVELS)}, got {level!r}')
+    return LabelledQuestion(question, KbLevel(level), evidence)
+
+
+def check_enough(count: int) -> None:
+    """Enough labelled questions to fit thresholds on (``min()`` of nothing otherwise)."""
+    if count < MIN_QUESTIONS:
+        raise InvalidInput(
+            "--questions",
+            f"holds {count} labelled question(s); at least {MIN_QUESTIONS} are needed to "
+            "fit and cross-validate thresholds",
+        )
+
+
 def load_questions(path: Path) -> list[LabelledQuestion]:
+    """The labelled questions of a JSON-lines file; InvalidInput naming the line at fault."""
     questions: list[LabelledQuestion] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_lines(path), 1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
-            questions.append(
-                LabelledQuestion(raw["question"], KbLevel(raw["level"]), raw.get("evidence", ""))
-            )
-        except (ValueError, KeyError) as exc:
+            questions.append(_labelled(line))
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             raise InvalidInput(
-                f"{path.name} line {number}", f"not a labelled question: {exc}"
-            ) from exc
+                "--questions", f"{path} line {number} is not a labelled question: {exc}"
+            ) from None
+    check_enough(len(questions))
     return questions
 
 
@@ -155,6 +196,7 @@ def cross_validated_accuracy(
 
 
 def calibration_report(scored: Sequence[ScoredQuestion]) -> dict[str, Any]:
+    check_enough(len(scored))
     fitted = fit_thresholds(scored)
     defaults = LevelThresholds()
     return {

@@ -22,7 +22,6 @@ KINDS = {
     ".html": "html",
     ".htm": "html",
 }
-BINARY_SNIFF_BYTES = 8192
 
 
 class Rejection(StrEnum):
@@ -158,8 +157,9 @@ def _read_bytes(path: Path, *, max_bytes: int) -> bytes:
 def _decode(raw: bytes) -> str:
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise RejectedDocument(Rejection.NOT_UTF8, "is UTF-16 (byte-order mark); save it as UTF-8")
-    if b"\x00" in raw[:BINARY_SNIFF_BYTES]:
-        raise RejectedDocument(Rejection.BINARY, "looks binary (contains NUL bytes)")
+    nul = raw.find(b"\x00")  # anywhere: Postgres refuses NUL in text, failing the write group
+    if nul >= 0:
+        raise RejectedDocument(Rejection.BINARY, f"looks binary (a NUL byte at offset {nul})")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

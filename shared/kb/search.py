@@ -29,9 +29,10 @@ Reciprocal rank fusion follows the pattern of pgvector-python's examples/hybrid_
 
 from __future__ import annotations
 
-import re
+import itertools
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput
 from shared.kb.stores import VectorStore, vector_literal
-from shared.text import STOPWORDS, words
+from shared.text import STOPWORDS
 
 RRF_K = 60
 TENANT_SIZE_TTL_S = 30.0
@@ -190,16 +191,37 @@ def check_question(question: object, *, max_chars: int) -> str:
     return question
 
 
+def _word_char(char: str) -> bool:
+    """A letter or digit of any script, or a combining mark (the accent of a decomposed é)."""
+    return char.isalnum() or unicodedata.category(char).startswith("M")
+
+
+def query_words(question: str) -> list[str]:
+    """The question's words as written: runs of letters, digits and marks of any script.
+
+    Unlike ``shared.text.words`` (ASCII only: "Café" would be "caf"), an accented word stays
+    whole, and keeps its case: ``to_tsvector`` lower-cases and stems it the same way it did
+    the stored text, so "CAFÉ" and "Straße" meet the lexemes "café" and "straße".
+    """
+    runs = itertools.groupby(question, key=_word_char)
+    return ["".join(chars) for is_word, chars in runs if is_word]
+
+
+def _spellings(word: str) -> str:
+    """The word composed (é) and, when that differs, decomposed (e + U+0301): the stored text
+    is searched as it was written, and either form may have been written."""
+    composed, decomposed = (unicodedata.normalize(form, word) for form in ("NFC", "NFD"))
+    return composed if composed == decomposed else f"{composed} {decomposed}"
+
+
 def keyword_words(question: str) -> str:
     """The question's words, for ``to_tsvector('english', ...)`` to stem into lexemes."""
-    terms = dict.fromkeys(
-        part
-        for word in words(question)
-        if word not in STOPWORDS
-        for part in re.split(r"[^a-z0-9]+", word)
-        if len(part) > 1
-    )
-    return " ".join(list(terms)[:MAX_QUERY_TERMS])
+    terms: dict[str, str] = {}
+    for word in query_words(question):
+        folded = unicodedata.normalize("NFC", word.lower())
+        if len(folded) > 1 and folded not in STOPWORDS:
+            terms.setdefault(folded, word)
+    return " ".join(_spellings(word) for word in list(terms.values())[:MAX_QUERY_TERMS])
 
 
 def configure_hnsw(session: Session, *, ef_search: int, limit: int) -> None:

@@ -86,6 +86,17 @@ def test_rejections_say_what_is_wrong_and_the_limit(tmp_path: Path) -> None:
         read_document(DocumentSource("latin1.txt", docs / "latin1.txt"), max_bytes=LIMIT)
 
 
+def test_a_nul_byte_anywhere_in_the_file_rejects_it_as_binary(tmp_path: Path) -> None:
+    # Postgres refuses NUL in text: one that slipped through would fail the whole write group.
+    late = "# Notes\n\n" + "plain text. " * 800 + "\x00 and more text"
+    assert late.index("\x00") > 8192
+    docs = write_docs(tmp_path, {"late-nul.md": late, "last-byte.txt": "ok" * 4500 + "\x00"})
+    assert rejection(docs / "late-nul.md") is Rejection.BINARY
+    assert rejection(docs / "last-byte.txt") is Rejection.BINARY
+    with pytest.raises(RejectedDocument, match=r"NUL byte at offset 9000\b"):
+        read_document(DocumentSource("last-byte.txt", docs / "last-byte.txt"), max_bytes=LIMIT)
+
+
 def test_a_utf8_file_with_a_byte_order_mark_reads_as_text(tmp_path: Path) -> None:
     docs = write_docs(tmp_path, {"bom.md": "\ufeff# Title\n\nBody.".encode()})
     loaded = read_document(DocumentSource("bom.md", docs / "bom.md"), max_bytes=LIMIT)

@@ -74,6 +74,7 @@ def test_good_files_go_in_and_every_bad_one_is_reported_by_name(
         {
             **GOOD,
             "binary.md": b"\x00\x01\x02 not text",
+            "late-nul.md": "# Late NUL\n\n" + "Readable text. " * 700 + "\x00 then more.",
             "empty.md": "\n\n",
             "latin1.txt": "na\xefve".encode("latin-1"),
             "tags-only.html": "<html><body><script>x()</script></body></html>",
@@ -87,6 +88,7 @@ def test_good_files_go_in_and_every_bad_one_is_reported_by_name(
     rejected = {Path(r.source).name: r.reason for r in report.rejected}
     assert rejected == {
         "binary.md": Rejection.BINARY,
+        "late-nul.md": Rejection.BINARY,  # past the first 8 KB: Postgres would refuse it
         "empty.md": Rejection.EMPTY,
         "latin1.txt": Rejection.NOT_UTF8,
         "tags-only.html": Rejection.EMPTY,

@@ -3,10 +3,13 @@ base and the labelled questions in tests/data, and they sort those questions wel
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shared.db.session import session_scope
 from shared.db.tenants import tenant_settings
+from shared.errors import InvalidInput
 from shared.kb.calibration import (
     DEFAULT_QUESTIONS,
     ScoredQuestion,
@@ -19,6 +22,7 @@ from shared.kb.calibration import (
 )
 from shared.kb.levels import level_for
 from shared.schemas import KbLevel, LevelThresholds
+from tests.kb.conftest import chordline
 
 
 def test_levels_follow_the_top_score_and_the_thresholds() -> None:
@@ -66,3 +70,56 @@ def test_the_default_thresholds_are_the_calibrated_ones(tenant: str) -> None:
     report = calibration_report(scored)
     held_out = report["cross_validated_per_class_accuracy"]
     assert min(held_out.values()) >= 0.6, held_out
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("", r"holds 0 labelled question\(s\); at least 2"),
+        ("\n  \n", r"holds 0 labelled question"),
+        ('{"question": "Price?", "level": "ACCURATE"}\n', r"holds 1 labelled question"),
+        ("[1, 2]\n", r"line 1 is not a labelled question: expected a JSON object, got a JSON list"),
+        ('"Price?"\n', r"line 1 .*got a JSON str"),
+        ('{"question": "Price?", "level": "ACCURATE"}\nnull\n', r"line 2 .*got a JSON NoneType"),
+        ('{"question": 5, "level": "ACCURATE"}\n', r'"question" must be a non-empty string'),
+        ('{"question": "Price?", "level": ["ACCURATE"]}\n', r'"level" must be one of ACCURATE'),
+        ('{"question": "Price?", "level": "MAYBE"}\n', r"got 'MAYBE'"),
+        ('{"question": "Price?", "level": "MISSING", "evidence": 3}\n', r'"evidence" must be'),
+        ("{not json\n", r"line 1 is not a labelled question: Expecting property name"),
+        ("[" * 100_000 + "\n", r"line 1 is not a labelled question"),
+    ],
+)
+def test_a_bad_question_file_is_refused_naming_the_option_and_the_problem(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "questions.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InvalidInput, match=rf"^--questions: .*{problem}"):
+        load_questions(path)
+
+
+def test_a_missing_or_unreadable_question_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match=r"^--questions: .*nope\.jsonl does not exist"):
+        load_questions(tmp_path / "nope.jsonl")
+    with pytest.raises(InvalidInput, match=r"^--questions: .* cannot be read"):
+        load_questions(tmp_path)  # a folder
+    (tmp_path / "latin1.jsonl").write_bytes('{"question": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(InvalidInput, match=r"^--questions: .* is not UTF-8"):
+        load_questions(tmp_path / "latin1.jsonl")
+
+
+def test_calibrating_on_fewer_than_two_questions_is_refused() -> None:
+    for scored in ([], [ScoredQuestion("q", KbLevel.ACCURATE, 0.9)]):
+        with pytest.raises(InvalidInput, match=r"^--questions: holds \d labelled question"):
+            calibration_report(scored)
+    two = [ScoredQuestion("a", KbLevel.ACCURATE, 0.9), ScoredQuestion("b", KbLevel.MISSING, 0.1)]
+    assert calibration_report(two)["questions"] == {"ACCURATE": 1, "PARTIAL": 0, "MISSING": 1}
+
+
+def test_kb_calibrate_names_a_missing_question_file_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    result = chordline("kb", "calibrate", "--questions", str(tmp_path / "nope.jsonl"))
+    assert result.returncode == 2, result.stderr
+    assert "--questions:" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
