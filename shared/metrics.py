@@ -31,6 +31,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -263,10 +264,16 @@ class TurnRecorder:
                 self._thread.start()
 
     def _next_batch(self) -> list[str]:
+        """Wait for a first id, then take more for at most ``linger_s`` in all (one deadline
+        per batch, not per id: a steady trickle must not hold a batch open until it fills)."""
         ids = [self._queue.get()]
+        deadline = time.monotonic() + self._linger_s
         with contextlib.suppress(queue.Empty):
             while len(ids) < self._batch:
-                ids.append(self._queue.get(timeout=self._linger_s))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ids.append(self._queue.get(timeout=left))
         return ids
 
     def _run(self) -> None:

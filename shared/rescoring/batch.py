@@ -5,26 +5,42 @@ then decides each turn with the model-call budget's permission, writing results 
 turns. It stops early when the run is cancelled, and gives its worker back (re-enqueuing
 itself for the rest) when its time slice is over, whether it spent the slice working or
 waiting for the budget: live traffic comes first, and no batch holds a worker for long.
-A result is written only where none is yet, so a batch delivered twice, or resumed while
-a copy still runs, never scores a turn twice.
+
+One copy of a batch scores at a time. A batch can have two copies (``resume`` on a running
+run re-publishes batches still queued or running; the broker redelivers a message whose
+worker died), and both would load the same unscored rows and pay the models for each turn.
+So a copy first claims its (run, batch) with a session-level Postgres advisory lock, held
+on a connection of its own that sits idle, outside any transaction, while the models are
+called. A copy that finds the claim taken ends at once (``BUSY``) without calling a model:
+the holder is alive and scores the batch, or re-enqueues it when its slice is over. The
+claim goes with its holder: released when the copy ends, and by Postgres the moment the
+holder's connection closes, so a batch whose worker died is claimable again at once (its
+message comes back after the visibility timeout, and ``resume`` re-publishes it). Once the
+claim is released, a copy that stopped early for a cancelled run re-enqueues the batch if
+the run was resumed meanwhile: a copy of the resume may have found the claim still taken.
+A result is also written only where none is yet, so even two copies never write one twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
 from shared.db.models import Turn
-from shared.db.session import session_scope
+from shared.db.session import get_engine, session_scope
 from shared.providers.base import ConversationContext
 from shared.rescoring.budget import tenant_budget
 from shared.rescoring.context import contexts_before
@@ -45,6 +61,7 @@ class BatchEnd(StrEnum):
     YIELDED = "yielded"  # its time slice ran out (or the budget said wait): re-enqueued
     CANCELLED = "cancelled"  # the run was cancelled (before or while it ran)
     NOT_RUNNING = "not_running"  # the run is completed, or gone
+    BUSY = "busy"  # another copy of the batch holds its claim and scores it
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,40 @@ class RunSpec:
     tenant_id: str
     settings: TenantSettings
     stages: tuple[Stage, ...]
+
+
+def batch_lock_key(run_id: uuid.UUID, batch: int) -> int:
+    """The advisory lock key of a (run, batch): 64 bits of a keyed hash, so that keys of
+    other batches, or other advisory locks, collide only by a 1 in 2**64 chance."""
+    digest = hashlib.blake2b(
+        f"{run_id}:{batch}".encode(), digest_size=8, person=b"chordline-rsb"
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def batch_claim(run_id: uuid.UUID, batch: int) -> Iterator[bool]:
+    """Claim the batch for the block; yields False (and holds nothing) when another copy
+    holds it. The lock is the connection's session's, not a transaction's: the connection
+    idles outside any transaction while the batch scores, holding no snapshot."""
+    key = batch_lock_key(run_id, batch)
+    conn = get_engine().connect()
+    claimed = False
+    try:
+        claimed = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}))
+        conn.commit()
+        yield claimed
+    finally:
+        try:
+            if claimed:
+                conn.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
+        except DBAPIError:
+            # The connection broke, and the lock went with its session. Whatever state it
+            # is in, a connection that may hold the lock never goes back to the pool.
+            conn.invalidate()
+        finally:
+            conn.close()
 
 
 def _load_batch(
@@ -153,10 +204,32 @@ def time_slice_s() -> float:
 
 def score_batch(run_id: str, batch: int) -> BatchOutcome:
     rid = uuid.UUID(run_id)
+    with batch_claim(rid, batch) as claimed:
+        if not claimed:
+            log.info(
+                f"rescoring run {run_id} batch {batch}: another copy is scoring it",
+                extra={"action": "rescore_batch_busy"},
+            )
+            return BatchOutcome(run_id, batch, BatchEnd.BUSY, 0)
+        scored = _score_claimed(rid, batch)
+    # The claim is released before a yielded batch is re-enqueued: its next copy must find
+    # the batch free.
+    return _finish(run_id, batch, scored)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    spec: RunSpec | None
+    end: BatchEnd
+    written: int = 0
+    already: int = 0
+
+
+def _score_claimed(rid: uuid.UUID, batch: int) -> _Scored:
     with session_scope() as session:
         spec, early_end, pending = _load_batch(session, rid, batch)
     if spec is None:
-        return BatchOutcome(run_id, batch, early_end or BatchEnd.NOT_RUNNING, 0)
+        return _Scored(None, early_end or BatchEnd.NOT_RUNNING)
     budget = tenant_budget(spec.tenant_id)
     until = time.monotonic() + time_slice_s()
     end, written, already, buffer = BatchEnd.DONE, 0, 0, []
@@ -179,20 +252,28 @@ def score_batch(run_id: str, batch: int) -> BatchOutcome:
                 break
     count, _ = _flush(rid, buffer)
     written, already = written + count, already + len(buffer) - count
-    return _finish(run_id, batch, end=end, written=written, already=already, spec=spec)
+    return _Scored(spec, end, written, already)
 
 
-def _finish(
-    run_id: str, batch: int, *, end: BatchEnd, written: int, already: int, spec: RunSpec
-) -> BatchOutcome:
+def _finish(run_id: str, batch: int, scored: _Scored) -> BatchOutcome:
+    end, written, already = scored.end, scored.written, scored.already
     if end is BatchEnd.YIELDED:
         publish_batches(run_id, [batch])
     elif end is BatchEnd.DONE:
         with session_scope() as session:
             complete_if_done(session, run_id)
-    log.info(
-        f"rescoring run {run_id} batch {batch}: {end.value}, {written} scored"
-        + (f", {already} already scored elsewhere" if already else ""),
-        extra={"action": f"rescore_batch_{end.value}", "tenant_id": spec.tenant_id},
-    )
+    elif end is BatchEnd.CANCELLED:
+        # Resumed while this copy held the claim? The resume's copy of the batch may have
+        # found it taken and ended: re-enqueue (a spare copy finds the rows scored, or the
+        # claim taken, and ends without a model call).
+        with session_scope() as session:
+            resumed = _run_is_running(session, uuid.UUID(run_id))
+        if resumed:
+            publish_batches(run_id, [batch])
+    if scored.spec is not None:
+        log.info(
+            f"rescoring run {run_id} batch {batch}: {end.value}, {written} scored"
+            + (f", {already} already scored elsewhere" if already else ""),
+            extra={"action": f"rescore_batch_{end.value}", "tenant_id": scored.spec.tenant_id},
+        )
     return BatchOutcome(run_id, batch, end, written, already)

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from shared.config import RescoringSettings, get_settings
 from shared.contract import TURN_QUEUES
@@ -87,6 +87,19 @@ def estimated_latency_s(*, in_flight: int, arrivals: int, window_s: float) -> fl
     return in_flight * window_s / arrivals if arrivals else 0.0
 
 
+def arrivals_query(since: datetime, *, tenant_id: str | None = None) -> Select[int]:
+    """Turns created since ``since``, of one tenant or of all. Each count reads an index
+    range: (tenant_id, created_at) for one tenant, (created_at) for all of them."""
+    query = select(func.count()).select_from(Turn).where(Turn.created_at >= since)
+    return query.where(Turn.tenant_id == tenant_id) if tenant_id is not None else query
+
+
+def open_turns_query() -> Select[int]:
+    """Turns in flight, all tenants: read from the partial index of open turns."""
+    in_flight = Turn.status.in_([TurnStatus.QUEUED.value, TurnStatus.ROUTED.value])
+    return select(func.count()).select_from(Turn).where(in_flight)
+
+
 class ObservedLiveLoad:
     """Live load read from Postgres (arrivals and turns in flight) and Redis (queue
     lengths), cached for ``live_sample_s`` per tenant so that a busy worker asks rarely."""
@@ -109,15 +122,11 @@ class ObservedLiveLoad:
 
     def _observe(self, tenant_id: str) -> LiveLoad:
         window = self.settings.live_window_s
-        recent = Turn.created_at >= datetime.now(UTC) - timedelta(seconds=window)
-        in_flight = Turn.status.in_([TurnStatus.QUEUED.value, TurnStatus.ROUTED.value])
+        since = datetime.now(UTC) - timedelta(seconds=window)
         with session_scope() as session:
-            # (tenant_id, created_at) serves both counts; open turns have their own index.
-            tenant_arrivals = session.scalar(
-                select(func.count()).where(Turn.tenant_id == tenant_id, recent)
-            )
-            arrivals = session.scalar(select(func.count()).where(recent))
-            open_turns = session.scalar(select(func.count()).where(in_flight))
+            tenant_arrivals = session.scalar(arrivals_query(since, tenant_id=tenant_id))
+            arrivals = session.scalar(arrivals_query(since))
+            open_turns = session.scalar(open_turns_query())
         return LiveLoad(
             calls_per_s=(tenant_arrivals or 0) * self.settings.live_calls_per_turn / window,
             backlog=live_backlog(),

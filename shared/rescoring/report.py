@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import BigInteger, func, or_, select, text
 from sqlalchemy.orm import Session
 
@@ -266,22 +268,26 @@ def _matrix_table(title: str, matrix: dict[str, dict[str, int]]) -> Table:
     table = Table(title=title)
     table.add_column("was \\ now")
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(escape(column), justify="right")
     for old in sorted(matrix):
         cells = []
         for new in columns:
             count = matrix[old].get(new, 0)
             cells.append(f"[bold]{count}[/]" if old == new else (str(count) if count else "."))
-        table.add_row(old, *cells)
+        table.add_row(escape(old), *cells)
     return table
 
 
 def print_report(report: RunReport, console: Console) -> None:
+    """The report for a terminal. What customers, agents and users wrote (messages, reasons,
+    conversation ids, overrides) is printed as plain text, never read as Rich markup."""
     run = report.run
     console.print(
-        f"run {run['id']} of tenant {run['tenant']!r}: {run['status']}, "
-        f"{report.turns:,} of {run['total_turns']:,} turns scored "
-        f"(stages {','.join(run['stages'])}; overrides {run['overrides'] or 'none'})"
+        Text(
+            f"run {run['id']} of tenant {run['tenant']!r}: {run['status']}, "
+            f"{report.turns:,} of {run['total_turns']:,} turns scored "
+            f"(stages {','.join(run['stages'])}; overrides {run['overrides'] or 'none'})"
+        )
     )
     console.print(
         f"routing changed for [bold]{report.changed:,}[/] turns "
@@ -296,11 +302,11 @@ def print_report(report: RunReport, console: Console) -> None:
             table.add_column(column)
         for ex in report.examples:
             table.add_row(
-                f"{ex['conversation']}#{ex['seq']}",
-                ex["message"][:80],
-                f"{ex['old_agent'] or NONE} -> {ex['new_agent']}",
-                f"{ex['old_level'] or NONE} -> {ex['new_level'] or NONE}",
-                (ex["new_routing_reason"] or "")[:90],
+                Text(f"{ex['conversation']}#{ex['seq']}"),
+                Text(ex["message"][:80]),
+                Text(f"{ex['old_agent'] or NONE} -> {ex['new_agent']}"),
+                Text(f"{ex['old_level'] or NONE} -> {ex['new_level'] or NONE}"),
+                Text((ex["new_routing_reason"] or "")[:90]),
             )
         console.print(table)
     cost = report.cost

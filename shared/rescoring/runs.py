@@ -2,21 +2,25 @@
 
 Creating a run writes the run row and one result row per selected turn in one transaction
 (the selection is fixed then: turns that finish later do not join it), and only after the
-commit publishes the batches. If the process dies in between, or the broker loses messages,
-``resume_run`` re-enqueues exactly the batches that still have unscored turns.
+commit publishes the batches, as many as that snapshot holds. The snapshot, not the count
+that planned the run, is what counts: under read committed it can hold turns that finished
+after the count, so its size is checked against the per-run limit again. If the process
+dies between the commit and the fan-out, or the broker loses messages, ``resume_run``
+re-enqueues exactly the batches that still have unscored turns.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import Float, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
+from shared.config import get_settings
 from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
@@ -55,20 +59,30 @@ class RunProgress:
 
 
 @dataclass(frozen=True)
+class CreatedRun:
+    """A run as written: its id and the size of its snapshot of turns."""
+
+    run_id: str
+    total_turns: int
+    total_batches: int
+
+
+@dataclass(frozen=True)
 class StartedRun:
     run_id: str
-    plan: RunPlan
+    plan: RunPlan  # its totals are the snapshot's, which may exceed the planning count
     batches_sent: int
 
 
 # --------------------------------------------------------------------------- creating
 
 
-def _snapshot_turns(session: Session, *, run_id: uuid.UUID, plan: RunPlan) -> int:
+def _snapshot_turns(session: Session, *, run_id: uuid.UUID, plan: RunPlan, limit: int) -> int:
     """One result row per selected turn, its historical decision copied in; returns the count.
 
     Turns are numbered by conversation and sequence, so that a batch holds whole stretches
-    of conversations and the context of each turn is read once per batch.
+    of conversations and the context of each turn is read once per batch. At most
+    ``limit + 1`` rows are written: enough for the caller to see the limit broken.
     """
     order = func.row_number().over(order_by=(Turn.conversation_id, Turn.seq))
     selected = select(
@@ -85,6 +99,7 @@ def _snapshot_turns(session: Session, *, run_id: uuid.UUID, plan: RunPlan) -> in
         Turn.next_agent,
         Turn.routing_reason,
     ).where(*plan.filters)
+    selected = selected.limit(limit + 1)
     columns = [
         "run_id",
         "turn_id",
@@ -108,8 +123,12 @@ def _snapshot_turns(session: Session, *, run_id: uuid.UUID, plan: RunPlan) -> in
     )
 
 
-def create_run(session: Session, plan: RunPlan) -> str:
-    """Write the run and its result rows (not yet scored). Nothing is published here."""
+def create_run(session: Session, plan: RunPlan) -> CreatedRun:
+    """Write the run and its result rows (not yet scored). Nothing is published here.
+
+    The totals returned are the snapshot's: a statement after ``plan_run``'s count, it can
+    hold turns that finished in between. Publish ``total_batches``, never the plan's.
+    """
     run_id = uuid.uuid4()
     session.add(
         RescoreRun(
@@ -128,29 +147,38 @@ def create_run(session: Session, plan: RunPlan) -> str:
         )
     )
     session.flush()
-    total = _snapshot_turns(session, run_id=run_id, plan=plan)
-    if total == 0:  # every matching turn vanished since the count: refuse, write nothing
+    limit = get_settings().rescoring.max_turns_per_run
+    total = _snapshot_turns(session, run_id=run_id, plan=plan, limit=limit)
+    # Either refusal raises inside the caller's transaction: nothing is written.
+    if total == 0:  # every matching turn vanished since the count
         raise InvalidInput("selection", "no finished turns match any more; nothing to re-score")
+    if total > limit:  # turns finished since the count pushed it past the limit
+        raise InvalidInput(
+            "selection",
+            f"more than {limit:,} turns match now (more finished since they were counted); "
+            f"the limit is {limit:,} per run: narrow it with --since/--until",
+        )
+    total_batches = -(-total // plan.batch_size)
     session.execute(
         update(RescoreRun)
         .where(RescoreRun.id == run_id)
-        .values(total_turns=total, total_batches=-(-total // plan.batch_size))
+        .values(total_turns=total, total_batches=total_batches)
     )
-    return str(run_id)
+    return CreatedRun(run_id=str(run_id), total_turns=total, total_batches=total_batches)
 
 
 def start_run(request: RunRequest) -> StartedRun:
-    """Check, create, commit, then fan out every batch on the ``rescoring`` queue."""
+    """Check, create, commit, then fan out every batch of the snapshot on ``rescoring``."""
     with session_scope() as session:
-        plan = plan_run(session, request)
-        run_id = create_run(session, plan)
-        total_batches = plan.total_batches
-    sent = publish_batches(run_id, range(total_batches))
+        planned = plan_run(session, request)
+        created = create_run(session, planned)
+    plan = replace(planned, total_turns=created.total_turns)
+    sent = publish_batches(created.run_id, range(created.total_batches))
     log.info(
-        f"rescoring run {run_id} started: {plan.total_turns} turns in {sent} batches",
+        f"rescoring run {created.run_id} started: {created.total_turns} turns in {sent} batches",
         extra={"action": "rescore_started", "tenant_id": plan.tenant_id},
     )
-    return StartedRun(run_id=run_id, plan=plan, batches_sent=sent)
+    return StartedRun(run_id=created.run_id, plan=plan, batches_sent=sent)
 
 
 # --------------------------------------------------------------------------- reading
@@ -257,8 +285,11 @@ def unscored_batches(session: Session, run_id: str) -> list[int]:
 def resume_run(run_id: str) -> int:
     """Re-open a running or cancelled run and re-enqueue its unscored batches.
 
-    Safe at any time: a batch that is also still queued or running scores each turn at most
-    once, since a result is written only where none is yet. Returns the batches sent.
+    Safe at any time, and cheap on a run whose batches are still queued or running: one
+    copy of a batch scores at a time (it claims the batch first, see ``batch.batch_claim``),
+    so a second copy ends without calling a model, and a result is written only where none
+    is yet. A batch whose worker died is claimable at once and scored again. Returns the
+    batches sent.
     """
     with session_scope() as session:
         run = load_run(session, run_id)
