@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 
@@ -15,10 +16,11 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from shared import dispatch
 from shared.client import get_turn
 from shared.db.models import Turn, TurnOutbox
 from shared.db.session import session_scope
-from shared.dispatch import publish_turn
+from shared.dispatch import flush_dispatch, publish_turn
 from shared.procfile import PROJECT_ROOT, process_env
 from tests.faults.load import MESSAGES
 from tests.faults.rig import Rig
@@ -49,20 +51,36 @@ def test_5b_kill_9_redis_without_aof_turns_recovered_from_postgres(rig: Rig) -> 
     rig.redis.client().config_set("appendonly", "yes")  # AOF on again for what follows
 
 
-def test_6_redis_down_at_enqueue_turns_are_kept_and_dispatched_later(rig: Rig) -> None:
+def test_6_redis_down_at_enqueue_turns_are_kept_and_dispatched_later(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Which thread tried to publish which turn: enqueue_turn must hand the publish to this
+    # process's dispatcher thread, and never wait for the broker in the caller's thread.
+    publishes: list[tuple[str, int]] = []
+    real_publish_turn = dispatch.publish_turn
+
+    def recorded_publish_turn(turn_id: str, topology: str) -> None:
+        publishes.append((turn_id, threading.get_ident()))
+        real_publish_turn(turn_id, topology)
+
+    monkeypatch.setattr(dispatch, "publish_turn", recorded_publish_turn)
+    caller = threading.get_ident()
     with rig.chaos() as load:
         time.sleep(1)
         rig.redis.kill()
-        started = time.monotonic()
         during = [load.send(MESSAGES[i % len(MESSAGES)]) for i in range(5)]
-        enqueue_s = time.monotonic() - started
         time.sleep(3)
         rig.redis.start(appendonly=True)
         time.sleep(2)
     outcome = rig.verify("6. Redis down at enqueue", load)
     # enqueue_turn kept every turn (Postgres holds it) and did not wait for the broker
     assert all(during), "enqueue_turn refused a turn while only Redis was down"
-    assert enqueue_s < 10
+    assert flush_dispatch(timeout_s=60), "the dispatcher thread never got through its turns"
+    tried_by = {t: {thread for turn, thread in publishes if turn == t} for t in during}
+    assert all(tried_by.values()), f"turns never handed to the dispatcher: {tried_by}"
+    assert not any(caller in threads for threads in tried_by.values()), (
+        "enqueue_turn published to the broker in the caller's thread"
+    )
     for turn_id in during:
         assert get_turn(turn_id or "").status == "completed"
     with session_scope() as session:
@@ -132,6 +150,7 @@ def test_8_a_lost_chord_header_is_re_driven_by_the_sweeper(rig: Rig) -> None:
     admin = rig.redis.client()
     with rig.chaos() as load, rig.cluster.held_down("orchestrator"):
         lost = [t for t in (load.send(MESSAGES[1]) for _ in range(3)) if t]
+        assert len(lost) == 3, f"Postgres is up, yet turns were refused: {dict(load.refused)}"
         wait_until(
             lambda: len(_queued_messages_of(admin, "orchestrator", lost)) == len(lost),
             timeout_s=60,
@@ -144,7 +163,7 @@ def test_8_a_lost_chord_header_is_re_driven_by_the_sweeper(rig: Rig) -> None:
         attempts = session.scalars(
             select(Turn.attempts).where(Turn.id.in_([uuid.UUID(t) for t in lost]))
         ).all()
-    assert all(a >= 1 for a in attempts), attempts  # each was re-driven
+    assert len(attempts) == 3 and all(a >= 1 for a in attempts), attempts  # each re-driven
     assert all(get_turn(t).status == "completed" for t in lost)
 
 
@@ -172,6 +191,9 @@ def test_9_result_backend_flushed_mid_chord_turns_converge_from_postgres(rig: Ri
     with rig.chaos() as load:
         with rig.cluster.held_down("orchestrator"):
             mid_chord = [t for t in (load.send(MESSAGES[0]) for _ in range(3)) if t]
+            assert len(mid_chord) == 3, (
+                f"Postgres is up, yet turns were refused: {dict(load.refused)}"
+            )
             wait_until(lambda: _researched(mid_chord), timeout_s=60, what="researchers done")
             flushed = _flush_result_backend(admin)
         time.sleep(2)

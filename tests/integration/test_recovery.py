@@ -50,19 +50,30 @@ def _rows(ids: list[str]) -> dict[str, Turn]:
 
 
 def _in_parallel(count: int, work: object) -> list[object]:
+    """``work()`` in ``count`` threads at once; every one must return, none may raise."""
     assert callable(work)
     results: list[object] = []
+    errors: list[BaseException] = []
     start = threading.Barrier(count)
 
     def run() -> None:
-        start.wait()
-        results.append(work())
+        try:
+            start.wait(timeout=30)
+            results.append(work())
+        except BaseException as exc:  # re-raised in the test's thread below
+            errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(count)]
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(count)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 60
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    alive = [thread.name for thread in threads if thread.is_alive()]
+    assert not alive, f"still running after 60 s: {alive}"
+    if errors:
+        raise AssertionError(f"{len(errors)} of {count} threads raised: {errors!r}") from errors[0]
+    assert len(results) == count, f"{len(results)} of {count} threads returned a result"
     return results
 
 

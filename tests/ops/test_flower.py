@@ -118,6 +118,7 @@ def test_flower_is_never_served_without_auth_and_its_metrics_only_privately(
 
 
 def test_flower_shows_chordline_tasks_and_queues_in_a_browser(flower: Flower) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -126,21 +127,43 @@ def test_flower_shows_chordline_tasks_and_queues_in_a_browser(flower: Flower) ->
         enqueue_turn(tenant, "c1", "Does Halyard have a REST API and webhooks for stock changes?"),
         enqueue_turn(tenant, "c2", "How much does the Pro plan cost per warehouse?"),
     ]
-    agents = {wait_for_turn(t, timeout=90).next_agent for t in turn_ids}
+    agent_of = {t: wait_for_turn(t, timeout=90).next_agent for t in turn_ids}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def names_of(turn_id: str) -> list[str]:
+        stages = ["chordline.orchestrator", "chordline.researcher", "chordline.merge"]
+        return sorted([*stages, f"chordline.agent.{agent_of[turn_id]}"])
 
     with headless_chromium(basic_auth=flower.credentials) as browser:
         browser.get(f"{flower.ui}/tasks")
-        expected = {"chordline.orchestrator", "chordline.researcher", "chordline.merge"}
-        expected |= {f"chordline.agent.{a}" for a in agents}
+        expected = {name for t in turn_ids for name in names_of(t)}
 
         def tasks_listed(driver: object) -> bool:
             text = browser.find_element(By.ID, "tasks-table").text
-            return (all(name in text for name in expected) and turn_ids[0][:8] in text) or all(
-                name in text for name in expected
-            )
+            return all(name in text for name in expected)
+
+        def names_shown() -> list[str]:
+            rows = browser.find_elements(By.CSS_SELECTOR, "#tasks-table tbody tr[id]")
+            cells = [row.find_element(By.TAG_NAME, "td") for row in rows]
+            return sorted(cell.get_attribute("textContent").strip() for cell in cells)
 
         WebDriverWait(browser, 60, poll_frequency=0.5).until(tasks_listed)
+        # The table shows no arguments, but its search finds one turn's tasks by its id:
+        # exactly that turn's four tasks, not the other turn's.
+        search = browser.find_element(By.CSS_SELECTOR, "#tasks-table_filter input")
+        search.send_keys(f"kwargs:turn_id={turn_ids[0]}")
+        try:
+            WebDriverWait(
+                browser,
+                30,
+                poll_frequency=0.5,
+                ignored_exceptions=(StaleElementReferenceException,),
+            ).until(lambda _: names_shown() == names_of(turn_ids[0]))
+        except TimeoutException:
+            raise AssertionError(
+                f"searching Flower for turn {turn_ids[0]} showed {names_shown()}, "
+                f"expected {names_of(turn_ids[0])}"
+            ) from None
         browser.save_screenshot(str(ARTIFACTS / "flower-tasks.png"))
 
         browser.get(f"{flower.ui}/broker")

@@ -66,15 +66,26 @@ def worker(services: None) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def demo_history(workers: None) -> str:
-    """A tenant whose history is the demo conversation (plus a follow-up), played live."""
+def play_demo_history() -> str:
+    """A new tenant whose history is the demo conversation (plus a follow-up), played live."""
     tenant = new_tenant()
     messages = [*SCRIPT[:3], FOLLOW_UP, *SCRIPT[3:]]
     ids = [enqueue_turn(tenant, "demo-like", message) for message in messages]
     for turn_id in ids:
         assert wait_for_turn(turn_id, timeout=60).status == "completed"
     return tenant
+
+
+@pytest.fixture(scope="module")
+def demo_history(workers: None) -> str:
+    """The demo history, shared by the tests that leave its tenant as it was."""
+    return play_demo_history()
+
+
+@pytest.fixture
+def own_demo_history(workers: None) -> str:
+    """A demo history of the test's own, for a test that changes its tenant (its KB)."""
+    return play_demo_history()
 
 
 def live_rows(tenant: str) -> dict[str, Any]:
@@ -142,15 +153,16 @@ def build_report_for(run_id: str, examples: int = 10) -> Any:
 
 
 def test_a_kb_change_shows_missing_to_accurate_and_the_new_route(
-    worker: None, demo_history: str, tmp_path: Path
+    worker: None, own_demo_history: str, tmp_path: Path
 ) -> None:
-    first = run_to_completion(RunRequest(tenant_id=demo_history))
+    tenant = own_demo_history
+    first = run_to_completion(RunRequest(tenant_id=tenant))
     assert result_of(first, SAP_QUESTION).new_level == "MISSING"
     (tmp_path / "sap-connector.md").write_text(SAP_DOC)
-    ingest_paths([tmp_path], tenant_id=demo_history, embedder=get_providers().embedder)
-    before = live_rows(demo_history)
+    ingest_paths([tmp_path], tenant_id=tenant, embedder=get_providers().embedder)
+    before = live_rows(tenant)
 
-    run_id = run_to_completion(RunRequest(tenant_id=demo_history))
+    run_id = run_to_completion(RunRequest(tenant_id=tenant))
     sap = result_of(run_id, SAP_QUESTION)
     assert (sap.old_level, sap.new_level) == ("MISSING", "ACCURATE")
     assert (sap.old_agent, sap.new_agent) == ("adaptive_response", "technical_consultant")
@@ -172,7 +184,7 @@ def test_a_kb_change_shows_missing_to_accurate_and_the_new_route(
     rows = {r["message"]: r for r in csv.DictReader(io.StringIO(out.getvalue()))}
     assert rows[SAP_QUESTION]["new_agent"] == "technical_consultant"
     assert rows[SAP_QUESTION]["routing_changed"] == "True"
-    assert live_rows(demo_history) == before  # the historical rows still say what happened
+    assert live_rows(tenant) == before  # the historical rows still say what happened
 
 
 def test_overridden_settings_apply_to_the_run_only(worker: None, demo_history: str) -> None:
@@ -188,7 +200,11 @@ def test_overridden_settings_apply_to_the_run_only(worker: None, demo_history: s
     report = build_report_for(run_id)
     assert {new for row in report.level_shift.values() for new in row} == {"ACCURATE"}
     assert report.agent_matrix["adaptive_response"]["technical_consultant"] >= 1
-    assert result_of(run_id, SAP_QUESTION).new_agent == "technical_consultant"
+    # what the overrides changed: the SAP question was MISSING when it ran live
+    sap = result_of(run_id, SAP_QUESTION)
+    assert (sap.old_level, sap.new_level) == ("MISSING", "ACCURATE")
+    assert (sap.old_agent, sap.new_agent) == ("adaptive_response", "technical_consultant")
+    # the run keeps its overrides, parsed from the "--set" strings into values
     assert report.run["overrides"] == {"thresholds.accurate": 0, "thresholds.partial": 0}
     with session_scope() as session:
         after = plan_run(session, RunRequest(tenant_id=demo_history)).settings
@@ -212,7 +228,7 @@ def test_resume_enqueues_only_unscored_batches_and_never_scores_twice(worker: No
     tenant = history_tenant(60)
     with session_scope() as session:
         plan = plan_run(session, RunRequest(tenant_id=tenant, batch_size=10))
-        run_id = create_run(session, plan)
+        run_id = create_run(session, plan).run_id
     # The process that created the run died half way through the fan-out.
     assert publish_batches(run_id, range(3)) == 3
     wait_for(lambda: read_progress(run_id).done == 30, timeout_s=60, what="3 batches")
