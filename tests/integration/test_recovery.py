@@ -15,6 +15,7 @@ from shared.config import get_settings
 from shared.db.models import Turn, TurnOutbox
 from shared.db.session import session_scope
 from shared.db.turns import accept_turn
+from shared.turn import recovery
 from shared.turn.agents import FALLBACK_REPLY
 from shared.turn.recovery import SweepReport, relay_outbox, sweep_stuck_turns
 
@@ -147,3 +148,50 @@ def test_a_turn_whose_chord_callback_was_lost_is_routed_from_its_durable_headers
     with session_scope() as session:
         stages = sorted(s.stage for s in spans_of(session, turn_id))
     assert stages == ["agent", "merge", "orchestrator", "researcher"]  # each written once
+
+
+def test_sweepers_racing_over_exhausted_turns_count_each_failure_once(
+    services: None, tenant: str
+) -> None:
+    ids = _stuck_turns(tenant, 6)
+    with session_scope() as session:
+        session.execute(
+            update(Turn)
+            .where(Turn.id.in_([uuid.UUID(i) for i in ids]))
+            .values(attempts=get_settings().turn.max_attempts)
+        )
+    reports = _in_parallel(3, sweep_stuck_turns)
+    failed = [t for r in reports if isinstance(r, SweepReport) for t in r.failed if t in ids]
+    assert sorted(failed) == sorted(ids)  # each one reported by the sweeper that ended it
+    assert all(turn.status == "failed" for turn in _rows(ids).values())
+
+
+def test_a_row_the_relay_cannot_publish_does_not_hold_back_the_rest(
+    services: None, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _stuck_turns(tenant, 4)
+    with session_scope() as session:  # old enough for the relay to take them, oldest first
+        for age, turn_id in enumerate(ids):
+            session.execute(
+                update(TurnOutbox)
+                .where(TurnOutbox.turn_id == uuid.UUID(turn_id))
+                .values(created_at=TurnOutbox.created_at - timedelta(seconds=60 - age))
+            )
+    broken = ids[0]
+    real_publish = recovery.publish_turn
+
+    def publish_all_but_one(turn_id: str, topology: str) -> None:
+        if turn_id == broken:
+            raise ValueError("this row cannot be published")
+        real_publish(turn_id, topology)
+
+    monkeypatch.setattr(recovery, "publish_turn", publish_all_but_one)
+    assert relay_outbox(older_than_s=1.0) >= 3
+    with session_scope() as session:
+        pending = session.scalars(
+            select(TurnOutbox.turn_id).where(
+                TurnOutbox.turn_id.in_([uuid.UUID(i) for i in ids]),
+                TurnOutbox.dispatched_at.is_(None),
+            )
+        ).all()
+    assert [str(p) for p in pending] == [broken]  # still there for the next relay
