@@ -164,11 +164,6 @@ def critical_path(bars: list[StageBar]) -> CriticalPath:
     return CriticalPath(chain=chain, segments=segments, waited_on=_waited_on(chain))
 
 
-def waited_on(bars: list[StageBar]) -> str | None:
-    """The header stage the merge (and so the user) waited on; see `critical_path`."""
-    return critical_path(bars).waited_on
-
-
 # --------------------------------------------------------------------------- drawing
 
 

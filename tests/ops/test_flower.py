@@ -115,6 +115,9 @@ def test_flower_is_never_served_without_auth_and_its_metrics_only_privately(
     ]
     assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
     assert {addr.port for addr in listening} == {flower.upstream_port}
+    # the password reaches Flower through its environment, never its command line (`ps`)
+    password = flower.credentials.split(":", 1)[1]
+    assert not any(password in arg for arg in psutil.Process(flower_pid).cmdline())
 
 
 def test_flower_shows_chordline_tasks_and_queues_in_a_browser(flower: Flower) -> None:
