@@ -66,17 +66,25 @@ def validate_settings(raw: dict[str, Any]) -> TenantSettings:
         raise _invalid_settings(exc) from None
 
 
-def apply_overrides(current: TenantSettings, overrides: dict[str, Any]) -> TenantSettings:
-    """``current`` with dotted-key overrides, validated; InvalidInput names what is wrong."""
+def apply_overrides(
+    current: TenantSettings, overrides: dict[str, Any], *, field: str | None = None
+) -> TenantSettings:
+    """``current`` with dotted-key overrides, validated; InvalidInput names what is wrong.
+
+    With ``field`` (the option the overrides came in, such as ``--set``), every error is
+    reported under it, the setting at fault first in its message."""
     try:
         return current.with_overrides(overrides)
     except KeyError as exc:
         raise InvalidInput(
-            "settings",
+            field or "settings",
             f"unknown setting {exc.args[0]!r}; known settings: {', '.join(setting_keys(current))}",
         ) from None
     except ValidationError as exc:
-        raise _invalid_settings(exc) from None
+        invalid = _invalid_settings(exc)
+        if field is None:
+            raise invalid from None
+        raise InvalidInput(field, f"{invalid.field}: {invalid.problem}") from None
 
 
 def ensure_tenant(

@@ -7,19 +7,17 @@ the wrong way round, an unknown conversation, an empty or oversized selection.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
 from shared.db.models import Conversation, Turn
-from shared.db.tenants import require_tenant
+from shared.db.tenants import apply_overrides, parse_setting_pairs, require_tenant
 from shared.errors import InvalidInput
 from shared.schemas import TERMINAL_STATUSES, Stage, TenantSettings
 from shared.validation import check_slug
@@ -94,46 +92,6 @@ def parse_stages(value: str | None) -> tuple[Stage, ...]:
     return tuple(s for s in RESCORABLE_STAGES if s.value in names)
 
 
-def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as JSON when they parse, else as text."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput("--set", f"{pair!r} is not key=value (e.g. thresholds.accurate=0.7)")
-        try:
-            overrides[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = raw
-    return overrides
-
-
-def setting_keys(settings: TenantSettings) -> list[str]:
-    """Every dotted key ``--set`` accepts, e.g. ``thresholds.accurate``."""
-
-    def walk(prefix: str, value: Any) -> list[str]:
-        if isinstance(value, dict):
-            return [k for name, v in value.items() for k in walk(f"{prefix}{name}.", v)]
-        return [prefix.rstrip(".")]
-
-    return walk("", settings.model_dump(mode="json"))
-
-
-def effective_settings(current: TenantSettings, overrides: dict[str, Any]) -> TenantSettings:
-    """The tenant's settings with the run's overrides, validated like the tenant's own."""
-    try:
-        return current.with_overrides(overrides)
-    except KeyError as exc:
-        raise InvalidInput(
-            "--set",
-            f"unknown setting {exc.args[0]!r}; known settings: {', '.join(setting_keys(current))}",
-        ) from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        raise InvalidInput("--set", f"{where}: {first.get('msg', 'invalid')}") from None
-
-
 def check_batch_size(value: int | None) -> int:
     default = get_settings().rescoring.batch_size
     if value is None:
@@ -197,8 +155,8 @@ def plan_run(session: Session, request: RunRequest) -> RunPlan:
     """Check everything and count the selection; raises InvalidInput, writes nothing."""
     current = require_tenant(session, request.tenant_id)
     stages = parse_stages(request.stages)
-    overrides = parse_overrides(request.set_pairs)
-    settings = effective_settings(current, overrides)
+    overrides = parse_setting_pairs(request.set_pairs, field="--set")
+    settings = apply_overrides(current, overrides, field="--set")
     batch_size = check_batch_size(request.batch_size)
     since = parse_moment("--since", request.since, end_of_day=False) if request.since else None
     until = parse_moment("--until", request.until, end_of_day=True) if request.until else None
