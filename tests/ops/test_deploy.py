@@ -181,6 +181,9 @@ def test_compose_has_what_a_deployment_needs() -> None:
     redis_args = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_args
     assert "--maxmemory-policy noeviction" in redis_args
+    # its password reaches it through a file, never its command line or a healthcheck's
+    assert "--requirepass" not in redis_args and "redis-cli -a" not in str(services["redis"])
+    assert services["redis"]["user"] == "redis"
     for queue in ALL_QUEUES:
         assert services[queue]["command"] == [queue], queue
         assert services[queue]["depends_on"]["migrate"]["condition"] == (
