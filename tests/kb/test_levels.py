@@ -114,6 +114,9 @@ def test_calibrating_on_fewer_than_two_questions_is_refused() -> None:
             calibration_report(scored)
     two = [ScoredQuestion("a", KbLevel.ACCURATE, 0.9), ScoredQuestion("b", KbLevel.MISSING, 0.1)]
     assert calibration_report(two)["questions"] == {"ACCURATE": 1, "PARTIAL": 0, "MISSING": 1}
+    # the same question twice is two questions: cross-validation still has one to train on
+    same = [ScoredQuestion("a", KbLevel.ACCURATE, 0.9)] * 2
+    assert calibration_report(same)["questions"] == {"ACCURATE": 2, "PARTIAL": 0, "MISSING": 0}
 
 
 def test_kb_calibrate_names_a_missing_question_file_before_anything_starts(
