@@ -5,15 +5,20 @@ Worker tasks call exactly one of these; each runs its stage and publishes what f
 
 from __future__ import annotations
 
+import logging
+
 from shared.db.session import session_scope
 from shared.db.turns import load_turn
 from shared.dispatch import publish_agent, publish_now
+from shared.errors import BrokerUnavailable
 from shared.schemas import Agent, Topology
 from shared.turn.agents import run_agent
 from shared.turn.merge import run_merge
 from shared.turn.orchestrator import run_orchestrator
 from shared.turn.researcher import run_researcher
 from shared.turn.stage import StageOrigin
+
+log = logging.getLogger(__name__)
 
 
 def orchestrate(turn_id: str, origin: StageOrigin) -> dict[str, object]:
@@ -40,7 +45,20 @@ def route(turn_id: str, origin: StageOrigin) -> dict[str, object]:
 def answer(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> dict[str, object]:
     ended, next_turn = run_agent(turn_id, agent=agent, retrieve=retrieve, origin=origin)
     if next_turn is not None:
-        with session_scope() as session:
-            topology = load_turn(session, next_turn).topology
-        publish_now(next_turn, topology)
+        _publish_next_turn(next_turn)
     return {"agent": agent.value, "ended": ended, "next_turn": next_turn}
+
+
+def _publish_next_turn(turn_id: str) -> None:
+    """Start the conversation's next turn now. Its outbox row was committed with this turn's
+    reply, so if the broker is down the relay publishes it: this turn is done either way,
+    and retrying its agent task would only find it ended."""
+    with session_scope() as session:
+        topology = load_turn(session, turn_id).topology
+    try:
+        publish_now(turn_id, topology)
+    except BrokerUnavailable as exc:
+        log.warning(
+            "next turn left to the outbox relay",
+            extra={"action": "dispatch_failed", "turn_id": turn_id, "reason": str(exc)},
+        )

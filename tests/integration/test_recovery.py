@@ -195,3 +195,37 @@ def test_a_row_the_relay_cannot_publish_does_not_hold_back_the_rest(
             )
         ).all()
     assert [str(p) for p in pending] == [broken]  # still there for the next relay
+
+
+def test_a_next_turn_the_broker_refuses_is_left_to_the_relay_and_the_agent_succeeds(
+    services: None, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.errors import BrokerUnavailable
+    from shared.schemas import Agent
+    from shared.turn import flow
+    from shared.turn.merge import run_merge
+    from shared.turn.orchestrator import run_orchestrator
+    from shared.turn.researcher import run_researcher
+    from shared.turn.stage import StageOrigin
+
+    first, waiting = _stuck_turns(tenant, 2, conversation=f"c-{uuid.uuid4().hex[:8]}")
+    origin = StageOrigin.here()
+    run_orchestrator(first, origin)
+    run_researcher(first, origin)
+    routed = run_merge(first, origin)
+    assert routed is not None
+
+    def broker_down(turn_id: str, topology: str) -> None:
+        raise BrokerUnavailable(f"could not publish the workflow of turn {turn_id}")
+
+    monkeypatch.setattr(flow, "publish_now", broker_down)
+    result = flow.answer(first, agent=Agent(routed[0].next_agent), retrieve=False, origin=origin)
+    assert result["ended"] is True and result["next_turn"] == waiting  # no retry of this task
+    with session_scope() as session:
+        intent = session.execute(
+            select(TurnOutbox.id, TurnOutbox.dispatched_at).where(
+                TurnOutbox.turn_id == uuid.UUID(waiting)
+            )
+        ).one()  # written with the first turn's reply
+    assert _rows([waiting])[waiting].status == "queued"
+    assert intent.dispatched_at is None  # left for the relay
