@@ -176,6 +176,7 @@ def stream_turn(turn_id: str, *, after: str = "0", timeout: float = 60.0) -> Ite
     """The reply's tokens as the agent produces them, then an ``end`` event.
 
     Resume after a disconnect by passing the id of the last event seen as ``after``.
-    A ``restart`` event means the agent re-ran: discard the text shown so far.
+    A ``restart`` event means the agent re-ran: discard the text shown so far. The reply of
+    record is ``get_turn(turn_id).agent_response`` once the ``end`` event has come.
     """
     yield from follow(check_turn_id(turn_id), after=after, timeout_s=timeout)

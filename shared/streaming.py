@@ -121,9 +121,11 @@ class ReplyStream:
     """The writer side, used by the agent of one turn.
 
     Any agent run after the first one of its turn (a redelivery, a retry, a re-drive by the
-    sweeper, two copies at once) starts with a ``restart`` entry, so readers drop the text
-    of the earlier run instead of showing two replies. Streaming is best effort: the reply
-    is committed in Postgres, so a Redis failure here is logged, never raised.
+    sweeper) starts with a ``restart`` entry, so readers drop the text of the earlier run
+    instead of showing two replies. Two copies running at the same moment can interleave,
+    and the one that commits first wins: the reply of record is always the turn's
+    ``agent_response`` in Postgres, which a reader can fetch once it sees ``end``.
+    Streaming is best effort: a Redis failure here is logged, never raised.
     """
 
     def __init__(self, turn_id: str) -> None:
