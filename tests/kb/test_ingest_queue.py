@@ -90,16 +90,22 @@ def test_the_command_uses_the_queue_and_prints_a_summary(
     assert "1 documents (0 added, 0 replaced, 1 unchanged), 0 chunks written" in again.stdout
 
 
-def test_a_job_the_worker_gives_up_on_is_reported_as_failed(empty_tenant: str) -> None:
+def _one_staged_job(tenant: str, source: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """A batch of one staged ingest job, as `kb ingest` leaves it before a worker runs it."""
     batch = uuid.uuid4()
     with session_scope() as session:
         [job_id] = stage_jobs(
             session,
             batch_id=batch,
-            tenant_id=empty_tenant,
-            documents=[LoadedDocument("big.md", "markdown", "# Big\n\nText.")],
+            tenant_id=tenant,
+            documents=[LoadedDocument(source, "markdown", "# Title\n\nText.")],
             embedding_model="local-hash-384",
         )
+    return batch, job_id
+
+
+def test_a_job_the_worker_gives_up_on_is_reported_as_failed(empty_tenant: str) -> None:
+    batch, job_id = _one_staged_job(empty_tenant, "big.md")
     assert fail_ingest_job(str(job_id), error="took longer than the task time limit")
     assert not fail_ingest_job(str(job_id), error="again")  # a job ends once
     assert run_ingest_job(str(job_id), embedder=LocalEmbedder()) == "already finished"
@@ -113,15 +119,7 @@ def test_a_job_the_worker_gives_up_on_is_reported_as_failed(empty_tenant: str) -
 def test_a_task_that_fails_for_good_ends_its_job(empty_tenant: str) -> None:
     from workers.ingest import ingest_document
 
-    batch = uuid.uuid4()
-    with session_scope() as session:
-        [job_id] = stage_jobs(
-            session,
-            batch_id=batch,
-            tenant_id=empty_tenant,
-            documents=[LoadedDocument("a.md", "markdown", "# A\n\nText.")],
-            embedding_model="local-hash-384",
-        )
+    batch, job_id = _one_staged_job(empty_tenant, "a.md")
     ingest_document.on_failure(RuntimeError("boom"), "task-1", (), {"job_id": str(job_id)}, None)
     report = IngestReport()
     wait_for_batch(batch, expected=1, report=report, idle_timeout_s=5)
