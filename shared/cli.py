@@ -6,6 +6,7 @@ import json
 import logging.config
 import math
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -195,16 +196,36 @@ def bench(
     ] = 20.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the arrival process.")] = 7,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Also run a bare Celery chord of the same shape (no Postgres) on the same "
+            "Redis, arrivals and stage times, and compare.",
+        ),
+    ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Draw the latency CDFs of every system into this PNG file."),
+    ] = None,
 ) -> None:
-    """Open-loop benchmark of both topologies with simulated stage latencies."""
-    from shared.bench import print_bench_table, run_bench
+    """Open-loop benchmark of both topologies with simulated stage latencies, and CPU
+    milliseconds per turn of every process."""
+    from shared.bench import plot_cdfs, print_bench_table, run_bench
 
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise typer.BadParameter(f"{plot} does not end in .png", param_hint="--plot")
+    if plot is not None and not plot.resolve().parent.is_dir():
+        raise typer.BadParameter(f"{plot.parent} is not a folder", param_hint="--plot")
     with needed_services():
-        result = run_bench(rate=rate, duration_s=duration, seed=seed, progress=err)
+        run = run_bench(rate=rate, duration_s=duration, seed=seed, baseline=baseline, progress=err)
+    if plot is not None:
+        plot_cdfs(run, plot)
+        err.print(f"latency CDFs written to {plot}")
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(run.summary))
     else:
-        print_bench_table(result, console)
+        print_bench_table(run.summary, console)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -77,9 +77,14 @@ class ProcessGroup:
 
 
 def start_workers(
-    names: tuple[str, ...] | list[str], *, env: dict[str, str], log_dir: Path | None
+    names: tuple[str, ...] | list[str],
+    *,
+    env: dict[str, str],
+    log_dir: Path | None,
+    commands: dict[str, str] | None = None,
 ) -> ProcessGroup:
-    entries = read_procfile()
+    """Start the named Procfile entries (or, given ``commands``, those commands by name)."""
+    entries = commands if commands is not None else read_procfile()
     group = ProcessGroup(log_dir=log_dir)
     try:
         for name in names:
@@ -113,12 +118,14 @@ def running_workers(
     env_overrides: dict[str, str] | None = None,
     log_dir: Path | None = None,
     timeout_s: float = 60.0,
+    commands: dict[str, str] | None = None,
 ) -> Iterator[ProcessGroup]:
-    """Start Procfile workers against the current DATABASE_URL/REDIS_URL; stop them after."""
+    """Start Procfile workers (or ``commands``) against the current DATABASE_URL/REDIS_URL;
+    stop them after."""
     from shared.dispatch import dispatch_app
 
     env = {**os.environ, **(env_overrides or {})}
-    group = start_workers(names, env=env, log_dir=log_dir)
+    group = start_workers(names, env=env, log_dir=log_dir, commands=commands)
     try:
         wait_for_workers(
             names, app_ping=lambda: dispatch_app().control.ping(timeout=0.5), timeout_s=timeout_s

@@ -83,7 +83,7 @@ def measure_throughput(tenant_id: str) -> dict[str, Any]:
 def _live(rate: float, duration_s: float, console: Console | None, label: str) -> dict[str, Any]:
     if console:
         console.print(f"[bold]live bench, {label}[/]")
-    return run_bench(rate=rate, duration_s=duration_s, seed=7, progress=console)
+    return run_bench(rate=rate, duration_s=duration_s, seed=7, progress=console).summary
 
 
 def measure_live_p99(

@@ -1,0 +1,157 @@
+"""The yardstick of `chordline bench --baseline`: a bare Celery chord of a turn's shape.
+
+Four tasks and nothing else: ``orchestrator`` and ``researcher`` sleep their stage's
+simulated time and return it; the chord callback ``merge`` enqueues ``agent``, which sleeps
+the agent's time and records when it finished, with the three times it slept, in one Redis
+hash. No Postgres, no outbox, no spans, no streaming, no metrics, no task events. Celery
+is configured as chordline's workers are where it matters to the engine (JSON, acks_late,
+prefetch 1, the Redis result backend for the chord), and its workers run with the same
+pool type and size as chordline's Procfile entries, on queues of their own, against the
+same Redis. Stage times are drawn by the same seeded distributions as chordline's
+simulated providers, from the same message, so both do identical simulated work.
+
+What chordline costs beyond this, at the same arrivals, is chordline's own cost per turn.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import Celery, chord
+
+from shared.config import get_settings
+from shared.procfile import TURN_PROCESSES, read_procfile
+from shared.providers.simulated import LatencyDistribution, StageLatencies, draw_ms
+
+QUEUE_PREFIX = "bare-"
+DONE_KEY = "chordline:bare-chord:done"
+TASKS = {
+    "orchestrator": "bare.orchestrator",
+    "researcher": "bare.researcher",
+    "merge": "bare.merge",
+    "agents": "bare.agent",
+}
+
+
+def bare_config() -> dict[str, Any]:
+    url = get_settings().redis_url
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": False,
+        "task_routes": {name: {"queue": QUEUE_PREFIX + kind} for kind, name in TASKS.items()},
+        "worker_hijack_root_logger": False,
+    }
+
+
+app = Celery("bare_chord", set_as_current=False)
+app.add_defaults(bare_config)
+
+_redis: redis.Redis | None = None
+_redis_lock = threading.Lock()
+
+
+def _done_store() -> redis.Redis:
+    global _redis
+    with _redis_lock:
+        if _redis is None:
+            _redis = redis.Redis.from_url(get_settings().redis_url or "")
+        return _redis
+
+
+@functools.cache
+def _stage_times() -> tuple[dict[str, LatencyDistribution], float]:
+    providers = get_settings().providers
+    latencies = StageLatencies.from_settings(providers)
+    distributions = {
+        "orchestrator": latencies.orchestrator,
+        "retrieval": latencies.retrieval,
+        "agent": latencies.agent,
+    }
+    return distributions, providers.simulated_latency_scale
+
+
+def _sleep_stage(stage: str, message: str) -> float:
+    distributions, scale = _stage_times()
+    ms = draw_ms(stage, message, distributions[stage], scale)
+    time.sleep(ms / 1000)
+    return ms
+
+
+@app.task(name=TASKS["orchestrator"])
+def orchestrator(message: str) -> float:
+    return _sleep_stage("orchestrator", message)
+
+
+@app.task(name=TASKS["researcher"])
+def researcher(message: str) -> float:
+    return _sleep_stage("retrieval", message)
+
+
+@app.task(name=TASKS["merge"], ignore_result=True)
+def merge(header: list[float], turn_id: str, message: str) -> None:
+    agent.apply_async(kwargs={"turn_id": turn_id, "message": message, "header_ms": header})
+
+
+@app.task(name=TASKS["agents"], ignore_result=True)
+def agent(turn_id: str, message: str, header_ms: list[float]) -> None:
+    agent_ms = _sleep_stage("agent", message)
+    finished = time.time()
+    _done_store().hset(DONE_KEY, turn_id, f"{finished},{max(header_ms)},{agent_ms}")
+
+
+def submit(turn_id: str, message: str) -> None:
+    """Publish one turn's chord, as a bare Celery producer does."""
+    chord(
+        [orchestrator.si(message), researcher.si(message)],
+        merge.s(turn_id=turn_id, message=message),
+    ).apply_async()
+
+
+def finished_turns() -> dict[str, tuple[float, float]]:
+    """turn id -> (epoch seconds its agent finished, the ideal critical path in ms)."""
+    raw: dict[bytes, bytes] = _done_store().hgetall(DONE_KEY)  # type: ignore[assignment]
+    done: dict[str, tuple[float, float]] = {}
+    for key, value in raw.items():
+        finished, header_ms, agent_ms = (float(v) for v in value.decode().split(","))
+        done[key.decode()] = (finished, header_ms + agent_ms)
+    return done
+
+
+def finished_count() -> int:
+    return int(_done_store().hlen(DONE_KEY))
+
+
+def forget_finished() -> None:
+    _done_store().delete(DONE_KEY)
+
+
+def worker_commands() -> dict[str, str]:
+    """One worker per turn queue, with the pool type and size of chordline's Procfile entry
+    for that queue, and nothing else: no events, no gossip, no mingle, warnings only."""
+    entries = read_procfile()
+    commands = {}
+    for kind in TURN_PROCESSES:
+        entry = entries[kind]
+        pool = re.search(r"-P\s+(\S+)", entry)
+        size = re.search(r"-c\s+(\d+)", entry)
+        pool_args = (
+            f"-P {pool.group(1) if pool else 'prefork'} "
+            f"-c {size.group(1) if size else os.cpu_count()}"
+        )
+        commands[f"{QUEUE_PREFIX}{kind}"] = (
+            f"celery -A shared.bare_chord worker -Q {QUEUE_PREFIX}{kind} {pool_args} "
+            f"-n {QUEUE_PREFIX}{kind}@%h --without-gossip --without-mingle -l WARNING"
+        )
+    return commands
