@@ -12,14 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+import psycopg
 
 from shared.config import get_settings
+from shared.db.direct import direct_connection
 from shared.db.session import session_scope
-from shared.db.tenants import require_tenant
+from shared.db.tenants import recent_tenant_settings
 from shared.db.turns import accept_turn, find_by_idempotency_key, is_idempotency_conflict, load_turn
 from shared.dispatch import dispatch_committed
-from shared.errors import TurnFailed, TurnTimeout
+from shared.errors import InvalidInput, TurnFailed, TurnTimeout, UnknownTenant
 from shared.schemas import TERMINAL_STATUSES, TurnStatus
 from shared.streaming import StreamEvent, follow, read_events
 from shared.validation import check_idempotency_key, check_message, check_slug, check_turn_id
@@ -72,37 +73,46 @@ def enqueue_turn(
     check_slug("conversation", conversation, max_chars=settings.turn.max_id_chars)
     check_message(message, max_chars=settings.turn.max_message_chars)
     key = check_idempotency_key(idempotency_key)
+    tenant_settings = recent_tenant_settings.get(tenant)
     turn_id = str(uuid.uuid4())
-    accepted_at = time.time()
     try:
-        with session_scope() as session:
-            tenant_settings = require_tenant(session, tenant)
-            if key is not None:
-                earlier = find_by_idempotency_key(session, tenant_id=tenant, key=key)
-                if earlier is not None:
-                    return earlier.turn_id
+        with direct_connection() as conn:
             accepted = accept_turn(
-                session,
+                conn,
                 turn_id=turn_id,
                 tenant_id=tenant,
                 conversation=conversation,
                 message=message,
                 topology=tenant_settings.topology.value,
                 idempotency_key=key,
-                accepted_at=accepted_at,
+                accepted_at=time.time(),
                 stage_deadline_s=settings.turn.stage_deadline_s,
                 reject_when_busy=tenant_settings.in_flight_policy == "reject",
             )
-    except IntegrityError as exc:
+    except psycopg.errors.UniqueViolation as exc:
         if key is None or not is_idempotency_conflict(exc):
             raise
-        with session_scope() as session:  # a concurrent call with the same key won the race
-            earlier = find_by_idempotency_key(session, tenant_id=tenant, key=key)
+        # The key was used before (or by a concurrent call that won): nothing was written.
+        earlier = _earlier_turn(tenant, key)
         assert earlier is not None
-        return earlier.turn_id
+        return earlier
+    except InvalidInput:  # refused: the conversation is busy, unless this key was its turn
+        earlier = _earlier_turn(tenant, key) if key is not None else None
+        if earlier is None:
+            raise
+        return earlier
+    except psycopg.errors.ForeignKeyViolation:  # the tenant was deleted a moment ago
+        recent_tenant_settings.forget(tenant)
+        raise UnknownTenant(tenant) from None
     if accepted.status is TurnStatus.QUEUED:
         dispatch_committed([(accepted.turn_id, accepted.topology)])
     return accepted.turn_id
+
+
+def _earlier_turn(tenant: str, key: str) -> str | None:
+    with session_scope() as session:
+        earlier = find_by_idempotency_key(session, tenant_id=tenant, key=key)
+    return earlier.turn_id if earlier else None
 
 
 def get_turn(turn_id: str) -> TurnView:

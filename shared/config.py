@@ -33,6 +33,9 @@ class TurnSettings(BaseSettings):
     stage_deadline_s: float = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
     budget_s: float = Field(default=10.0, gt=0)
+    # enqueue_turn reads a tenant's topology and in-flight policy at most this often per
+    # process: a settings change made in another process applies within this time.
+    tenant_settings_ttl_s: float = Field(default=2.0, ge=0, le=300)
 
 
 class DatabaseSettings(BaseSettings):

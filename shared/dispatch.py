@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from celery import Celery
 
 from shared.config import get_settings
 from shared.contract import agent_signature, make_celery, turn_workflow
+from shared.db.direct import direct_connection
 from shared.db.outbox import mark_dispatched
-from shared.db.session import session_scope
 from shared.errors import BrokerUnavailable
 from shared.schemas import Agent, Topology
 
@@ -90,13 +91,26 @@ class _Intent:
     topology: str
 
 
+_WAKE = _Intent("", "")  # no turn: wakes the thread to mark what it has published
+
+
 class Dispatcher:
-    """A background thread that publishes committed turns and marks their outbox rows."""
+    """A background thread that publishes committed turns and marks their outbox rows.
+
+    Publishing is at once; marking rows dispatched (which only spares the relay a harmless
+    duplicate publish, seconds later) waits up to ``MARK_LINGER_S`` so that one UPDATE
+    marks every turn published meanwhile, not one UPDATE per turn.
+    """
+
+    MARK_LINGER_S = 0.2
 
     def __init__(self) -> None:
         self._queue: queue.Queue[_Intent] = queue.Queue()
-        self._pending = 0
+        self._pending = 0  # submitted, and not yet published and marked (or failed)
         self._idle = threading.Condition()
+        self._flush_wanted = threading.Event()
+        self._unmarked: list[str] = []
+        self._oldest_unmarked = 0.0
         self._thread = threading.Thread(target=self._run, name="chordline-dispatcher", daemon=True)
         self._thread.start()
 
@@ -106,24 +120,49 @@ class Dispatcher:
         self._queue.put(_Intent(turn_id, topology))
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything submitted so far is published (or failed to be)."""
+        """Wait until everything submitted so far is published and marked (or failed)."""
+        self._flush_wanted.set()
+        self._queue.put(_WAKE)
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout_s)
 
+    def _next_batch(self) -> list[_Intent]:
+        timeout = None
+        if self._unmarked:
+            timeout = max(0.0, self._oldest_unmarked + self.MARK_LINGER_S - time.monotonic())
+        try:
+            batch = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return [intent for intent in batch if intent is not _WAKE]
+
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._publish(batch)
+            batch = self._next_batch()
+            sent = self._publish(batch)
+            if sent and not self._unmarked:
+                self._oldest_unmarked = time.monotonic()
+            self._unmarked.extend(sent)
+            self._done(len(batch) - len(sent))  # failures: the relay has them
+            due = time.monotonic() >= self._oldest_unmarked + self.MARK_LINGER_S
+            if self._unmarked and (due or self._flush_wanted.is_set()):
+                marked, self._unmarked = self._unmarked, []
+                self._mark(marked)
+                self._done(len(marked))
+            if self._queue.empty() and not self._unmarked:
+                self._flush_wanted.clear()
+
+    def _done(self, count: int) -> None:
+        if count:
             with self._idle:
-                self._pending -= len(batch)
+                self._pending -= count
                 self._idle.notify_all()
 
-    def _publish(self, batch: list[_Intent]) -> None:
+    def _publish(self, batch: list[_Intent]) -> list[str]:
         sent: list[str] = []
         for intent in batch:
             try:
@@ -138,9 +177,12 @@ class Dispatcher:
                         "reason": type(exc).__name__,
                     },
                 )
+        return sent
+
+    def _mark(self, sent: list[str]) -> None:
         try:
-            with session_scope() as session:
-                mark_dispatched(session, sent)
+            with direct_connection() as conn:
+                mark_dispatched(conn, sent)
         except Exception as exc:  # unmarked rows are re-sent by the relay: a harmless duplicate
             log.warning(
                 "could not mark outbox rows dispatched",
@@ -177,5 +219,5 @@ def flush_dispatch(timeout_s: float = 10.0) -> bool:
 def publish_now(turn_id: str, topology: str) -> None:
     """Publish synchronously and mark the outbox row: for relays and workers."""
     publish_turn(turn_id, topology)
-    with session_scope() as session:
-        mark_dispatched(session, [turn_id])
+    with direct_connection() as conn:
+        mark_dispatched(conn, [turn_id])

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from shared.redis_conn import get_redis
 
@@ -39,28 +39,59 @@ class StreamEvent:
     status: str = ""
 
 
+def attempts_key(turn_id: str) -> str:
+    return f"chordline:reply-attempts:{turn_id}"
+
+
+# An agent run's first entry: count the run, and when it is not the turn's first, tell
+# readers to start over. Done by Redis itself, in the same pipeline as the run's first
+# tokens, so a run pays no round trip of its own to begin streaming.
+_BEGIN_RUN = """
+local attempt = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+if attempt > 1 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'restart',
+               'attempt', attempt)
+end
+return attempt
+"""
+
+
+@dataclass
+class _Entry:
+    turn_id: str
+    text: str = ""
+    begins_run: bool = False  # an agent run's first entry: counts the run (see _BEGIN_RUN)
+
+    @property
+    def key(self) -> str:
+        return stream_key(self.turn_id)
+
+
 class _StreamWriter:
     """Appends stream entries of every agent thread in this process, in batches.
 
-    A token is handed to a background thread, which sends whatever has accumulated as one
+    An entry is handed to a background thread, which sends whatever has accumulated as one
     pipeline, then waits a tick (20 ms) before the next send. The first token of a quiet
     moment goes out at once; under load, many streams share one round trip instead of each
-    token paying its own. Entries of one stream keep their order (one sender at a time).
-    Streaming is best effort: the reply itself is committed in Postgres.
+    token paying its own, and the tokens of one stream that arrived within a tick travel as
+    one entry. Entries of one stream keep their order (one sender at a time). Streaming is
+    best effort: the reply itself is committed in Postgres.
     """
 
     TICK_S = 0.02
 
     def __init__(self) -> None:
-        self._pending: list[tuple[str, dict[str, str | int]]] = []
+        self._pending: list[_Entry] = []
+        self._untimed: set[str] = set()  # streams begun whose first token has not gone out
         self._lock = threading.Lock()
         self._sending = threading.Lock()
         self._wakeup = threading.Event()
         threading.Thread(target=self._run, name="chordline-stream-writer", daemon=True).start()
 
-    def append(self, key: str, fields: dict[str, str | int]) -> None:
+    def append(self, entry: _Entry) -> None:
         with self._lock:
-            self._pending.append((key, fields))
+            self._pending.append(entry)
         self._wakeup.set()
 
     def flush(self) -> None:
@@ -71,11 +102,31 @@ class _StreamWriter:
             if not batch:
                 return
             pipe = get_redis().pipeline(transaction=False)
-            for key, fields in batch:
-                pipe.xadd(key, fields, maxlen=MAX_STREAM_LEN, approximate=True)  # type: ignore[arg-type]
-            for key in dict.fromkeys(key for key, _ in batch):
-                pipe.expire(key, STREAM_TTL_S)
+            for entry in _coalesced(batch):
+                key = entry.key
+                if entry.begins_run:
+                    _begin_run_script()(
+                        keys=[key, attempts_key(entry.turn_id)],
+                        args=[STREAM_TTL_S, MAX_STREAM_LEN],
+                        client=pipe,
+                    )
+                    self._untimed.add(key)
+                if entry.text:
+                    pipe.xadd(
+                        key,
+                        {"kind": "token", "text": entry.text},
+                        maxlen=MAX_STREAM_LEN,
+                        approximate=True,
+                    )
+                    if key in self._untimed:  # the stream exists now: give it its lifetime
+                        pipe.expire(key, STREAM_TTL_S)
+                        self._untimed.discard(key)
             pipe.execute()
+
+    def forget(self, turn_id: str) -> None:
+        """The run has ended: its stream's lifetime is set by the end entry, if not before."""
+        with self._sending:
+            self._untimed.discard(stream_key(turn_id))
 
     def _run(self) -> None:
         while True:
@@ -91,6 +142,32 @@ class _StreamWriter:
             time.sleep(self.TICK_S)
 
 
+def _coalesced(batch: list[_Entry]) -> list[_Entry]:
+    """Consecutive tokens of one stream become one entry; a run's first entry stays first."""
+    last: dict[str, _Entry] = {}
+    merged: list[_Entry] = []
+    for entry in batch:
+        previous = last.get(entry.turn_id)
+        if previous is not None and not entry.begins_run:
+            previous.text += entry.text
+            continue
+        copy = _Entry(entry.turn_id, entry.text, entry.begins_run)
+        merged.append(copy)
+        last[entry.turn_id] = copy
+    return merged
+
+
+_begin_run: Any = None
+
+
+def _begin_run_script() -> Any:
+    """``_BEGIN_RUN``, registered once (sent by EVALSHA, loaded on demand)."""
+    global _begin_run
+    if _begin_run is None:
+        _begin_run = get_redis().register_script(_BEGIN_RUN)
+    return _begin_run
+
+
 _writer: _StreamWriter | None = None
 _writer_pid: int | None = None
 _writer_lock = threading.Lock()
@@ -102,19 +179,6 @@ def _stream_writer() -> _StreamWriter:
         if _writer is None or _writer_pid != os.getpid():
             _writer, _writer_pid = _StreamWriter(), os.getpid()
         return _writer
-
-
-def attempts_key(turn_id: str) -> str:
-    return f"chordline:reply-attempts:{turn_id}"
-
-
-def _next_attempt(turn_id: str) -> int:
-    """This agent run's number among the runs that streamed the turn's reply (from 1)."""
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.incr(attempts_key(turn_id))
-    pipe.expire(attempts_key(turn_id), STREAM_TTL_S)
-    attempt, _ = pipe.execute()
-    return int(attempt)
 
 
 class ReplyStream:
@@ -132,18 +196,10 @@ class ReplyStream:
         self.turn_id = turn_id
         self.key = stream_key(turn_id)
         self.writer = _stream_writer()
-        self.index = 0
-        try:
-            attempt = _next_attempt(turn_id)
-        except Exception as exc:
-            _stream_failed(turn_id, exc)
-            attempt = 2  # unknown: tell readers to start over, which is always safe
-        if attempt > 1:
-            self.writer.append(self.key, {"kind": "restart", "attempt": attempt})
+        self.writer.append(_Entry(turn_id, begins_run=True))
 
     def token(self, text: str) -> None:
-        self.writer.append(self.key, {"kind": "token", "text": text, "i": self.index})
-        self.index += 1
+        self.writer.append(_Entry(self.turn_id, text))
 
     def close(self) -> None:
         """Every token is in Redis when this returns, unless Redis failed (logged)."""
@@ -151,6 +207,8 @@ class ReplyStream:
             self.writer.flush()
         except Exception as exc:
             _stream_failed(self.turn_id, exc)
+        finally:
+            self.writer.forget(self.turn_id)
 
 
 def _stream_failed(turn_id: str, exc: Exception) -> None:

@@ -71,8 +71,11 @@ def worker_config() -> dict[str, Any]:
         # No STARTED state in the result backend: one Redis write per task saved; the
         # turn's own span in Postgres says when each stage started.
         "task_track_started": False,
-        # Events for Flower.
-        "worker_send_task_events": True,
+        # No task events unless someone watches: three event messages per task (received,
+        # started, succeeded) cost more CPU than a stage's own work. Flower turns them on
+        # for the workers it watches (Celery's enable_events, every few seconds), so what
+        # Flower shows is unchanged; `celery control enable_events` does it for other tools.
+        "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_lost_wait": 20.0,

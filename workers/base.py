@@ -21,6 +21,7 @@ import logging
 import os
 from typing import Any
 
+import psycopg
 from celery import Task
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,8 +38,15 @@ from workers import fault_hooks
 log = logging.getLogger(__name__)
 
 # chordline's transient errors (BrokerUnavailable for a failed publish among them), a lost
-# Postgres connection, and a Redis that dropped or did not answer in time.
-RETRYABLE = (TransientError, OperationalError, RedisConnectionError, RedisTimeoutError)
+# Postgres connection (through SQLAlchemy, or on the hot path's direct connections), and a
+# Redis that dropped or did not answer in time.
+RETRYABLE = (
+    TransientError,
+    OperationalError,
+    psycopg.OperationalError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 DELIVERY_KEY_TTL_S = 86_400
 
 

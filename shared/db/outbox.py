@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, text
+import psycopg
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Turn, TurnOutbox
@@ -18,15 +20,22 @@ class PendingDispatch:
     topology: str
 
 
-_MARK_DISPATCHED = text(
+_MARK_DISPATCHED = (
     "UPDATE turn_outbox SET dispatched_at = now() "
-    "WHERE turn_id = ANY(:turn_ids) AND dispatched_at IS NULL"
+    "WHERE turn_id = ANY(%(turn_ids)s) AND dispatched_at IS NULL"
 )
 
 
-def mark_dispatched(session: Session, turn_ids: Sequence[str]) -> None:
-    if turn_ids:
-        session.execute(_MARK_DISPATCHED, {"turn_ids": [uuid.UUID(t) for t in turn_ids]})
+def mark_dispatched(conn: psycopg.Connection[Any] | Session, turn_ids: Sequence[str]) -> None:
+    """Mark the intents of these turns dispatched, on a direct connection or in a session's
+    transaction (the relay marks what it claimed in the transaction that holds the claim)."""
+    if not turn_ids:
+        return
+    ids = [uuid.UUID(t) for t in turn_ids]
+    if isinstance(conn, Session):
+        conn.connection().exec_driver_sql(_MARK_DISPATCHED, {"turn_ids": ids})
+    else:
+        conn.execute(_MARK_DISPATCHED, {"turn_ids": ids})
 
 
 def claim_undispatched(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select, text
+from psycopg.types.json import Jsonb
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db.models import TurnSpan
@@ -30,43 +31,42 @@ class SpanRecord:
     tokens_out: int = 0
 
 
-# Every stage of every turn inserts one: plain SQL, prepared once; the attempt number is
-# counted in the same statement.
-_INSERT_SPAN = text("""
+# Every stage of every turn inserts one, in the same statement as its stage's write (see
+# shared/db/turns.py): the span is inserted only if the write happened. The attempt number
+# is counted in the same statement.
+INSERT_SPAN_FROM = """
     INSERT INTO turn_spans (turn_id, stage, attempt, queue, worker, pid, enqueued_at,
                             started_at, finished_at, simulated_ms, outcome, fields_written,
                             calls, tokens_in, tokens_out)
-    SELECT CAST(:turn_id AS uuid), CAST(:stage AS varchar), count(*) + 1,
-           CAST(:queue AS varchar), CAST(:worker AS varchar), CAST(:pid AS integer),
-           CAST(:enqueued_at AS double precision), CAST(:started_at AS double precision),
-           CAST(:finished_at AS double precision), CAST(:simulated_ms AS double precision),
-           CAST(:outcome AS varchar), CAST(:fields_written AS jsonb), CAST(:calls AS integer),
-           CAST(:tokens_in AS integer), CAST(:tokens_out AS integer)
-      FROM turn_spans WHERE turn_id = CAST(:turn_id AS uuid) AND stage = CAST(:stage AS varchar)
-""")
+    SELECT {source}.id, %(span_stage)s::varchar,
+           (SELECT count(*) + 1 FROM turn_spans s
+             WHERE s.turn_id = {source}.id AND s.stage = %(span_stage)s::varchar),
+           %(span_queue)s::varchar, %(span_worker)s::varchar, %(span_pid)s::integer,
+           %(span_enqueued_at)s::double precision, %(span_started_at)s::double precision,
+           %(span_finished_at)s::double precision, %(span_simulated_ms)s::double precision,
+           %(span_outcome)s::varchar, %(span_fields_written)s, %(span_calls)s::integer,
+           %(span_tokens_in)s::integer, %(span_tokens_out)s::integer
+    FROM {source}
+"""
 
 
-def record_span(session: Session, span: SpanRecord) -> None:
-    """Insert the span of a stage that has just finished."""
-    session.execute(
-        _INSERT_SPAN,
-        {
-            "turn_id": uuid.UUID(span.turn_id),
-            "stage": span.stage,
-            "queue": span.queue,
-            "worker": span.worker,
-            "pid": span.pid,
-            "enqueued_at": span.enqueued_at,
-            "started_at": span.started_at,
-            "finished_at": span.finished_at,
-            "simulated_ms": span.simulated_ms,
-            "outcome": span.outcome,
-            "fields_written": json.dumps(span.fields_written),
-            "calls": span.calls,
-            "tokens_in": span.tokens_in,
-            "tokens_out": span.tokens_out,
-        },
-    )
+def span_params(span: SpanRecord) -> dict[str, Any]:
+    """The parameters of ``INSERT_SPAN_FROM``."""
+    return {
+        "span_stage": span.stage,
+        "span_queue": span.queue,
+        "span_worker": span.worker,
+        "span_pid": span.pid,
+        "span_enqueued_at": span.enqueued_at,
+        "span_started_at": span.started_at,
+        "span_finished_at": span.finished_at,
+        "span_simulated_ms": span.simulated_ms,
+        "span_outcome": span.outcome,
+        "span_fields_written": Jsonb(span.fields_written),
+        "span_calls": span.calls,
+        "span_tokens_in": span.tokens_in,
+        "span_tokens_out": span.tokens_out,
+    }
 
 
 def spans_of(session: Session, turn_id: str) -> list[TurnSpan]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,6 +14,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from shared.config import get_settings
+from shared.db.direct import direct_connection
 from shared.db.models import Tenant
 from shared.errors import InvalidInput, UnknownTenant
 from shared.schemas import TenantSettings
@@ -104,10 +109,11 @@ def ensure_tenant(
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=[Tenant.id])
     session.execute(stmt)
+    recent_tenant_settings.forget(tenant_id)
     return tenant_settings(session, tenant_id)
 
 
-_TENANT_SETTINGS = text("SELECT settings FROM tenants WHERE id = :id")  # on every enqueue
+_TENANT_SETTINGS = text("SELECT settings FROM tenants WHERE id = :id")
 
 
 def tenant_settings(session: Session, tenant_id: str) -> TenantSettings:
@@ -115,6 +121,51 @@ def tenant_settings(session: Session, tenant_id: str) -> TenantSettings:
     if raw is None:
         raise UnknownTenant(tenant_id)
     return TenantSettings.model_validate(raw)
+
+
+@functools.lru_cache(maxsize=1024)
+def tenant_settings_from(document: str) -> TenantSettings:
+    """A tenant's settings from their stored JSON text; the same text is parsed once."""
+    return TenantSettings.model_validate_json(document)
+
+
+class RecentTenantSettings:
+    """Each tenant's settings as this process read them within the last ``ttl_s`` seconds.
+
+    ``enqueue_turn`` needs a tenant's topology and in-flight policy for every turn; reading
+    them once a couple of seconds per tenant instead saves a round trip per turn. A change
+    made in this process applies at once; one made elsewhere within that time. A tenant
+    that does not exist is never remembered.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[TenantSettings, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant_id: str) -> TenantSettings:
+        now = time.monotonic()
+        known = self._known.get(tenant_id)
+        if known is not None and known[1] > now:
+            return known[0]
+        with direct_connection() as conn:
+            row = conn.execute(_TENANT_SETTINGS_TEXT, {"id": tenant_id}).fetchone()
+        if row is None:
+            raise UnknownTenant(tenant_id)
+        settings = tenant_settings_from(row[0])
+        with self._lock:
+            self._known[tenant_id] = (settings, now + get_settings().turn.tenant_settings_ttl_s)
+        return settings
+
+    def forget(self, tenant_id: str | None = None) -> None:
+        with self._lock:
+            if tenant_id is None:
+                self._known.clear()
+            else:
+                self._known.pop(tenant_id, None)
+
+
+_TENANT_SETTINGS_TEXT = "SELECT settings::text FROM tenants WHERE id = %(id)s"
+recent_tenant_settings = RecentTenantSettings()
 
 
 def require_tenant(session: Session, tenant_id: str) -> TenantSettings:
@@ -131,6 +182,7 @@ def update_tenant_settings(
         .where(Tenant.id == tenant_id)
         .values(settings=updated.model_dump(mode="json", exclude_defaults=True))
     )
+    recent_tenant_settings.forget(tenant_id)
     return updated
 
 

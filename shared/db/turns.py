@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
+import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import Table, bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.db.direct import transaction_pipeline
 from shared.db.models import Conversation, Turn, TurnOutbox
+from shared.db.spans import INSERT_SPAN_FROM, SpanRecord, span_params
 from shared.errors import InvalidInput, OwnershipViolation, TurnNotFound
 from shared.schemas import Stage, TurnStatus
 
@@ -132,32 +134,39 @@ def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Ac
     return AcceptedTurn(str(row.id), TurnStatus(row.status), row.topology, existing=True)
 
 
-# enqueue_turn runs these for every turn, in the caller's process: plain SQL, prepared once.
-_UPSERT_CONVERSATION = text("""
-    INSERT INTO conversations (id, tenant_id, external_id, next_seq, active_turn_id)
-    VALUES (:id, :tenant_id, :external_id, 2, :turn_id)
-    ON CONFLICT (tenant_id, external_id) DO UPDATE
-    SET next_seq = conversations.next_seq + 1,
-        active_turn_id = COALESCE(conversations.active_turn_id, EXCLUDED.active_turn_id),
-        updated_at = now()
-    RETURNING id, next_seq, active_turn_id
-""")
-_TURN_VALUES = """
-    INSERT INTO turns (id, tenant_id, conversation_id, seq, idempotency_key, message, topology,
-                       status, accepted_at, stage_deadline_at)
-    VALUES (:id, :tenant_id, :conversation_id, :seq, :idempotency_key, :message, :topology,
-            :status, :accepted_at, :stage_deadline_at)
+# The turn, its dispatch intent (when its conversation is free) and the conversation's
+# counters, in one statement: enqueue_turn runs it for every turn, in the caller's process.
+# The conversation upsert's row lock orders concurrent turns of one conversation, and
+# ``active_turn_id`` says which of them may run now.
+_ACCEPT_TURN = """
+    WITH conv AS (
+        INSERT INTO conversations (id, tenant_id, external_id, next_seq, active_turn_id)
+        VALUES (%(conversation_row_id)s, %(tenant_id)s, %(external_id)s, 2, %(id)s)
+        ON CONFLICT (tenant_id, external_id) DO UPDATE
+        SET next_seq = conversations.next_seq + 1,
+            active_turn_id = COALESCE(conversations.active_turn_id, EXCLUDED.active_turn_id),
+            updated_at = now()
+        RETURNING id, next_seq, active_turn_id
+    ), turn AS (
+        INSERT INTO turns (id, tenant_id, conversation_id, seq, idempotency_key, message,
+                           topology, status, accepted_at, stage_deadline_at)
+        SELECT %(id)s, %(tenant_id)s, conv.id, conv.next_seq - 1, %(idempotency_key)s,
+               %(message)s, %(topology)s,
+               CASE WHEN conv.active_turn_id = %(id)s THEN 'queued' ELSE 'waiting' END,
+               %(accepted_at)s,
+               CASE WHEN conv.active_turn_id = %(id)s THEN %(stage_deadline_at)s END
+        FROM conv
+        WHERE conv.active_turn_id = %(id)s OR NOT %(reject_when_busy)s
+        RETURNING id, status
+    ), intent AS (
+        INSERT INTO turn_outbox (turn_id) SELECT id FROM turn WHERE status = 'queued'
+    )
+    SELECT (SELECT status FROM turn) AS status
 """
-_INSERT_WAITING_TURN = text(_TURN_VALUES)
-# The turn and its dispatch intent in one statement.
-_INSERT_TURN_AND_INTENT = text(f"""
-    WITH inserted AS ({_TURN_VALUES} RETURNING id)
-    INSERT INTO turn_outbox (turn_id) SELECT id FROM inserted
-""")
 
 
 def accept_turn(
-    session: Session,
+    conn: psycopg.Connection[Any],
     *,
     turn_id: str,
     tenant_id: str,
@@ -169,44 +178,38 @@ def accept_turn(
     stage_deadline_s: float,
     reject_when_busy: bool,
 ) -> AcceptedTurn:
-    """Insert the turn and, if its conversation is free, its dispatch intent (the outbox row).
+    """Insert the turn and, if its conversation is free, its dispatch intent (the outbox row),
+    in one round trip. A turn refused because its conversation is busy writes nothing: its
+    statement then runs in a transaction that is rolled back.
 
-    The conversation row is upserted first; the upsert's row lock orders concurrent turns of
-    one conversation, and ``active_turn_id`` says which of them may run now.
+    Raises psycopg's UniqueViolation when the tenant already has a turn with this
+    idempotency key (see ``is_idempotency_conflict``).
     """
-    conv = session.execute(
-        _UPSERT_CONVERSATION,
-        {
-            "id": uuid.uuid4(),
-            "tenant_id": tenant_id,
-            "external_id": conversation,
-            "turn_id": uuid.UUID(turn_id),
-        },
-    ).one()
-    runs_now = conv.active_turn_id == uuid.UUID(turn_id)
-    if not runs_now and reject_when_busy:
-        raise InvalidInput("conversation", f"{conversation!r} already has a turn in flight")
-    status = TurnStatus.QUEUED if runs_now else TurnStatus.WAITING
-    session.execute(
-        _INSERT_TURN_AND_INTENT if runs_now else _INSERT_WAITING_TURN,
-        {
-            "id": uuid.UUID(turn_id),
-            "tenant_id": tenant_id,
-            "conversation_id": conv.id,
-            "seq": conv.next_seq - 1,
-            "idempotency_key": idempotency_key,
-            "message": message,
-            "topology": topology,
-            "status": status.value,
-            "accepted_at": accepted_at,
-            "stage_deadline_at": _deadline(stage_deadline_s) if runs_now else None,
-        },
-    )
-    return AcceptedTurn(turn_id, status, topology, existing=False)
+    params = {
+        "conversation_row_id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "external_id": conversation,
+        "id": uuid.UUID(turn_id),
+        "idempotency_key": idempotency_key,
+        "message": message,
+        "topology": topology,
+        "accepted_at": accepted_at,
+        "stage_deadline_at": _deadline(stage_deadline_s),
+        "reject_when_busy": reject_when_busy,
+    }
+    if not reject_when_busy:
+        row = conn.execute(_ACCEPT_TURN, params).fetchone()
+        assert row is not None and row[0] is not None
+        return AcceptedTurn(turn_id, TurnStatus(row[0]), topology, existing=False)
+    with conn.transaction():  # a refusal must not keep the conversation's counter bump
+        row = conn.execute(_ACCEPT_TURN, params).fetchone()
+        if row is None or row[0] is None:
+            raise InvalidInput("conversation", f"{conversation!r} already has a turn in flight")
+    return AcceptedTurn(turn_id, TurnStatus(row[0]), topology, existing=False)
 
 
-def is_idempotency_conflict(exc: IntegrityError) -> bool:
-    return "uq_turns_tenant_idempotency_key" in str(exc.orig)
+def is_idempotency_conflict(exc: Exception) -> bool:
+    return "uq_turns_tenant_idempotency_key" in str(exc)
 
 
 _LOAD_TURN = select(Turn).where(Turn.id == bindparam("turn_id"))  # built once: it is hot
@@ -221,47 +224,163 @@ def load_turn(session: Session, turn_id: str, *, lock: bool = False) -> Turn:
     return turn
 
 
-def write_stage_fields(
-    session: Session,
-    *,
-    stage: Stage,
-    turn_id: str,
-    values: dict[str, Any],
-    only_if_unset: bool = True,
-    usage: dict[str, int] | None = None,
-) -> bool:
-    """Write a stage's own fields, once. Returns False when the output was already there."""
+def check_ownership(stage: Stage, values: dict[str, Any]) -> None:
+    """A stage may write only the fields it owns; anything else fails before the database
+    sees a statement."""
     foreign = set(values) - OWNED_FIELDS[stage]
     if foreign:
         raise OwnershipViolation(
             f"stage {stage.value!r} tried to write {sorted(foreign)}, which it does not own; "
             f"it owns {sorted(OWNED_FIELDS[stage])}"
         )
-    params: dict[str, Any] = {f"new_{k}": v for k, v in values.items()}
+
+
+def _stage_params(
+    stage: Stage,
+    *,
+    turn_id: str,
+    values: dict[str, Any],
+    span: SpanRecord,
+    usage: dict[str, int] | None,
+) -> dict[str, Any]:
+    check_ownership(stage, values)
+    params: dict[str, Any] = {f"new_{k}": _param(v) for k, v in values.items()}
+    params.update(span_params(span))
     params["turn_id"] = uuid.UUID(turn_id)
     if usage:
-        params["stage_usage"] = {stage.value: usage}
-    stmt = _stage_write(stage, tuple(sorted(values)), only_if_unset, bool(usage))
-    return session.connection().execute(stmt, params).first() is not None
+        params["stage_usage"] = Jsonb({stage.value: usage})
+    return params
+
+
+def _param(value: Any) -> Any:
+    """JSON documents (research hits, memory) go to jsonb columns as such."""
+    return Jsonb(value) if isinstance(value, dict | list) else value
+
+
+def write_stage_output(
+    conn: psycopg.Connection[Any],
+    *,
+    stage: Stage,
+    turn_id: str,
+    values: dict[str, Any],
+    span: SpanRecord,
+    usage: dict[str, int] | None = None,
+) -> bool:
+    """Write a stage's own fields and its span, once, in one statement.
+
+    Returns False when the stage's output was already there (another delivery wrote it
+    first; that one stands) or, for the merge and the agent, when the turn has ended.
+    Nothing is written then, not even the span.
+    """
+    params = _stage_params(stage, turn_id=turn_id, values=values, span=span, usage=usage)
+    statement = _stage_write(stage, tuple(sorted(values)), bool(usage))
+    return conn.execute(statement, params).fetchone() is not None
 
 
 @functools.cache
-def _stage_write(stage: Stage, columns: tuple[str, ...], only_if_unset: bool, usage: bool) -> Any:
-    """The conditional UPDATE of one stage's fields, built once per shape: it runs once per
-    stage of every turn, and building a statement costs more CPU than running it."""
-    turns = TURNS.c
-    stmt = update(TURNS).where(turns.id == bindparam("turn_id"))
-    if only_if_unset:
-        stmt = stmt.where(turns[STAGE_OUTPUT[stage]].is_(None))
+def _stage_ctes(stage: Stage, columns: tuple[str, ...], usage: bool) -> str:
+    """The conditional UPDATE of one stage's fields (``written``) and the INSERT of its span
+    (``span``), as the CTEs of one statement, built once per shape."""
+    assignments = [f"{column} = %(new_{column})s" for column in columns]
+    if usage:  # one JSONB column with a key per stage; each stage writes only its key
+        assignments.append("usage = usage || %(stage_usage)s")
+    conditions = [f"{STAGE_OUTPUT[stage]} IS NULL"]
     if stage in (Stage.MERGE, Stage.AGENT):
-        stmt = stmt.where(turns.status.notin_(TERMINAL))
-    assignments: dict[Any, Any] = {
-        column: bindparam(f"new_{column}", type_=turns[column].type) for column in columns
-    }
-    if usage:
-        # usage is one JSONB column with a key per stage; each stage writes only its key.
-        assignments["usage"] = turns.usage.op("||")(bindparam("stage_usage", type_=JSONB))
-    return stmt.values(assignments).returning(turns.id)
+        conditions.append("status NOT IN ('completed', 'failed')")
+    return f"""
+        written AS (
+            UPDATE turns SET {", ".join(assignments)}
+            WHERE id = %(turn_id)s AND {" AND ".join(conditions)}
+            RETURNING id
+        ), span AS (
+            {INSERT_SPAN_FROM.format(source="written")}
+            RETURNING turn_id
+        )
+    """
+
+
+@functools.cache
+def _stage_write(stage: Stage, columns: tuple[str, ...], usage: bool) -> str:
+    return f"WITH {_stage_ctes(stage, columns, usage)} SELECT turn_id FROM span"
+
+
+# The agent's end of the turn: two statements in one transaction, sent as one pipeline
+# (shared/db/direct.py). The first writes the reply and the span and locks the
+# conversation; the second, whose snapshot is taken only once that lock is held, hands the
+# conversation to its next waiting turn: a turn being accepted right now (its upsert holds
+# the same lock) is then either already visible as waiting or will find the conversation
+# free.
+_LOCK_ENDED_CONVERSATION = """
+    WITH {ctes}
+    SELECT id FROM conversations
+    WHERE id = %(conversation_id)s AND EXISTS (SELECT 1 FROM span)
+    FOR UPDATE
+"""
+_RELEASE_CONVERSATION = """
+    WITH released AS (
+        UPDATE conversations
+        SET active_turn_id = (SELECT id FROM turns
+                               WHERE conversation_id = %(conversation_id)s
+                                 AND status = 'waiting'
+                               ORDER BY seq LIMIT 1),
+            contextual_memory = %(memory)s,
+            qualification_status = %(qualification_status)s,
+            updated_at = now()
+        WHERE id = %(conversation_id)s AND active_turn_id = %(turn_id)s
+          AND EXISTS (SELECT 1 FROM turns WHERE id = %(turn_id)s AND status = 'completed')
+        RETURNING active_turn_id
+    ), queued AS (
+        UPDATE turns SET status = 'queued', stage_deadline_at = %(next_deadline_at)s
+        FROM released WHERE turns.id = released.active_turn_id
+        RETURNING turns.id, turns.topology
+    ), intent AS (
+        INSERT INTO turn_outbox (turn_id) SELECT id FROM queued
+    )
+    SELECT id, topology FROM queued
+"""
+
+
+@dataclass(frozen=True)
+class Completion:
+    ended: bool  # this run committed the turn's one reply
+    next_turn: tuple[str, str] | None  # the conversation's next turn (id, topology), if any
+
+
+def complete_turn(
+    conn: psycopg.Connection[Any],
+    *,
+    turn_id: str,
+    conversation_id: uuid.UUID,
+    values: dict[str, Any],
+    span: SpanRecord,
+    usage: dict[str, int] | None,
+    memory: dict[str, Any],
+    qualification_status: str,
+    stage_deadline_s: float,
+) -> Completion:
+    """The agent's reply and span, the conversation's memory and qualification, and the
+    hand-over to the conversation's next turn (its outbox row included): one transaction.
+
+    ``ended`` is False when the turn had already ended (another run, the sweeper): then
+    nothing is written.
+    """
+    params = _stage_params(Stage.AGENT, turn_id=turn_id, values=values, span=span, usage=usage)
+    params.update(
+        conversation_id=conversation_id,
+        memory=Jsonb(memory),
+        qualification_status=qualification_status,
+        next_deadline_at=_deadline(stage_deadline_s),
+    )
+    ctes = _stage_ctes(Stage.AGENT, tuple(sorted(values)), bool(usage))
+    ending, release = conn.cursor(), conn.cursor()
+    with transaction_pipeline(conn):
+        ending.execute(_LOCK_ENDED_CONVERSATION.format(ctes=ctes), params)
+        release.execute(_RELEASE_CONVERSATION, params)
+    released = release.fetchone()
+    return Completion(
+        ended=ending.fetchone() is not None,
+        next_turn=(str(released[0]), str(released[1])) if released else None,
+    )
 
 
 def release_conversation(

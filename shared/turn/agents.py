@@ -11,9 +11,9 @@ import logging
 import time
 
 from shared.config import get_settings
-from shared.db.session import session_scope
+from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
-from shared.db.turns import TurnRecord, release_conversation
+from shared.db.turns import Completion, TurnRecord, complete_turn
 from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import ReplyRequest, Usage
 from shared.providers.registry import get_providers
@@ -23,7 +23,7 @@ from shared.turn.researcher import run_researcher, stored_research
 from shared.turn.stage import (
     StageInputs,
     StageOrigin,
-    commit_stage_output,
+    finish_span,
     load_stage_inputs,
     log_fallback,
     start_span,
@@ -102,19 +102,16 @@ def _generate(
         stream.close()  # every token is in Redis before the turn's end is announced
 
 
-def run_agent(
-    turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
-) -> tuple[bool, str | None]:
+def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> Completion:
     """Answer the turn. Returns whether this run ended it (committed the one reply), and the
-    id of the conversation's next turn, if one was waiting."""
-    with session_scope() as session:
-        inputs = load_stage_inputs(session, turn_id)
+    conversation's next turn, if one was waiting."""
+    inputs = load_stage_inputs(turn_id)
     turn = inputs.turn
     if turn.completed_at is not None:
         # A run after the end (a duplicate, or a retry after the end was committed but not
         # announced): readers may still be waiting for the end entry.
         announce_end(turn_id, turn.status)
-        return False, None
+        return Completion(ended=False, next_turn=None)
     if turn.next_agent != agent.value:
         raise StageConflict(f"turn {turn_id} is routed to {turn.next_agent}, not {agent.value}")
     # sequential topology: this agent does its own retrieval; otherwise it is in the row
@@ -136,7 +133,7 @@ def run_agent(
         usage=usage,
         deadline=inputs.deadline,
     )
-    committed, next_turn = _commit_reply(
+    completion = _commit_reply(
         inputs=inputs,
         agent=agent,
         reply=reply,
@@ -144,9 +141,9 @@ def run_agent(
         usage=usage,
         span=span,
     )
-    if committed:  # otherwise whoever ended the turn first announced it
+    if completion.ended:  # otherwise whoever ended the turn first announced it
         announce_end(turn_id, TurnStatus.COMPLETED.value)
-    return committed, next_turn
+    return completion
 
 
 def _commit_reply(
@@ -157,10 +154,8 @@ def _commit_reply(
     research: Research | None,
     usage: Usage,
     span: SpanRecord,
-) -> tuple[bool, str | None]:
-    """One transaction: the reply, the conversation's memory, the span, the next turn.
-
-    Returns whether this run committed the reply, and the conversation's next turn."""
+) -> Completion:
+    """One transaction: the reply, the span, the conversation's memory, the next turn."""
     turn = inputs.turn
     values = {
         "agent_response": reply.text,
@@ -169,25 +164,20 @@ def _commit_reply(
         "completed_at": time.time(),
         "status": TurnStatus.COMPLETED.value,
     }
-    outcome = "fallback" if reply.fallback else "ok"
-    with session_scope() as session:
-        if not commit_stage_output(
-            session,
-            stage=Stage.AGENT,
-            turn_id=str(turn.id),
-            values=values,
-            span=span,
-            usage=usage,
-            outcome=outcome,
-        ):
-            return False, None  # the turn ended first (another run, the sweeper): one reply
-        return True, release_conversation(
-            session,
+    finished = finish_span(
+        span, usage=usage, fields=sorted(values), outcome="fallback" if reply.fallback else "ok"
+    )
+    with direct_connection() as conn:
+        return complete_turn(
+            conn,
             turn_id=str(turn.id),
             conversation_id=turn.conversation_id,
-            stage_deadline_s=get_settings().turn.stage_deadline_s,
+            values=values,
+            span=finished,
+            usage=usage.as_dict(),
             memory=updated_memory(inputs.context.memory, turn, agent, research),
             qualification_status=next_qualification(
                 inputs.context.qualification_status, turn.phase
             ),
+            stage_deadline_s=get_settings().turn.stage_deadline_s,
         )

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 
-from shared.db.session import session_scope
-from shared.db.turns import load_turn
 from shared.dispatch import publish_agent, publish_now
 from shared.errors import BrokerUnavailable
 from shared.schemas import Agent, Topology
@@ -43,18 +41,17 @@ def route(turn_id: str, origin: StageOrigin) -> dict[str, object]:
 
 
 def answer(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> dict[str, object]:
-    ended, next_turn = run_agent(turn_id, agent=agent, retrieve=retrieve, origin=origin)
-    if next_turn is not None:
-        _publish_next_turn(next_turn)
-    return {"agent": agent.value, "ended": ended, "next_turn": next_turn}
+    completion = run_agent(turn_id, agent=agent, retrieve=retrieve, origin=origin)
+    if completion.next_turn is not None:
+        _publish_next_turn(*completion.next_turn)
+    next_turn = completion.next_turn[0] if completion.next_turn else None
+    return {"agent": agent.value, "ended": completion.ended, "next_turn": next_turn}
 
 
-def _publish_next_turn(turn_id: str) -> None:
+def _publish_next_turn(turn_id: str, topology: str) -> None:
     """Start the conversation's next turn now. Its outbox row was committed with this turn's
     reply, so if the broker is down the relay publishes it: this turn is done either way,
     and retrying its agent task would only find it ended."""
-    with session_scope() as session:
-        topology = load_turn(session, turn_id).topology
     try:
         publish_now(turn_id, topology)
     except BrokerUnavailable as exc:

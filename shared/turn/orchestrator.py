@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from shared.db.session import session_scope
-from shared.db.turns import TurnRecord, load_turn
+from shared.db.turns import TurnRecord
 from shared.errors import ChordlineError
 from shared.providers.base import Usage
 from shared.providers.registry import get_providers
@@ -16,6 +15,7 @@ from shared.turn.stage import (
     commit_stage_output,
     load_stage_inputs,
     log_fallback,
+    read_turn,
     start_span,
 )
 
@@ -49,8 +49,7 @@ def default_route(reason: str) -> Orchestration:
 def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, str]:
     """The turn's orchestration (run now, or as stored by an earlier delivery) and topology."""
     span = start_span(turn_id, Stage.ORCHESTRATOR, origin)
-    with session_scope() as session:
-        inputs = load_stage_inputs(session, turn_id)
+    inputs = load_stage_inputs(turn_id)
     topology = inputs.turn.topology
     stored = stored_orchestration(inputs.turn)
     if stored is not None:
@@ -77,17 +76,15 @@ def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, 
         "orchestration_note": result.fallback_reason,
         "orchestrated_at": time.time(),
     }
-    with session_scope() as session:
-        if commit_stage_output(
-            session,
-            stage=Stage.ORCHESTRATOR,
-            turn_id=turn_id,
-            values=values,
-            span=span,
-            usage=usage,
-            outcome=outcome,
-        ):
-            return result, topology
-        stored = stored_orchestration(load_turn(session, turn_id))
+    if commit_stage_output(
+        stage=Stage.ORCHESTRATOR,
+        turn_id=turn_id,
+        values=values,
+        span=span,
+        usage=usage,
+        outcome=outcome,
+    ):
+        return result, topology
+    stored = stored_orchestration(read_turn(turn_id))
     assert stored is not None  # another delivery wrote first; its answer stands
     return stored, topology

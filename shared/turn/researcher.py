@@ -7,7 +7,7 @@ import time
 
 from shared.config import get_settings
 from shared.db.session import session_scope
-from shared.db.turns import TurnRecord, load_turn
+from shared.db.turns import TurnRecord
 from shared.errors import ChordlineError
 from shared.kb.levels import level_for
 from shared.kb.search import hybrid_search
@@ -22,6 +22,7 @@ from shared.turn.stage import (
     commit_stage_output,
     load_stage_inputs,
     log_fallback,
+    read_turn,
     start_span,
 )
 
@@ -99,8 +100,7 @@ def _gate_skips(turn: TurnRecord, settings: TenantSettings) -> bool:
 
 def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
     span = start_span(turn_id, Stage.RESEARCHER, origin)
-    with session_scope() as session:
-        inputs = load_stage_inputs(session, turn_id)
+    inputs = load_stage_inputs(turn_id)
     turn, settings, deadline = inputs.turn, inputs.settings, inputs.deadline
     stored = stored_research(turn)
     if stored is not None:
@@ -138,17 +138,15 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
         "research_note": result.reason,
         "researched_at": time.time(),
     }
-    with session_scope() as session:
-        if commit_stage_output(
-            session,
-            stage=Stage.RESEARCHER,
-            turn_id=turn_id,
-            values=values,
-            span=span,
-            usage=usage,
-            outcome=outcome,
-        ):
-            return result
-        stored = stored_research(load_turn(session, turn_id))
+    if commit_stage_output(
+        stage=Stage.RESEARCHER,
+        turn_id=turn_id,
+        values=values,
+        span=span,
+        usage=usage,
+        outcome=outcome,
+    ):
+        return result
+    stored = stored_research(read_turn(turn_id))
     assert stored is not None
     return stored

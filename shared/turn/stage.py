@@ -8,14 +8,15 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from psycopg.rows import namedtuple_row
 
 from shared.config import get_settings
-from shared.db.spans import SpanRecord, record_span
-from shared.db.turns import TurnRecord, write_stage_fields
+from shared.db.direct import direct_connection
+from shared.db.spans import SpanRecord
+from shared.db.tenants import tenant_settings_from
+from shared.db.turns import TurnRecord, write_stage_output
 from shared.errors import TurnNotFound
 from shared.providers.base import ConversationContext, Usage
 from shared.schemas import Stage, TenantSettings
@@ -64,7 +65,6 @@ def finish_span(
 
 
 def commit_stage_output(
-    session: Session,
     *,
     stage: Stage,
     turn_id: str,
@@ -74,16 +74,20 @@ def commit_stage_output(
     outcome: str = "ok",
 ) -> bool:
     """Write the stage's own fields (and its model usage, if it called one) and its span,
-    in the caller's transaction, once.
+    once, in one statement.
 
     False when another delivery of the stage wrote its output first: that one stands.
     """
-    counts = usage.as_dict() if usage else None
-    if not write_stage_fields(session, stage=stage, turn_id=turn_id, values=values, usage=counts):
-        return False
     finished = finish_span(span, usage=usage or Usage(), fields=sorted(values), outcome=outcome)
-    record_span(session, finished)
-    return True
+    with direct_connection() as conn:
+        return write_stage_output(
+            conn,
+            stage=stage,
+            turn_id=turn_id,
+            values=values,
+            span=finished,
+            usage=usage.as_dict() if usage else None,
+        )
 
 
 def log_fallback(stage: Stage, *, turn: TurnRecord, exc: Exception) -> None:
@@ -121,12 +125,14 @@ class StageInputs:
 HISTORY_TURNS = 6
 
 
-# Every stage reads this first: plain SQL, prepared once, rows without ORM bookkeeping.
-_STAGE_INPUTS = text(f"""
+# Every stage reads this first: plain SQL on a direct connection, prepared once per
+# connection, rows as named tuples. The tenant's settings come as text, so that parsing
+# them is remembered per distinct document rather than done for every stage.
+_STAGE_INPUTS = f"""
     SELECT t.*,
            c.qualification_status AS conversation_qualification,
            c.contextual_memory AS conversation_memory,
-           tn.settings AS tenant_settings,
+           tn.settings::text AS tenant_settings,
            (SELECT coalesce(json_agg(json_build_object('message', h.message,
                                                        'reply', h.agent_response)
                                      ORDER BY h.seq), '[]'::json)
@@ -136,15 +142,21 @@ _STAGE_INPUTS = text(f"""
       FROM turns t
       JOIN conversations c ON c.id = t.conversation_id
       JOIN tenants tn ON tn.id = t.tenant_id
-     WHERE t.id = :turn_id
-""")
+     WHERE t.id = %(turn_id)s
+"""
 
 
-def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
-    """The turn, its tenant's settings and its conversation context, in one query."""
-    row = session.execute(_STAGE_INPUTS, {"turn_id": uuid.UUID(turn_id)}).first()
-    if row is None:
+def load_stage_inputs(turn_id: str) -> StageInputs:
+    """The turn, its tenant's settings and its conversation context, in one round trip."""
+    with direct_connection() as conn:
+        found = (
+            conn.cursor(row_factory=namedtuple_row)
+            .execute(_STAGE_INPUTS, {"turn_id": uuid.UUID(turn_id)})
+            .fetchone()
+        )
+    if found is None:
         raise TurnNotFound(f"turn {turn_id} does not exist")
+    row: Any = found  # the turn's columns and the conversation's, by name
     context = ConversationContext(
         tenant_id=row.tenant_id,
         message=row.message,
@@ -154,6 +166,21 @@ def load_stage_inputs(session: Session, turn_id: str) -> StageInputs:
             {"message": h["message"], "reply": h["reply"] or ""} for h in row.conversation_history
         ],
     )
-    return StageInputs(
-        turn=row, settings=TenantSettings.model_validate(row.tenant_settings), context=context
-    )
+    settings = tenant_settings_from(row.tenant_settings)
+    return StageInputs(turn=row, settings=settings, context=context)
+
+
+_TURN = "SELECT * FROM turns WHERE id = %(turn_id)s"
+
+
+def read_turn(turn_id: str) -> TurnRecord:
+    """The turn's row as it is now (one round trip)."""
+    with direct_connection() as conn:
+        row = (
+            conn.cursor(row_factory=namedtuple_row)
+            .execute(_TURN, {"turn_id": uuid.UUID(turn_id)})
+            .fetchone()
+        )
+    if row is None:
+        raise TurnNotFound(f"turn {turn_id} does not exist")
+    return cast(TurnRecord, row)

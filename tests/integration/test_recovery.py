@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from shared.config import get_settings
+from shared.db.direct import direct_connection
 from shared.db.models import Turn, TurnOutbox
 from shared.db.session import session_scope
 from shared.db.turns import accept_turn
@@ -27,9 +28,9 @@ def _stuck_turns(tenant: str, count: int, *, conversation: str | None = None) ->
     ids = []
     for _ in range(count):
         turn_id = str(uuid.uuid4())
-        with session_scope() as session:
+        with direct_connection() as conn:
             accept_turn(
-                session,
+                conn,
                 turn_id=turn_id,
                 tenant_id=tenant,
                 conversation=conversation or f"c-{uuid.uuid4().hex[:8]}",

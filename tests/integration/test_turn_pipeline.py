@@ -110,10 +110,8 @@ def test_an_agent_run_after_the_end_announces_it_again(workers: None, tenant: st
     assert view.status == "completed" and view.next_agent
     get_redis().delete(stream_key(turn_id))  # as if the end was committed but never streamed
     origin = StageOrigin.here(queue="agents")
-    ended, next_turn = run_agent(
-        turn_id, agent=Agent(view.next_agent), retrieve=False, origin=origin
-    )
-    assert (ended, next_turn) == (False, None)
+    completion = run_agent(turn_id, agent=Agent(view.next_agent), retrieve=False, origin=origin)
+    assert (completion.ended, completion.next_turn) == (False, None)
     [end] = list(stream_turn(turn_id, timeout=5))
     assert (end.kind, end.status) == ("end", "completed")
     assert get_turn(turn_id).agent_response == view.agent_response  # one reply, unchanged

@@ -56,6 +56,20 @@ class Flower:
             return exc.code, exc.read().decode(errors="replace")
 
 
+def task_events_reach(flower: Flower, tenant: str) -> bool:
+    """Whether Flower learns of a turn's tasks: workers start without task events, and
+    Flower turns them on for the workers it watches, every few seconds."""
+    turn_id = enqueue_turn(tenant, f"probe-{secrets.token_hex(4)}", "Is the Pro plan monthly?")
+    wait_for_turn(turn_id, timeout=90)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        status, body = flower.get(f"{flower.ui}/api/tasks?limit=1000", auth=flower.credentials)
+        if status == 200 and turn_id in body:
+            return True
+        time.sleep(0.3)
+    return False
+
+
 @pytest.fixture(scope="module")
 def flower(workers: None) -> Iterator[Flower]:
     import os
@@ -86,6 +100,9 @@ def flower(workers: None) -> Iterator[Flower]:
                 pass
             assert time.monotonic() < deadline, "Flower did not see the workers in time"
             time.sleep(0.5)
+        probes = new_tenant()
+        while not task_events_reach(flower, probes):
+            assert time.monotonic() < deadline, "Flower did not turn the workers' events on"
         yield flower
     finally:
         group.stop()
