@@ -149,8 +149,10 @@ def make_celery(main: str, settings: Settings) -> Celery:
     return app
 
 
-def _turn_sig(app: Celery, name: str, turn_id: str, **kwargs: Any) -> Signature:
-    return app.signature(name, kwargs={"turn_id": turn_id, **kwargs}, immutable=True)
+def _turn_sig(
+    app: Celery, name: str, turn_id: str, *, immutable: bool = True, **kwargs: Any
+) -> Signature:
+    return app.signature(name, kwargs={"turn_id": turn_id, **kwargs}, immutable=immutable)
 
 
 def turn_workflow(app: Celery, *, turn_id: str, topology: Topology) -> Signature:
@@ -160,7 +162,8 @@ def turn_workflow(app: Celery, *, turn_id: str, topology: Topology) -> Signature
             _turn_sig(app, ORCHESTRATOR_TASK, turn_id),
             _turn_sig(app, RESEARCHER_TASK, turn_id),
         ]
-        return chord(header, _turn_sig(app, MERGE_TASK, turn_id), app=app)
+        # The callback receives the header tasks' results: the outputs they committed.
+        return chord(header, _turn_sig(app, MERGE_TASK, turn_id, immutable=False), app=app)
     if topology is Topology.KB_FIRST:
         return chain(
             _turn_sig(app, RESEARCHER_TASK, turn_id),

@@ -12,8 +12,10 @@ from workers.base import ChordlineTask, run_turn_stage
 
 
 @app.task(name=MERGE_TASK, bind=True, base=ChordlineTask, ignore_result=True)
-def merge(self: ChordlineTask, /, *_header_results: Any, **payload: Any) -> Any:
-    # The header results are ignored on purpose: Postgres holds both outputs durably.
+def merge(self: ChordlineTask, /, *header_results: Any, **payload: Any) -> Any:
+    # The chord passes the header tasks' results: the outputs both stages committed to
+    # Postgres. The merge routes on them; without them (a re-driven merge) it reads the row.
+    outputs = header_results[0] if header_results else ()
     return run_turn_stage(
-        self, payload, TurnRef, lambda ref, origin: flow.route(ref.turn_id, origin)
+        self, payload, TurnRef, lambda ref, origin: flow.route(ref.turn_id, origin, outputs)
     )

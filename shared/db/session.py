@@ -30,11 +30,7 @@ def database_url() -> str:
 
 
 def _configure_connection(dbapi_connection: object, _record: object) -> None:
-    # Prepared statements can flip to a generic plan after five executions, and a generic
-    # plan cannot see the tenant's size, which the vector search depends on. Custom plans
-    # keep every execution planned with its own parameters.
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    cursor.execute("SET plan_cache_mode = force_custom_plan")
     # A worker host that vanishes mid-transaction (power loss, partition) leaves its backend
     # holding row locks, and the sweeper's SKIP LOCKED would pass its turn by for as long as
     # Postgres believes the peer alive: two hours of default TCP keepalive. Probe after

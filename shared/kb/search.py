@@ -20,9 +20,10 @@ tenant's rows. Choices made on purpose, each against a trap measured on pgvector
   little, and a question made only of them is left to the vector half. A tiny tenant
   (below ``TEXT_SCAN_BELOW`` chunks) is cheaper to scan than any posting list: its rows
   are filtered directly, with every term kept.
-- Connections run with ``plan_cache_mode = force_custom_plan`` (shared/db/session.py), so a
-  statement that psycopg prepares after five executions never switches to a generic plan that
-  cannot see which tenant, and so which plan, it serves.
+- Search statements are never prepared (``query_rows``): psycopg prepares a statement after
+  five executions, and a prepared statement may switch to a generic plan that cannot see
+  which tenant, and so which plan, it serves. The turn's own statements, whose plans do not
+  depend on their parameters, are prepared and keep their generic plans.
 
 Reciprocal rank fusion follows the pattern of pgvector-python's examples/hybrid_search/rrf.py.
 """
@@ -33,10 +34,13 @@ import itertools
 import threading
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import text
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput
@@ -75,14 +79,14 @@ class TenantSizes:
         self._known: dict[tuple[str, str, int], tuple[int, float]] = {}
         self._lock = threading.Lock()
 
-    def rows(self, session: Session, *, store: VectorStore, tenant_id: str, cap: int) -> int:
+    def rows(self, db: Database, *, store: VectorStore, tenant_id: str, cap: int) -> int:
         key = (store.table, tenant_id, cap)
         now = time.monotonic()
         with self._lock:
             known = self._known.get(key)
         if known and known[1] > now:
             return known[0]
-        count = tenant_vector_rows(session, store=store, tenant_id=tenant_id, cap=cap)
+        count = tenant_vector_rows(db, store=store, tenant_id=tenant_id, cap=cap)
         with self._lock:
             self._known[key] = (count, now + self.ttl_s)
         return count
@@ -107,25 +111,25 @@ class FrequentLexemes:
         self._known: tuple[list[str], float] | None = None
         self._lock = threading.Lock()
 
-    def get(self, session: Session) -> list[str]:
+    def get(self, db: Database) -> list[str]:
         with self._lock:
             known = self._known
         if known and known[1] > time.monotonic():
             return known[0]
-        lexemes = list(
-            session.execute(
-                text("""
-                SELECT u.lexeme FROM pg_stats s,
-                     unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs)
-                         AS u(lexeme, share)
-                WHERE s.schemaname = current_schema() AND s.tablename = 'kb_chunks'
-                  AND s.attname = 'tsv' AND u.lexeme IS NOT NULL
-                  AND u.share * (SELECT greatest(reltuples, 0) FROM pg_class
-                                 WHERE oid = 'kb_chunks'::regclass) > :max_rows
-                """),
-                {"max_rows": self.max_rows},
-            ).scalars()
+        rows = query_rows(
+            db,
+            """
+            SELECT u.lexeme FROM pg_stats s,
+                 unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs)
+                     AS u(lexeme, share)
+            WHERE s.schemaname = current_schema() AND s.tablename = 'kb_chunks'
+              AND s.attname = 'tsv' AND u.lexeme IS NOT NULL
+              AND u.share * (SELECT greatest(reltuples, 0) FROM pg_class
+                             WHERE oid = 'kb_chunks'::regclass) > %(max_rows)s
+            """,
+            {"max_rows": self.max_rows},
         )
+        lexemes = [str(row.lexeme) for row in rows]
         with self._lock:
             self._known = (lexemes, time.monotonic() + self.ttl_s)
         return lexemes
@@ -138,17 +142,15 @@ class FrequentLexemes:
 frequent_lexemes = FrequentLexemes()
 
 
-def tenant_vector_rows(session: Session, *, store: VectorStore, tenant_id: str, cap: int) -> int:
+def tenant_vector_rows(db: Database, *, store: VectorStore, tenant_id: str, cap: int) -> int:
     """The tenant's vectors in the store, counted up to ``cap`` (an index-only scan)."""
-    return int(
-        session.execute(
-            text(
-                f"SELECT count(*) FROM (SELECT 1 FROM {store.table} "
-                "WHERE tenant_id = :t LIMIT :cap) AS tenant_rows"
-            ),
-            {"t": tenant_id, "cap": cap},
-        ).scalar_one()
+    [row] = query_rows(
+        db,
+        f"SELECT count(*) AS n FROM (SELECT 1 FROM {store.table} "
+        "WHERE tenant_id = %(t)s LIMIT %(cap)s) AS tenant_rows",
+        {"t": tenant_id, "cap": cap},
     )
+    return int(row.n)
 
 
 @dataclass(frozen=True)
@@ -161,17 +163,17 @@ class SearchPlan:
 
 
 def plan_search(
-    session: Session, *, store: VectorStore, tenant_id: str, exact_below: int
+    db: Database, *, store: VectorStore, tenant_id: str, exact_below: int
 ) -> SearchPlan:
     cap = max(exact_below, TEXT_SCAN_BELOW)
-    rows = tenant_sizes.rows(session, store=store, tenant_id=tenant_id, cap=cap)
+    rows = tenant_sizes.rows(db, store=store, tenant_id=tenant_id, cap=cap)
     return SearchPlan(exact=rows < exact_below, scan_text=rows < TEXT_SCAN_BELOW)
 
 
 def use_exact_search(
-    session: Session, *, store: VectorStore, tenant_id: str, exact_below: int
+    db: Database, *, store: VectorStore, tenant_id: str, exact_below: int
 ) -> bool:
-    return plan_search(session, store=store, tenant_id=tenant_id, exact_below=exact_below).exact
+    return plan_search(db, store=store, tenant_id=tenant_id, exact_below=exact_below).exact
 
 
 def check_question(question: object, *, max_chars: int) -> str:
@@ -224,13 +226,13 @@ def keyword_words(question: str) -> str:
     return " ".join(_spellings(word) for word in list(terms.values())[:MAX_QUERY_TERMS])
 
 
-def configure_hnsw(session: Session, *, ef_search: int, limit: int) -> None:
-    """Transaction-local HNSW settings: iterative scan, and a candidate list at least k long."""
-    session.execute(
-        text(
-            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-            "set_config('hnsw.ef_search', :ef, true)"
-        ),
+def configure_hnsw(db: Database, *, ef_search: int, limit: int) -> None:
+    """Transaction-local HNSW settings: iterative scan, and a candidate list at least k long.
+    (In a transaction: on a connection in autocommit mode they would end with the statement.)"""
+    query_rows(
+        db,
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true) AS scan, "
+        "set_config('hnsw.ef_search', %(ef)s, true) AS ef",
         {"ef": str(max(int(ef_search), limit))},
     )
 
@@ -238,9 +240,9 @@ def configure_hnsw(session: Session, *, ef_search: int, limit: int) -> None:
 def _distance_order(exact: bool) -> str:
     # "+ 0" turns the ORDER BY into an expression the HNSW index cannot serve: an exact scan.
     return (
-        "(v.embedding <=> CAST(:v AS vector)) + 0"
+        "(v.embedding <=> CAST(%(v)s AS vector)) + 0"
         if exact
-        else "v.embedding <=> CAST(:v AS vector)"
+        else "v.embedding <=> CAST(%(v)s AS vector)"
     )
 
 
@@ -249,17 +251,17 @@ def semantic_sql(store: VectorStore, *, exact: bool) -> str:
     return f"""
         SELECT n.chunk_id, row_number() OVER (ORDER BY n.distance, n.chunk_id) AS rank
         FROM (
-            SELECT v.chunk_id, v.embedding <=> CAST(:v AS vector) AS distance
-            FROM {store.table} v WHERE v.tenant_id = :t
-            ORDER BY {_distance_order(exact)} LIMIT :k
+            SELECT v.chunk_id, v.embedding <=> CAST(%(v)s AS vector) AS distance
+            FROM {store.table} v WHERE v.tenant_id = %(t)s
+            ORDER BY {_distance_order(exact)} LIMIT %(k)s
         ) n
     """
 
 
 KEYWORD_QUERY = """
         (SELECT to_tsquery('simple', string_agg(u.lexeme, ' | ')) AS q
-         FROM unnest(to_tsvector('english', :words)) AS u
-         WHERE u.lexeme <> ALL (CAST(:frequent AS text[]))
+         FROM unnest(to_tsvector('english', %(words)s)) AS u
+         WHERE u.lexeme <> ALL (CAST(%(frequent)s AS text[]))
          HAVING count(*) > 0) AS kq
 """
 
@@ -271,7 +273,7 @@ def keyword_sql(*, scan: bool) -> str:
     lists that span every tenant); larger tenants go through the GIN index.
     """
     chunks = (
-        "(SELECT id, tsv FROM kb_chunks WHERE tenant_id = :t OFFSET 0) AS c"
+        "(SELECT id, tsv FROM kb_chunks WHERE tenant_id = %(t)s OFFSET 0) AS c"
         if scan
         else "kb_chunks AS c"
     )
@@ -279,8 +281,8 @@ def keyword_sql(*, scan: bool) -> str:
         SELECT c.id AS chunk_id,
                row_number() OVER (ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id) AS rank
         FROM {chunks}, {KEYWORD_QUERY}
-        WHERE {"true" if scan else "c.tenant_id = :t"} AND c.tsv @@ kq.q
-        ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id LIMIT :k
+        WHERE {"true" if scan else "c.tenant_id = %(t)s"} AND c.tsv @@ kq.q
+        ORDER BY ts_rank_cd(c.tsv, kq.q) DESC, c.id LIMIT %(k)s
     """
 
 
@@ -291,7 +293,7 @@ def hybrid_sql(store: VectorStore, *, plan: SearchPlan) -> str:
         fused AS (
             SELECT coalesce(s.chunk_id, k.chunk_id) AS chunk_id,
                    s.rank AS vector_rank, k.rank AS text_rank,
-                   coalesce(1.0 / (:rrf + s.rank), 0) + coalesce(1.0 / (:rrf + k.rank), 0)
+                   coalesce(1.0 / (%(rrf)s + s.rank), 0) + coalesce(1.0 / (%(rrf)s + k.rank), 0)
                        AS score
             FROM semantic s FULL OUTER JOIN keyword k ON s.chunk_id = k.chunk_id
         )
@@ -300,13 +302,13 @@ def hybrid_sql(store: VectorStore, *, plan: SearchPlan) -> str:
         FROM fused f
         JOIN kb_chunks c ON c.id = f.chunk_id
         JOIN kb_documents d ON d.id = c.document_id
-        WHERE c.tenant_id = :t AND d.tenant_id = :t
-        ORDER BY f.score DESC, c.id LIMIT :k
+        WHERE c.tenant_id = %(t)s AND d.tenant_id = %(t)s
+        ORDER BY f.score DESC, c.id LIMIT %(k)s
     """
 
 
 def hybrid_search(
-    session: Session,
+    db: Database,
     *,
     tenant_id: str,
     question: str,
@@ -316,21 +318,24 @@ def hybrid_search(
     exact_below: int,
     ef_search: int,
 ) -> list[Candidate]:
-    """The tenant's best ``limit`` chunks for the question, by RRF of both halves."""
-    plan = plan_search(session, store=store, tenant_id=tenant_id, exact_below=exact_below)
-    if not plan.exact:
-        configure_hnsw(session, ef_search=ef_search, limit=limit)
-    rows = session.execute(
-        text(hybrid_sql(store, plan=plan)),
-        {
-            "t": tenant_id,
-            "v": vector_literal(vector),
-            "k": limit,
-            "words": keyword_words(question),
-            "frequent": [] if plan.scan_text else frequent_lexemes.get(session),
-            "rrf": RRF_K,
-        },
-    ).all()
+    """The tenant's best ``limit`` chunks for the question, by RRF of both halves.
+
+    On a connection in autocommit mode (the researcher's), an exact search is one
+    statement; a search through the HNSW index runs in a transaction with its settings.
+    """
+    plan = plan_search(db, store=store, tenant_id=tenant_id, exact_below=exact_below)
+    params = {
+        "t": tenant_id,
+        "v": vector_literal(vector),
+        "k": limit,
+        "words": keyword_words(question),
+        "frequent": [] if plan.scan_text else frequent_lexemes.get(db),
+        "rrf": RRF_K,
+    }
+    with _transaction_for(db, needed=not plan.exact):
+        if not plan.exact:
+            configure_hnsw(db, ef_search=ef_search, limit=limit)
+        rows = query_rows(db, hybrid_sql(store, plan=plan), params)
     return [
         Candidate(
             int(r.id),
@@ -347,7 +352,7 @@ def hybrid_search(
 
 
 def nearest_chunks(
-    session: Session,
+    db: Database,
     *,
     tenant_id: str,
     vector: Sequence[float],
@@ -357,10 +362,39 @@ def nearest_chunks(
     ef_search: int,
 ) -> list[int]:
     """The vector half alone, in rank order: what recall is measured on."""
-    if not exact:
-        configure_hnsw(session, ef_search=ef_search, limit=limit)
-    rows = session.execute(
-        text(f"SELECT chunk_id FROM ({semantic_sql(store, exact=exact)}) s ORDER BY rank"),
-        {"t": tenant_id, "v": vector_literal(vector), "k": limit},
-    ).all()
+    with _transaction_for(db, needed=not exact):
+        if not exact:
+            configure_hnsw(db, ef_search=ef_search, limit=limit)
+        rows = query_rows(
+            db,
+            f"SELECT chunk_id FROM ({semantic_sql(store, exact=exact)}) s ORDER BY rank",
+            {"t": tenant_id, "v": vector_literal(vector), "k": limit},
+        )
     return [int(r.chunk_id) for r in rows]
+
+
+# --------------------------------------------------------------------------- running
+
+Database = Session | psycopg.Connection[Any]
+
+
+def query_rows(db: Database, sql: str, params: dict[str, Any]) -> list[Any]:
+    """Run one search statement, in the session's transaction or on a direct connection,
+    never as a prepared statement: psycopg prepares a statement after a few runs, and a
+    prepared statement may switch to a generic plan, made once for every tenant, when the
+    right plan depends on the tenant's size. Unprepared, every run is planned for its own
+    parameters."""
+    conn = db.connection().connection.driver_connection if isinstance(db, Session) else db
+    cursor = cast(psycopg.Connection[Any], conn).cursor(row_factory=namedtuple_row)
+    return cursor.execute(sql, params, prepare=False).fetchall()
+
+
+@contextmanager
+def _transaction_for(db: Database, *, needed: bool) -> Iterator[None]:
+    """A transaction around statements that share transaction-local settings, when the
+    connection would otherwise commit after each one."""
+    if needed and isinstance(db, psycopg.Connection) and db.autocommit:
+        with db.transaction():
+            yield
+    else:
+        yield

@@ -402,6 +402,14 @@ def _rerank_terms(text: str, *, question: bool) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=8192)
+def _passage_terms(text: str) -> tuple[frozenset[str], str]:
+    """A passage's terms, as a set and joined in order: the same knowledge-base chunks come
+    back for many questions, so each one is analysed once per process."""
+    sequence = _rerank_terms(text, question=False)
+    return frozenset(sequence), f" {' '.join(sequence)} "
+
+
 class LocalReranker:
     """Coverage of the question's terms by the passage, weighted towards rare terms.
 
@@ -421,19 +429,17 @@ class LocalReranker:
         terms = list(dict.fromkeys(_rerank_terms(query, question=True)))
         if not terms or not documents:
             return [0.0 for _ in documents]
-        in_order = [_rerank_terms(doc, question=False) for doc in documents]
-        doc_terms = [set(found) for found in in_order]
+        passages = [_passage_terms(doc) for doc in documents]
         # Terms found in every candidate explain little; weight by in-candidate rarity.
         weights = {
-            t: 1.0 + math.log((1 + len(documents)) / (1 + sum(t in d for d in doc_terms)))
+            t: 1.0 + math.log((1 + len(documents)) / (1 + sum(t in d for d, _ in passages)))
             for t in terms
         }
         total = sum(weights.values())
         pairs = [f" {a} {b} " for a, b in itertools.pairwise(terms)]
         scores = []
-        for present, sequence in zip(doc_terms, in_order, strict=True):
+        for present, joined in passages:
             covered = sum(weights[t] for t in terms if t in present) / total
-            joined = f" {' '.join(sequence)} "
             pair_bonus = sum(pair in joined for pair in pairs) / len(pairs) if pairs else 0.0
             scores.append(round(min(1.0, 0.85 * covered + 0.15 * pair_bonus), 4))
         return scores

@@ -6,6 +6,8 @@ Worker tasks call exactly one of these; each runs its stage and publishes what f
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from shared.dispatch import publish_agent, publish_now
 from shared.errors import BrokerUnavailable
@@ -27,12 +29,20 @@ def orchestrate(turn_id: str, origin: StageOrigin) -> dict[str, object]:
 
 
 def research(turn_id: str, origin: StageOrigin) -> dict[str, object]:
+    """The researcher's committed output as the merge routes on it (the hits stay in the
+    turn's row, where the agent reads them)."""
     result = run_researcher(turn_id, origin)
-    return {"kb_information_level": result.kb_information_level.value, "hits": len(result.hits)}
+    return {
+        "kb_information_level": result.kb_information_level.value,
+        "retrieval_failed": result.retrieval_failed,
+        "hits": len(result.hits),
+    }
 
 
-def route(turn_id: str, origin: StageOrigin) -> dict[str, object]:
-    routed = run_merge(turn_id, origin)
+def route(
+    turn_id: str, origin: StageOrigin, header_outputs: Sequence[Any] = ()
+) -> dict[str, object]:
+    routed = run_merge(turn_id, origin, header_outputs)
     if routed is None:
         return {"status": "ended"}
     decision, agent_retrieves = routed

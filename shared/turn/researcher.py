@@ -6,7 +6,7 @@ import logging
 import time
 
 from shared.config import get_settings
-from shared.db.session import session_scope
+from shared.db.direct import direct_connection
 from shared.db.turns import TurnRecord
 from shared.errors import ChordlineError
 from shared.kb.levels import level_for
@@ -49,9 +49,9 @@ def research_question(
     providers = get_providers()
     kb = get_settings().kb
     vector = providers.embedder.embed([question], usage=usage, deadline=deadline)[0]
-    with session_scope() as session:
+    with direct_connection() as conn:
         candidates = hybrid_search(
-            session,
+            conn,
             tenant_id=tenant_id,
             question=question,
             vector=vector,

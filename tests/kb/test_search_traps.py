@@ -1,6 +1,6 @@
 """The pgvector traps of a tenant-filtered search, each handled on purpose and shown here:
 iterative scan, exact search for small tenants, the HNSW index for large ones (PLAIN
-storage), and custom plans for prepared statements."""
+storage), and search statements that are never prepared, so never planned generically."""
 
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ def skewed(services: None) -> Iterator[dict[str, str]]:
 
 
 def plan(session: Session, sql: str, params: dict[str, object]) -> str:
-    rows = session.execute(text(f"EXPLAIN {sql}"), params).scalars()
-    return "\n".join(rows)
+    rows = search.query_rows(session, f"EXPLAIN {sql}", params)
+    return "\n".join(row[0] for row in rows)
 
 
 def query_vector(size: str, tenant_id: str) -> str:
@@ -94,17 +94,17 @@ def test_a_small_tenant_gets_its_full_top_k_from_the_graph_with_iterative_scan(
     candidates without iterative scan; for a question on what the large tenant documents,
     most of those belong to the large tenant and are filtered out."""
     params = {"t": skewed["small"], "v": query_vector("large", skewed["large"]), "k": 40}
-    sql = text(semantic_sql(STORE, exact=False))
+    sql = semantic_sql(STORE, exact=False)
     with session_scope() as session:
         session.execute(text("SET LOCAL enable_sort = off"))  # only the HNSW index can order
         session.execute(text("SET LOCAL hnsw.iterative_scan = off"))
         session.execute(text("SET LOCAL hnsw.ef_search = 40"))
         assert HNSW_INDEX in plan(session, semantic_sql(STORE, exact=False), params)
-        without = session.execute(sql, params).all()
+        without = search.query_rows(session, sql, params)
     with session_scope() as session:
         session.execute(text("SET LOCAL enable_sort = off"))
         configure_hnsw(session, ef_search=40, limit=40)
-        with_iterative = session.execute(sql, params).all()
+        with_iterative = search.query_rows(session, sql, params)
     assert len(without) < 20  # the trap is real on this data...
     assert len(with_iterative) == 40  # ...and iterative scan fills the top k
 
@@ -155,29 +155,33 @@ def test_index_search_finds_what_exact_search_finds(skewed: dict[str, str]) -> N
     assert sum(recalls) / len(recalls) >= 0.9
 
 
-def test_prepared_statements_keep_custom_plans(skewed: dict[str, str]) -> None:
-    """After five executions a prepared statement may switch to a generic plan that cannot
-    see which tenant it serves; chordline's connections forbid that."""
-    sql = f"SELECT chunk_id FROM {STORE.table} WHERE tenant_id = $1 LIMIT 1"
-    raw = get_engine().raw_connection()
-    try:
-        cursor = raw.cursor()
-        cursor.execute("SHOW plan_cache_mode")
-        assert cursor.fetchone()[0] == "force_custom_plan"
-        cursor.execute(f"PREPARE tenant_rows(text) AS {sql}")
+def test_search_statements_are_never_prepared_so_each_is_planned_for_its_tenant(
+    skewed: dict[str, str],
+) -> None:
+    """psycopg prepares a statement after five runs on a connection, and a prepared
+    statement may switch to a generic plan that cannot see which tenant it serves. Searches
+    run unprepared: after many on one connection, none is among its prepared statements,
+    while the turn's own statements (plans that do not depend on the tenant) are."""
+    rng = random.Random(5)
+    tenant = tenant_like("small", skewed["small"])
+    with session_scope() as session:
         for _ in range(8):
-            cursor.execute(f"EXECUTE tenant_rows('{skewed['small']}')")
-        cursor.execute(f"EXPLAIN EXECUTE tenant_rows('{skewed['small']}')")
-        custom = "\n".join(r[0] for r in cursor.fetchall())
-        cursor.execute("SET plan_cache_mode = force_generic_plan")  # what the default may do
-        cursor.execute(f"EXPLAIN EXECUTE tenant_rows('{skewed['small']}')")
-        generic = "\n".join(r[0] for r in cursor.fetchall())
-        cursor.execute("DEALLOCATE tenant_rows")
-        raw.rollback()
-    finally:
-        raw.invalidate()  # its settings were changed: never hand it back to the pool
-    assert skewed["small"] in custom and "$1" not in custom
-    assert "$1" in generic
+            asked = question(tenant, rng)
+            hybrid_search(
+                session,
+                tenant_id=skewed["small"],
+                question=asked,
+                vector=EMBEDDER.embed([asked])[0],
+                store=STORE,
+                limit=10,
+                exact_below=500,
+                ef_search=40,
+            )
+            session.execute(text("SELECT 1 FROM tenants WHERE id = :t"), {"t": skewed["small"]})
+        prepared = session.execute(text("SELECT statement FROM pg_prepared_statements")).scalars()
+        statements = list(prepared)
+    assert any("FROM tenants" in statement for statement in statements)  # psycopg did prepare
+    assert not any(STORE.table in statement for statement in statements), statements
 
 
 def test_the_text_half_of_a_large_tenant_leaves_out_terms_in_too_many_rows(

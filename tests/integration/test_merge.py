@@ -1,0 +1,98 @@
+"""The merge routes on the outputs the chord hands it, and on the turn's row without them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from shared.db.direct import direct_connection
+from shared.db.turns import accept_turn
+from shared.errors import StageConflict
+from shared.schemas import Agent
+from shared.turn.merge import outputs_from_headers, run_merge
+from shared.turn.stage import StageOrigin, read_turn
+
+pytestmark = pytest.mark.integration
+
+ORCHESTRATION = {
+    "phase": "technical_evaluation",
+    "intent": "integration",
+    "proposed_agent": "technical_consultant",
+    "confidence": 0.9,
+    "handoff": False,
+    "fallback_reason": None,
+}
+
+
+def _accepted_turn(tenant: str) -> str:
+    """A turn whose header stages have not written anything to its row."""
+    turn_id = str(uuid.uuid4())
+    with direct_connection() as conn:
+        accept_turn(
+            conn,
+            turn_id=turn_id,
+            tenant_id=tenant,
+            conversation=f"c-{uuid.uuid4().hex[:8]}",
+            message="Does it integrate with NetSuite?",
+            topology="parallel",
+            idempotency_key=None,
+            accepted_at=time.time(),
+            stage_deadline_s=60,
+            reject_when_busy=False,
+        )
+    return turn_id
+
+
+def test_the_merge_routes_on_the_header_outputs_without_reading_them_from_the_row(
+    services: None, tenant: str
+) -> None:
+    turn_id = _accepted_turn(tenant)
+    missing = {"kb_information_level": "MISSING", "retrieval_failed": False, "hits": 0}
+    # in either order: the chord's results may come in the order the headers finished
+    routed = run_merge(turn_id, StageOrigin.here(), [missing, ORCHESTRATION])
+    assert routed is not None
+    decision, agent_retrieves = routed
+    assert decision.next_agent is Agent.ADAPTIVE_RESPONSE  # knowledge-bound, kb MISSING
+    assert "MISSING" in decision.routing_reason and agent_retrieves is False
+    row = read_turn(turn_id)
+    assert (row.status, row.next_agent) == ("routed", "adaptive_response")
+    # a second delivery of the merge finds the route written and sends the same agent
+    again = run_merge(turn_id, StageOrigin.here(), [ORCHESTRATION, missing])
+    assert again is not None and again[0] == decision
+
+
+def test_without_header_outputs_the_merge_reads_the_row_and_refuses_a_turn_without_them(
+    services: None, tenant: str
+) -> None:
+    turn_id = _accepted_turn(tenant)
+    with pytest.raises(StageConflict, match="without both stage outputs"):
+        run_merge(turn_id, StageOrigin.here())
+
+
+@pytest.mark.parametrize(
+    "results",
+    [
+        [],
+        [ORCHESTRATION],
+        [{"kb_information_level": "ACCURATE"}],
+        [ORCHESTRATION, {"kb_information_level": "SOMEWHAT"}],
+        [{**ORCHESTRATION, "proposed_agent": "oracle"}, {"kb_information_level": "ACCURATE"}],
+        "not a list",
+    ],
+)
+def test_incomplete_or_invalid_header_outputs_send_the_merge_to_the_row(results: object) -> None:
+    assert outputs_from_headers(results) is None  # type: ignore[arg-type]
+
+
+def test_the_chord_hands_the_header_results_to_the_merge() -> None:
+    from celery import Celery
+
+    from shared.contract import MERGE_TASK, turn_workflow
+    from shared.schemas import Topology
+
+    workflow = turn_workflow(Celery(set_as_current=False), turn_id="t", topology=Topology.PARALLEL)
+    assert workflow.body.name == MERGE_TASK
+    assert not workflow.body.immutable  # an immutable callback would get no results
+    assert all(header.immutable for header in workflow.tasks)  # headers take only the id
