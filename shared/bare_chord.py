@@ -129,8 +129,11 @@ def finished_turns() -> dict[str, tuple[float, float]]:
     return done
 
 
-def finished_count() -> int:
-    return int(_done_store().hlen(DONE_KEY))
+def all_finished(turn_ids: list[str]) -> bool:
+    if not turn_ids:
+        return True
+    found: list[Any] = _done_store().hmget(DONE_KEY, turn_ids)
+    return all(value is not None for value in found)
 
 
 def forget_finished() -> None:

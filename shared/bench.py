@@ -19,12 +19,13 @@ kind.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,9 @@ SIMULATED_ENV = {"CHORDLINE_PROVIDERS": "simulated", "CHORDLINE_SIMULATED_LATENC
 MAX_RATE = 1000.0  # turns per second
 MAX_DURATION_S = 3600.0
 WARM_UP_S = 2.0  # of arrivals at the run's rate before each measured run: pools fill up
+WARM_UP_FIRST_INDEX = 1_000_000  # warm-up turns get messages of their own
+ROUND_S = 10.0
+MAX_ROUNDS = 100
 DRAIN_TIMEOUT_S = 120.0
 BASELINE = "baseline"
 SYSTEMS = (BASELINE, Topology.PARALLEL.value, Topology.SEQUENTIAL.value)
@@ -131,11 +135,12 @@ def prepare_bench_tenants() -> dict[Topology, str]:
 Submit = Callable[[int, str], str]  # (index, message) -> turn id
 
 
-def drive(offsets: list[float], submit: Submit) -> list[Arrival]:
-    """Submit one turn per offset on the open-loop schedule."""
+def drive(offsets: list[float], submit: Submit, *, first_index: int = 0) -> list[Arrival]:
+    """Submit one turn per offset on the open-loop schedule; turn ``i`` gets message
+    ``first_index + i``."""
     arrivals = []
     wall_start, clock_start = time.time() + 0.2, time.perf_counter() + 0.2
-    for index, offset in enumerate(offsets):
+    for index, offset in enumerate(offsets, start=first_index):
         delay = clock_start + offset - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
@@ -170,9 +175,10 @@ def wait_until_ended(turn_ids: list[str], timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def wait_until_bare_finished(count: int, timeout_s: float) -> None:
+def wait_until_bare_finished(arrivals: list[Arrival], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while bare_chord.finished_count() < count and time.monotonic() < deadline:
+    ids = [a.turn_id for a in arrivals]
+    while not bare_chord.all_finished(ids) and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
@@ -235,13 +241,10 @@ def chordline_ended(topology: Topology, arrivals: list[Arrival]) -> dict[str, tu
     }
 
 
-def _process_kinds(group: ProcessGroup, names: dict[str, str]) -> dict[str, Processes]:
-    """The processes to meter: this client, each queue's worker, Postgres and Redis when
-    they run on this machine."""
+def _server_kinds() -> dict[str, Processes]:
+    """Postgres and Redis, when they run on this machine."""
     settings = get_settings()
-    kinds = {"client": Processes((os.getpid(),), descendants=False)}
-    for name, kind in names.items():
-        kinds[kind] = Processes((group.processes[name].pid,))
+    kinds = {}
     for kind, url in (("postgres", settings.database_url), ("redis", settings.redis_url)):
         pid = listener_pid(url)
         if pid is not None:
@@ -249,73 +252,92 @@ def _process_kinds(group: ProcessGroup, names: dict[str, str]) -> dict[str, Proc
     return kinds
 
 
-@contextmanager
-def _metered(kinds: dict[str, Processes], into: dict[str, float]) -> Iterator[None]:
-    meter = CpuMeter(kinds)
-    meter.start()
-    yield
-    into.update(meter.stop())
+@dataclass
+class System:
+    """One of the systems a run compares: how to submit a turn, wait for turns, read when
+    they ended, and which processes serve it."""
+
+    name: str
+    submit: Submit
+    wait: Callable[[list[Arrival]], None]
+    ended: Callable[[list[Arrival]], dict[str, tuple[float, float]]]
+    processes: dict[str, Processes]
+    arrivals: list[Arrival] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    def run(self, offsets: list[float], *, first_index: int) -> None:
+        """Drive ``offsets`` and wait for every turn to end, metering CPU meanwhile."""
+        meter = CpuMeter(self.processes)
+        meter.start()
+        arrivals = drive(offsets, self.submit, first_index=first_index)
+        self.wait(arrivals)
+        for kind, seconds in meter.stop().items():
+            self.cpu_s[kind] = self.cpu_s.get(kind, 0.0) + seconds
+        self.arrivals.extend(arrivals)
 
 
-def _warm_up_offsets(rate: float) -> list[float]:
-    return poisson_offsets(rate, WARM_UP_S, seed=1) or [0.0]
-
-
-def run_baseline(
-    *, rate: float, offsets: list[float], progress: Console | None
-) -> tuple[dict[str, Any], Samples, dict[str, float]]:
-    commands = bare_chord.worker_commands()
-    names = {name: name.removeprefix(bare_chord.QUEUE_PREFIX) for name in commands}
-    cpu: dict[str, float] = {}
-    with running_workers(
-        list(commands), commands=commands, env_overrides=SIMULATED_ENV, log_dir=_log_dir()
-    ) as group:
-        bare_chord.forget_finished()
-        warm = drive(_warm_up_offsets(rate), bare_submit)
-        wait_until_bare_finished(len(warm), DRAIN_TIMEOUT_S)
-        bare_chord.forget_finished()
-        _announce(progress, BASELINE, offsets, rate)
-        with _metered(_process_kinds(group, names), cpu):
-            arrivals = drive(offsets, bare_submit)
-            wait_until_bare_finished(len(arrivals), DRAIN_TIMEOUT_S)
-        ended = bare_chord.finished_turns()
-        bare_chord.forget_finished()
-    summary, samples = summarise(arrivals, ended)
-    return summary, samples, cpu
-
-
-def run_chordline(
-    *, rate: float, offsets: list[float], progress: Console | None
-) -> dict[Topology, tuple[dict[str, Any], Samples, dict[str, float]]]:
+def _chordline_systems(group: ProcessGroup, tag: str) -> list[System]:
     tenants = prepare_bench_tenants()
-    tag = uuid.uuid4().hex[:8]
-    runs = {}
-    with running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV, log_dir=_log_dir()) as group:
-        kinds = _process_kinds(group, {name: name for name in TURN_PROCESSES})
-        for topology in (Topology.PARALLEL, Topology.SEQUENTIAL):
-            tenant = tenants[topology]
-            warm = drive(_warm_up_offsets(rate), chordline_submit(tenant, f"{tag}-warm"))
-            flush_dispatch()
-            wait_until_ended([a.turn_id for a in warm], DRAIN_TIMEOUT_S)
-            _announce(progress, topology.value, offsets, rate)
-            cpu: dict[str, float] = {}
-            with _metered(kinds, cpu):
-                arrivals = drive(offsets, chordline_submit(tenant, f"{tag}-{topology.value}"))
-                flush_dispatch()
-                wait_until_ended([a.turn_id for a in arrivals], DRAIN_TIMEOUT_S)
-            summary, samples = summarise(arrivals, chordline_ended(topology, arrivals))
-            runs[topology] = (summary, samples, cpu)
-    return runs
+    processes = {
+        "client": Processes((os.getpid(),), descendants=False),
+        **{name: Processes((group.processes[name].pid,)) for name in TURN_PROCESSES},
+        **_server_kinds(),
+    }
+
+    def wait(arrivals: list[Arrival]) -> None:
+        flush_dispatch()
+        wait_until_ended([a.turn_id for a in arrivals], DRAIN_TIMEOUT_S)
+
+    return [
+        System(
+            name=topology.value,
+            submit=chordline_submit(tenants[topology], f"{tag}-{topology.value}"),
+            wait=wait,
+            ended=functools.partial(chordline_ended, topology),
+            processes=processes,
+        )
+        for topology in (Topology.PARALLEL, Topology.SEQUENTIAL)
+    ]
+
+
+def _baseline_system(group: ProcessGroup) -> System:
+    bare_chord.forget_finished()
+    servers = _server_kinds()
+    processes = {
+        "client": Processes((os.getpid(),), descendants=False),
+        **{
+            name.removeprefix(bare_chord.QUEUE_PREFIX): Processes((process.pid,))
+            for name, process in group.processes.items()
+        },
+        **({"redis": servers["redis"]} if "redis" in servers else {}),
+    }
+    return System(
+        name=BASELINE,
+        submit=bare_submit,
+        wait=lambda arrivals: wait_until_bare_finished(arrivals, DRAIN_TIMEOUT_S),
+        ended=lambda arrivals: bare_chord.finished_turns(),
+        processes=processes,
+    )
+
+
+def segments(offsets: list[float], rounds: int) -> list[list[float]]:
+    """The arrival schedule cut into ``rounds`` consecutive parts, each starting at 0."""
+    if not offsets:
+        return [[] for _ in range(rounds)]
+    span = offsets[-1] + 1e-9
+    parts: list[list[float]] = [[] for _ in range(rounds)]
+    for offset in offsets:
+        parts[min(rounds - 1, int(offset / span * rounds))].append(offset)
+    return [[o - i * span / rounds for o in part] for i, part in enumerate(parts)]
 
 
 def _log_dir() -> Any:
     return get_settings().data_dir / "logs" / "bench"
 
 
-def _announce(progress: Console | None, system: str, offsets: list[float], rate: float) -> None:
-    if progress:
-        duration = offsets[-1] if offsets else 0.0
-        progress.print(f"{system}: {len(offsets)} turns at {rate:g}/s over {duration:.0f} s")
+def default_rounds(duration_s: float) -> int:
+    """Rounds of about ten seconds of arrivals each."""
+    return max(1, round(duration_s / ROUND_S))
 
 
 def run_bench(
@@ -324,33 +346,104 @@ def run_bench(
     duration_s: float,
     seed: int,
     baseline: bool = False,
+    rounds: int | None = None,
     progress: Console | None = None,
 ) -> BenchRun:
+    """Every system gets the same arrivals. The schedule is cut into rounds, and the
+    systems take turns round by round (each round in a rotated order, each system's turns
+    drained before the next system starts), so that a machine whose speed drifts during
+    the run favours none of them."""
     offsets = poisson_offsets(rate, duration_s, seed)  # checks the load before anything runs
-    summary: dict[str, Any] = {"rate": rate}
+    rounds = check_rounds(rounds if rounds is not None else default_rounds(duration_s))
+    tag = uuid.uuid4().hex[:8]
+    with contextlib.ExitStack() as stack:
+        chordline = stack.enter_context(
+            running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV, log_dir=_log_dir())
+        )
+        systems = _chordline_systems(chordline, tag)
+        if baseline:
+            commands = bare_chord.worker_commands()
+            bare = stack.enter_context(
+                running_workers(
+                    list(commands),
+                    commands=commands,
+                    env_overrides=SIMULATED_ENV,
+                    log_dir=_log_dir(),
+                )
+            )
+            systems.insert(0, _baseline_system(bare))
+        _warm_up(systems, rate, tag)
+        first_index = 0
+        for number, part in enumerate(segments(offsets, rounds)):
+            order = systems[number % len(systems) :] + systems[: number % len(systems)]
+            for system in order:
+                _announce(progress, system.name, part, rate, number, rounds)
+                system.run(part, first_index=first_index)
+            first_index += len(part)
+        results = {system.name: (system, system.ended(system.arrivals)) for system in systems}
+    return _bench_result(rate, len(offsets), rounds, results)
+
+
+def _warm_up(systems: list[System], rate: float, tag: str) -> None:
+    """Each system serves a couple of seconds of arrivals first, unmeasured: pools fill."""
+    for system in systems:
+        warm = System(
+            name=system.name,
+            submit=system.submit,
+            wait=system.wait,
+            ended=system.ended,
+            processes={},
+        )
+        warm.run(_warm_up_offsets(rate), first_index=WARM_UP_FIRST_INDEX)
+    if any(system.name == BASELINE for system in systems):
+        bare_chord.forget_finished()
+
+
+def _bench_result(
+    rate: float, turns: int, rounds: int, results: dict[str, tuple[System, Any]]
+) -> BenchRun:
+    summary: dict[str, Any] = {"rate": rate, "rounds": rounds}
     samples: dict[str, Samples] = {}
     cpu_ms: dict[str, dict[str, float]] = {}
-    if baseline:
-        summary[BASELINE], samples[BASELINE], cpu = run_baseline(
-            rate=rate, offsets=offsets, progress=progress
-        )
-        cpu_ms[BASELINE] = ms_per_unit(cpu, len(offsets))
-    for topology, (run, run_samples, cpu) in run_chordline(
-        rate=rate, offsets=offsets, progress=progress
-    ).items():
-        summary[topology.value], samples[topology.value] = run, run_samples
-        cpu_ms[topology.value] = ms_per_unit(cpu, len(offsets))
+    for name, (system, ended) in results.items():
+        summary[name], samples[name] = summarise(system.arrivals, ended)
+        cpu_ms[name] = ms_per_unit(system.cpu_s, turns)
     par, seq = summary["parallel"], summary["sequential"]
     summary["ideal_saving_ms"] = round(seq["_mean_ideal_ms"] - par["_mean_ideal_ms"], 1)
     summary["measured_saving_ms"] = round(seq["_mean_latency_ms"] - par["_mean_latency_ms"], 1)
-    for system in SYSTEMS:
-        if system in summary:
-            summary[system].pop("_mean_ideal_ms")
-            summary[system].pop("_mean_latency_ms")
+    for name in results:
+        summary[name].pop("_mean_ideal_ms")
+        summary[name].pop("_mean_latency_ms")
     summary["cpu_ms_per_turn"] = cpu_ms
-    if baseline:
+    if BASELINE in results:
         summary["vs_baseline"] = versus_baseline(summary)
     return BenchRun(summary=summary, samples=samples)
+
+
+def check_rounds(rounds: int) -> int:
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise InvalidInput("--rounds", f"is {rounds}; it must be from 1 to {MAX_ROUNDS}")
+    return rounds
+
+
+def _warm_up_offsets(rate: float) -> list[float]:
+    return poisson_offsets(rate, WARM_UP_S, seed=1) or [0.0]
+
+
+def _announce(
+    progress: Console | None,
+    system: str,
+    offsets: list[float],
+    rate: float,
+    number: int,
+    rounds: int,
+) -> None:
+    if progress:
+        duration = offsets[-1] if offsets else 0.0
+        progress.print(
+            f"round {number + 1}/{rounds}, {system}: {len(offsets)} turns at {rate:g}/s "
+            f"over {duration:.0f} s"
+        )
 
 
 def versus_baseline(summary: dict[str, Any]) -> dict[str, float]:

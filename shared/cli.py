@@ -208,6 +208,13 @@ def bench(
         Path | None,
         typer.Option(help="Draw the latency CDFs of every system into this PNG file."),
     ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            help="Cut the arrivals into this many rounds, which the systems take in turn "
+            "(default: one per 10 s of duration).",
+        ),
+    ] = None,
 ) -> None:
     """Open-loop benchmark of both topologies with simulated stage latencies, and CPU
     milliseconds per turn of every process."""

@@ -170,9 +170,7 @@ def plan_search(
     return SearchPlan(exact=rows < exact_below, scan_text=rows < TEXT_SCAN_BELOW)
 
 
-def use_exact_search(
-    db: Database, *, store: VectorStore, tenant_id: str, exact_below: int
-) -> bool:
+def use_exact_search(db: Database, *, store: VectorStore, tenant_id: str, exact_below: int) -> bool:
     return plan_search(db, store=store, tenant_id=tenant_id, exact_below=exact_below).exact
 
 
