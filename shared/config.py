@@ -384,6 +384,9 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "console"] = Field(default="json", alias="CHORDLINE_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CHORDLINE_LOG_LEVEL")
+    # How long an agent's reply tokens may wait to share a round trip to Redis (and one
+    # stream entry): the first token of a quiet moment goes out at once.
+    stream_tick_ms: float = Field(default=50.0, ge=1, le=1000, alias="CHORDLINE_STREAM_TICK_MS")
 
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared.config import get_settings
 from shared.redis_conn import get_redis
 
 log = logging.getLogger(__name__)
@@ -72,16 +73,17 @@ class _StreamWriter:
     """Appends stream entries of every agent thread in this process, in batches.
 
     An entry is handed to a background thread, which sends whatever has accumulated as one
-    pipeline, then waits a tick (20 ms) before the next send. The first token of a quiet
-    moment goes out at once; under load, many streams share one round trip instead of each
-    token paying its own, and the tokens of one stream that arrived within a tick travel as
-    one entry. Entries of one stream keep their order (one sender at a time). Streaming is
-    best effort: the reply itself is committed in Postgres.
+    pipeline, then waits a tick (``CHORDLINE_STREAM_TICK_MS``, 50 ms) before the next send.
+    The first token of a quiet moment goes out at once; under load, many streams share one
+    round trip instead of each token paying its own, and the tokens of one stream that
+    arrived within a tick travel as one entry (model APIs send a chunk every few tens of
+    milliseconds; a reader sees text at most a tick later than the API sent it). Entries of
+    one stream keep their order (one sender at a time). Streaming is best effort: the reply
+    itself is committed in Postgres.
     """
 
-    TICK_S = 0.02
-
-    def __init__(self) -> None:
+    def __init__(self, tick_s: float) -> None:
+        self.tick_s = tick_s
         self._pending: list[_Entry] = []
         self._untimed: set[str] = set()  # streams begun whose first token has not gone out
         self._lock = threading.Lock()
@@ -139,7 +141,7 @@ class _StreamWriter:
                     "reply tokens not streamed",
                     extra={"action": "stream_failed", "reason": type(exc).__name__},
                 )
-            time.sleep(self.TICK_S)
+            time.sleep(self.tick_s)
 
 
 def _coalesced(batch: list[_Entry]) -> list[_Entry]:
@@ -177,7 +179,8 @@ def _stream_writer() -> _StreamWriter:
     global _writer, _writer_pid
     with _writer_lock:
         if _writer is None or _writer_pid != os.getpid():
-            _writer, _writer_pid = _StreamWriter(), os.getpid()
+            _writer = _StreamWriter(get_settings().stream_tick_ms / 1000)
+            _writer_pid = os.getpid()
         return _writer
 
 

@@ -115,9 +115,9 @@ def chat_calls(apis: ModelApis) -> list[bool]:
 
 
 def test_a_turn_runs_on_the_model_apis_end_to_end(apis: ModelApis) -> None:
-    # tokens paced as a model sends them at speed (the stream writer joins the tokens that
-    # arrive within one of its 20 ms ticks into one entry)
-    apis.openai.script("stream", Reply(token_delay_s=0.04))
+    # tokens paced as a model sends them (the stream writer joins the tokens that arrive
+    # within one of its ticks, 50 ms by default, into one entry)
+    apis.openai.script("stream", Reply(token_delay_s=0.08))
     turn_id = enqueue_turn(apis.tenant, "c-normal", TECHNICAL)
     tokens = [e.text for e in stream_turn(turn_id, timeout=BUDGET_S + 30) if e.kind == "token"]
     view = wait_for_turn(turn_id, timeout=10)
