@@ -208,6 +208,13 @@ def bench(
         Path | None,
         typer.Option(help="Draw the latency CDFs of every system into this PNG file."),
     ] = None,
+    topology: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--topology",
+            help="Only this topology (repeat for several; default: parallel and sequential).",
+        ),
+    ] = None,
     rounds: Annotated[
         int | None,
         typer.Option(
@@ -218,14 +225,30 @@ def bench(
 ) -> None:
     """Open-loop benchmark of both topologies with simulated stage latencies, and CPU
     milliseconds per turn of every process."""
-    from shared.bench import plot_cdfs, print_bench_table, run_bench
+    from shared.bench import TOPOLOGIES, plot_cdfs, print_bench_table, run_bench
+    from shared.schemas import Topology
 
+    known = [t.value for t in TOPOLOGIES]
+    for name in topology or []:
+        if name not in known:
+            raise typer.BadParameter(
+                f"{name!r} is not one of {', '.join(known)}", param_hint="--topology"
+            )
+    chosen = tuple(Topology(name) for name in dict.fromkeys(topology or known))
     if plot is not None and plot.suffix.lower() != ".png":
         raise typer.BadParameter(f"{plot} does not end in .png", param_hint="--plot")
     if plot is not None and not plot.resolve().parent.is_dir():
         raise typer.BadParameter(f"{plot.parent} is not a folder", param_hint="--plot")
     with needed_services():
-        run = run_bench(rate=rate, duration_s=duration, seed=seed, baseline=baseline, progress=err)
+        run = run_bench(
+            rate=rate,
+            duration_s=duration,
+            seed=seed,
+            baseline=baseline,
+            rounds=rounds,
+            topologies=chosen,
+            progress=err,
+        )
     if plot is not None:
         plot_cdfs(run, plot)
         err.print(f"latency CDFs written to {plot}")

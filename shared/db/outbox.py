@@ -46,7 +46,7 @@ def claim_undispatched(
     Rows are locked with SKIP LOCKED, so relays on several machines never take the same one.
     """
     rows = session.execute(
-        select(TurnOutbox.id, TurnOutbox.turn_id, Turn.topology)
+        select(TurnOutbox.turn_id, Turn.topology)
         .join(Turn, Turn.id == TurnOutbox.turn_id)
         .where(
             TurnOutbox.dispatched_at.is_(None),

@@ -107,7 +107,7 @@ def test_a_turn_out_of_attempts_fails_with_a_reason_and_frees_its_conversation(
     # the next turn of the conversation may run now, and its dispatch intent is durable
     assert rows[waiting].status == "queued"
     with session_scope() as session:
-        assert session.scalar(select(TurnOutbox.id).where(TurnOutbox.turn_id == uuid.UUID(waiting)))
+        assert session.scalar(select(TurnOutbox.turn_id).where(TurnOutbox.turn_id == uuid.UUID(waiting)))
 
 
 def test_relays_on_several_machines_leave_no_intent_behind(services: None, tenant: str) -> None:
@@ -224,7 +224,7 @@ def test_a_next_turn_the_broker_refuses_is_left_to_the_relay_and_the_agent_succe
     assert result["ended"] is True and result["next_turn"] == waiting  # no retry of this task
     with session_scope() as session:
         intent = session.execute(
-            select(TurnOutbox.id, TurnOutbox.dispatched_at).where(
+            select(TurnOutbox.turn_id, TurnOutbox.dispatched_at).where(
                 TurnOutbox.turn_id == uuid.UUID(waiting)
             )
         ).one()  # written with the first turn's reply

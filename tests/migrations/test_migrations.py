@@ -38,6 +38,16 @@ def test_upgrade_head_on_an_empty_database_matches_the_models(services: None) ->
             ).all()
             # PLAIN in every vector table: the planner can cost the HNSW index correctly
             assert len(storage) >= 2 and {s for _, s in storage} == {"p"}
+            # room on each page for the stages' in-place (HOT) updates
+            options = dict(
+                conn.execute(
+                    text(
+                        "SELECT relname, reloptions FROM pg_class "
+                        "WHERE relname IN ('turns', 'conversations')"
+                    )
+                ).all()
+            )
+            assert options == {"turns": ["fillfactor=70"], "conversations": ["fillfactor=70"]}
             diff = compare_metadata(
                 MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
             )
