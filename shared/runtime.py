@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 
 from shared.config import get_settings, reset_settings
+from shared.db.direct import dispose_direct_pool
 from shared.db.session import dispose_engine
 from shared.dispatch import reset_dispatch_app
 from shared.embedded import EmbeddedServices, ensure_services
@@ -37,6 +38,7 @@ def reset_process_state() -> None:
     """Forget cached settings and the connections made from them."""
     reset_settings()
     dispose_engine()
+    dispose_direct_pool()
     reset_redis()
     reset_dispatch_app()
     reset_providers()
@@ -62,6 +64,7 @@ def services(
     finally:
         if not keep:
             dispose_engine()
+            dispose_direct_pool()
             reset_redis()
             embedded.stop_started()
             if embedded.postgres and embedded.postgres.started_here:

@@ -94,7 +94,8 @@ class _StreamWriter:
     def append(self, entry: _Entry) -> None:
         with self._lock:
             self._pending.append(entry)
-        self._wakeup.set()
+        if not self._wakeup.is_set():  # set already: the sender has not taken the batch yet
+            self._wakeup.set()
 
     def flush(self) -> None:
         """Send everything appended so far, before returning."""

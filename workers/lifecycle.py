@@ -12,6 +12,7 @@ import redis
 from celery import signals
 
 from shared.config import get_settings
+from shared.db.direct import dispose_direct_pool
 from shared.db.session import dispose_engine
 from shared.logs import logging_config
 from shared.providers.registry import reset_providers, warm_providers
@@ -38,6 +39,7 @@ def _fresh_resources_after_fork(**_: Any) -> None:
     # A forked child must not use its parent's sockets (SQLAlchemy pooling docs): drop
     # them; the engine and the Redis pool are made again on first use in this process.
     dispose_engine()
+    dispose_direct_pool()
     reset_redis()
     reset_providers()  # their HTTP clients too
     freeze_startup_objects()

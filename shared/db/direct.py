@@ -1,12 +1,13 @@
 """Plain SQL on the turn's hot path: one statement, one round trip.
 
 Every turn runs a few statements per stage. Through an ORM session each of them also costs a
-``BEGIN`` and a ``COMMIT`` round trip, and SQLAlchemy's statement and result processing.
+``BEGIN`` and a ``COMMIT`` round trip, and SQLAlchemy's statement, result and pool
+processing (a checkout and check-in of its pool alone cost more CPU than a ``SELECT 1``).
 The hot path instead runs each statement on its own, in autocommit mode (a single
-statement is its own transaction, atomic however many rows its CTEs touch), on a psycopg
-connection borrowed from the process's one SQLAlchemy pool: the same connections, sizes and
-connect-time settings as everything else. psycopg prepares a statement on a connection
-after it has run a few times there, so Postgres parses each of them once per connection.
+statement is its own transaction, atomic however many rows its CTEs touch), on psycopg
+connections kept in a small pool of their own, always in autocommit mode. psycopg prepares
+a statement on a connection after it has run a few times there, so Postgres parses each of
+them once per connection.
 
 A statement that needs to be ordered after a lock taken by another runs in one transaction
 with it, sent as one pipeline (``transaction_pipeline``): still one round trip.
@@ -14,33 +15,97 @@ with it, sent as one pipeline (``transaction_pipeline``): still one round trip.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
+from sqlalchemy.engine import make_url
 
-from shared.db.session import get_engine
+from shared.config import get_settings
+from shared.db.session import database_url, startup_options
+
+
+def libpq_url(url: str) -> str:
+    """SQLAlchemy's ``postgresql+psycopg://`` URL as libpq reads it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class DirectPool:
+    """Connections in autocommit mode, the most recently used first, at most ``max_idle``
+    kept between uses. A connection is made when none is idle; one that broke, or that was
+    handed back inside a transaction, is closed instead of kept."""
+
+    def __init__(self, url: str, *, max_idle: int) -> None:
+        self.url = libpq_url(url)
+        self.options = startup_options(url)
+        self.max_idle = max_idle
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> psycopg.Connection[Any]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return psycopg.connect(self.url, autocommit=True, options=self.options)
+
+    def give_back(self, conn: psycopg.Connection[Any]) -> None:
+        reusable = (
+            not conn.closed
+            and not conn.broken
+            and conn.info.transaction_status == TransactionStatus.IDLE
+        )
+        if reusable:
+            with self._lock:
+                if len(self._idle) < self.max_idle:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+_lock = threading.Lock()
+_pool: DirectPool | None = None
+_pool_pid: int | None = None
+
+
+def direct_pool() -> DirectPool:
+    """This process's pool. A forked child makes its own and never touches (or closes) its
+    parent's connections: closing one would end the parent's session on the server."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = DirectPool(database_url(), max_idle=get_settings().db.pool_size)
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def dispose_direct_pool() -> None:
+    """Close this process's connections (a forked child only forgets its parent's)."""
+    global _pool
+    with _lock:
+        if _pool is not None and _pool_pid == os.getpid():
+            _pool.close()
+        _pool = None
 
 
 @contextmanager
 def direct_connection() -> Iterator[psycopg.Connection[Any]]:
-    """A pooled connection in autocommit mode, handed back in the mode it came in.
-
-    A connection that broke under its statement is dropped from the pool, not handed back.
-    """
-    pooled = get_engine().raw_connection()
-    conn: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
+    """A connection in autocommit mode from this process's direct pool."""
+    pool = direct_pool()
+    conn = pool.take()
     try:
-        conn.autocommit = True
         yield conn
     finally:
-        if conn.broken or conn.closed:
-            pooled.invalidate()  # the pool makes a new connection in its place
-        else:
-            conn.autocommit = False  # what SQLAlchemy sessions expect of the pool
-            pooled.close()  # back to the pool
+        pool.give_back(conn)
 
 
 @contextmanager

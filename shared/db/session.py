@@ -7,7 +7,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
@@ -29,16 +30,23 @@ def database_url() -> str:
     return url
 
 
-def _configure_connection(dbapi_connection: object, _record: object) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    # A worker host that vanishes mid-transaction (power loss, partition) leaves its backend
-    # holding row locks, and the sweeper's SKIP LOCKED would pass its turn by for as long as
-    # Postgres believes the peer alive: two hours of default TCP keepalive. Probe after
-    # 10 s idle, every 5 s, give up after 3: the locks go within ~25 s.
-    for setting, value in (("idle", 10), ("interval", 5), ("count", 3)):
-        cursor.execute(f"SET tcp_keepalives_{setting} = {value}")
-    cursor.close()
-    dbapi_connection.commit()  # type: ignore[attr-defined]
+# A worker host that vanishes mid-transaction (power loss, partition) leaves its backend
+# holding row locks, and the sweeper's SKIP LOCKED would pass its turn by for as long as
+# Postgres believes the peer alive: two hours of default TCP keepalive. Probe after 10 s
+# idle, every 5 s, give up after 3: the locks go within ~25 s. Sent as startup options of
+# every connection, so they cost no round trip.
+SERVER_KEEPALIVES = (
+    "tcp_keepalives_idle=10",
+    "tcp_keepalives_interval=5",
+    "tcp_keepalives_count=3",
+)
+
+
+def startup_options(url: str) -> str:
+    """The server settings every chordline connection starts with, after any the URL names."""
+    given = make_url(url).query.get("options")
+    ours = " ".join(f"-c {setting}" for setting in SERVER_KEEPALIVES)
+    return f"{given} {ours}" if isinstance(given, str) and given else ours
 
 
 _pre_ping = True
@@ -63,14 +71,15 @@ def get_engine() -> Engine:
         if _engine is None or _engine_pid != os.getpid():
             if _engine is not None:
                 _engine.dispose(close=False)  # the parent's connections stay the parent's
+            url = database_url()
             _engine = create_engine(
-                database_url(),
+                url,
                 pool_size=get_settings().db.pool_size,
                 max_overflow=get_settings().db.max_overflow,
                 pool_pre_ping=_pre_ping,
                 pool_recycle=1800,
+                connect_args={"options": startup_options(url)},
             )
-            event.listen(_engine, "connect", _configure_connection)
             _engine_pid = os.getpid()
             _sessions = sessionmaker(_engine, expire_on_commit=False)
         return _engine

@@ -107,7 +107,9 @@ def test_a_turn_out_of_attempts_fails_with_a_reason_and_frees_its_conversation(
     # the next turn of the conversation may run now, and its dispatch intent is durable
     assert rows[waiting].status == "queued"
     with session_scope() as session:
-        assert session.scalar(select(TurnOutbox.turn_id).where(TurnOutbox.turn_id == uuid.UUID(waiting)))
+        assert session.scalar(
+            select(TurnOutbox.turn_id).where(TurnOutbox.turn_id == uuid.UUID(waiting))
+        )
 
 
 def test_relays_on_several_machines_leave_no_intent_behind(services: None, tenant: str) -> None:

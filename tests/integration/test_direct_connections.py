@@ -1,0 +1,49 @@
+"""The hot path's direct connections: autocommit, the server's keepalives, a pool that
+never hands out a connection that broke or was left inside a transaction."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from shared.db.direct import direct_connection, direct_pool, transaction_pipeline
+from shared.db.session import session_scope
+
+pytestmark = pytest.mark.integration
+
+
+def test_direct_and_session_connections_ask_the_server_for_keepalives(services: None) -> None:
+    with direct_connection() as conn:
+        assert conn.autocommit
+        direct = conn.execute("SHOW tcp_keepalives_idle").fetchone()
+    with session_scope() as session:
+        pooled = session.execute(text("SHOW tcp_keepalives_idle")).scalar()
+    assert direct is not None and direct[0] == pooled == "10"
+
+
+def test_a_connection_handed_back_inside_a_transaction_is_closed_not_reused(
+    services: None,
+) -> None:
+    pool = direct_pool()
+    with direct_connection() as conn:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+    assert conn.closed
+    with direct_connection() as again:
+        assert again is not conn
+        assert again.execute("SELECT 1").fetchone() == (1,)
+    assert again in pool._idle  # a clean one is kept
+
+
+def test_a_failed_pipelined_transaction_is_rolled_back_and_the_connection_reused(
+    services: None,
+) -> None:
+    with direct_connection() as conn:
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS pipeline_probe (x int PRIMARY KEY)")
+        conn.execute("TRUNCATE pipeline_probe")
+        with pytest.raises(Exception, match="duplicate key"), transaction_pipeline(conn):
+            conn.execute("INSERT INTO pipeline_probe VALUES (1)")
+            conn.execute("INSERT INTO pipeline_probe VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM pipeline_probe").fetchone() == (0,)
+    with direct_connection() as same:
+        assert same is conn  # rolled back to idle, so kept
