@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from shared.config import get_settings
 from shared.redis_conn import get_redis
@@ -46,7 +46,8 @@ def attempts_key(turn_id: str) -> str:
 
 # An agent run's first entry: count the run, and when it is not the turn's first, tell
 # readers to start over. Done by Redis itself, in the same pipeline as the run's first
-# tokens, so a run pays no round trip of its own to begin streaming.
+# tokens, so a run pays no round trip of its own to begin streaming. Sent with EVAL, not
+# EVALSHA: a script in a redis-py pipeline costs a SCRIPT EXISTS round trip per pipeline.
 _BEGIN_RUN = """
 local attempt = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
@@ -108,10 +109,13 @@ class _StreamWriter:
             for entry in _coalesced(batch):
                 key = entry.key
                 if entry.begins_run:
-                    _begin_run_script()(
-                        keys=[key, attempts_key(entry.turn_id)],
-                        args=[STREAM_TTL_S, MAX_STREAM_LEN],
-                        client=pipe,
+                    pipe.eval(
+                        _BEGIN_RUN,
+                        2,
+                        key,
+                        attempts_key(entry.turn_id),
+                        STREAM_TTL_S,
+                        MAX_STREAM_LEN,
                     )
                     self._untimed.add(key)
                 if entry.text:
@@ -158,17 +162,6 @@ def _coalesced(batch: list[_Entry]) -> list[_Entry]:
         merged.append(copy)
         last[entry.turn_id] = copy
     return merged
-
-
-_begin_run: Any = None
-
-
-def _begin_run_script() -> Any:
-    """``_BEGIN_RUN``, registered once (sent by EVALSHA, loaded on demand)."""
-    global _begin_run
-    if _begin_run is None:
-        _begin_run = get_redis().register_script(_BEGIN_RUN)
-    return _begin_run
 
 
 _writer: _StreamWriter | None = None

@@ -20,10 +20,12 @@ tenant's rows. Choices made on purpose, each against a trap measured on pgvector
   little, and a question made only of them is left to the vector half. A tiny tenant
   (below ``TEXT_SCAN_BELOW`` chunks) is cheaper to scan than any posting list: its rows
   are filtered directly, with every term kept.
-- Search statements are never prepared (``query_rows``): psycopg prepares a statement after
-  five executions, and a prepared statement may switch to a generic plan that cannot see
-  which tenant, and so which plan, it serves. The turn's own statements, whose plans do not
-  depend on their parameters, are prepared and keep their generic plans.
+- Search statements are never prepared (``query_rows``), except a tiny tenant's: psycopg
+  prepares a statement after five executions, and a prepared statement may switch to a
+  generic plan that cannot see which tenant, and so which plan, it serves. A tiny tenant's
+  query reads only its own rows in both halves, so no plan for it differs by tenant; it is
+  the most common search, and planning it costs more than running it. The turn's own
+  statements, whose plans do not depend on their parameters, are prepared too.
 
 Reciprocal rank fusion follows the pattern of pgvector-python's examples/hybrid_search/rrf.py.
 """
@@ -160,6 +162,14 @@ class SearchPlan:
 
     exact: bool
     scan_text: bool
+
+    @property
+    def tiny(self) -> bool:
+        """A tenant below ``TEXT_SCAN_BELOW`` chunks: its statement (exact vector half, text
+        half over its own rows) is reached by tiny tenants only, so one plan suits all of
+        them, and it may be prepared. Postgres takes a generic plan for a prepared statement
+        only where that costs no more than the custom plans of its first five runs."""
+        return self.exact and self.scan_text
 
 
 def plan_search(
@@ -333,7 +343,7 @@ def hybrid_search(
     with _transaction_for(db, needed=not plan.exact):
         if not plan.exact:
             configure_hnsw(db, ef_search=ef_search, limit=limit)
-        rows = query_rows(db, hybrid_sql(store, plan=plan), params)
+        rows = query_rows(db, hybrid_sql(store, plan=plan), params, prepare=plan.tiny)
     return [
         Candidate(
             int(r.id),
@@ -376,15 +386,19 @@ def nearest_chunks(
 Database = Session | psycopg.Connection[Any]
 
 
-def query_rows(db: Database, sql: str, params: dict[str, Any]) -> list[Any]:
-    """Run one search statement, in the session's transaction or on a direct connection,
-    never as a prepared statement: psycopg prepares a statement after a few runs, and a
-    prepared statement may switch to a generic plan, made once for every tenant, when the
-    right plan depends on the tenant's size. Unprepared, every run is planned for its own
-    parameters."""
+def query_rows(
+    db: Database, sql: str, params: dict[str, Any], *, prepare: bool = False
+) -> list[Any]:
+    """Run one search statement, in the session's transaction or on a direct connection.
+
+    Unless ``prepare`` is set, never as a prepared statement: psycopg prepares a statement
+    after a few runs, and a prepared statement may switch to a generic plan, made once for
+    every tenant, where the right plan depends on the tenant's size. Unprepared, every run
+    is planned for its own parameters (which costs more CPU than running it, for the
+    hybrid query)."""
     conn = db.connection().connection.driver_connection if isinstance(db, Session) else db
     cursor = cast(psycopg.Connection[Any], conn).cursor(row_factory=namedtuple_row)
-    return cursor.execute(sql, params, prepare=False).fetchall()
+    return cursor.execute(sql, params, prepare=None if prepare else False).fetchall()
 
 
 @contextmanager
