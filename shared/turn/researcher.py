@@ -100,7 +100,7 @@ def _gate_skips(turn: TurnRecord, settings: TenantSettings) -> bool:
 
 def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
     span = start_span(turn_id, Stage.RESEARCHER, origin)
-    inputs = load_stage_inputs(turn_id)
+    inputs = load_stage_inputs(turn_id, conversation=False)
     turn, settings, deadline = inputs.turn, inputs.settings, inputs.deadline
     stored = stored_research(turn)
     if stored is not None:

@@ -146,26 +146,45 @@ _STAGE_INPUTS = f"""
 """
 
 
-def load_stage_inputs(turn_id: str) -> StageInputs:
-    """The turn, its tenant's settings and its conversation context, in one round trip."""
+# The researcher needs the message and the tenant, not the conversation.
+_TURN_AND_TENANT = """
+    SELECT t.*, tn.settings::text AS tenant_settings
+      FROM turns t JOIN tenants tn ON tn.id = t.tenant_id
+     WHERE t.id = %(turn_id)s
+"""
+
+
+def load_stage_inputs(turn_id: str, *, conversation: bool = True) -> StageInputs:
+    """The turn, its tenant's settings and its conversation context, in one round trip.
+
+    Without ``conversation`` the context holds the message alone (no memory, no history):
+    for a stage that reads neither."""
     with direct_connection() as conn:
         found = (
             conn.cursor(row_factory=namedtuple_row)
-            .execute(_STAGE_INPUTS, {"turn_id": uuid.UUID(turn_id)})
+            .execute(
+                _STAGE_INPUTS if conversation else _TURN_AND_TENANT,
+                {"turn_id": uuid.UUID(turn_id)},
+            )
             .fetchone()
         )
     if found is None:
         raise TurnNotFound(f"turn {turn_id} does not exist")
     row: Any = found  # the turn's columns and the conversation's, by name
     context = ConversationContext(
-        tenant_id=row.tenant_id,
-        message=row.message,
-        qualification_status=row.conversation_qualification,
-        memory=dict(row.conversation_memory),
-        history=[
-            {"message": h["message"], "reply": h["reply"] or ""} for h in row.conversation_history
-        ],
+        tenant_id=row.tenant_id, message=row.message, qualification_status="", memory={}
     )
+    if conversation:
+        context = ConversationContext(
+            tenant_id=row.tenant_id,
+            message=row.message,
+            qualification_status=row.conversation_qualification,
+            memory=dict(row.conversation_memory),
+            history=[
+                {"message": h["message"], "reply": h["reply"] or ""}
+                for h in row.conversation_history
+            ],
+        )
     settings = tenant_settings_from(row.tenant_settings)
     return StageInputs(turn=row, settings=settings, context=context)
 
