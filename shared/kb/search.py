@@ -46,7 +46,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput
-from shared.kb.stores import VectorStore, vector_literal
+from shared.kb.stores import QueryVector, VectorStore, send_query_vectors
 from shared.text import STOPWORDS
 
 RRF_K = 60
@@ -334,7 +334,7 @@ def hybrid_search(
     plan = plan_search(db, store=store, tenant_id=tenant_id, exact_below=exact_below)
     params = {
         "t": tenant_id,
-        "v": vector_literal(vector),
+        "v": QueryVector(vector),
         "k": limit,
         "words": keyword_words(question),
         "frequent": [] if plan.scan_text else frequent_lexemes.get(db),
@@ -376,7 +376,7 @@ def nearest_chunks(
         rows = query_rows(
             db,
             f"SELECT chunk_id FROM ({semantic_sql(store, exact=exact)}) s ORDER BY rank",
-            {"t": tenant_id, "v": vector_literal(vector), "k": limit},
+            {"t": tenant_id, "v": QueryVector(vector), "k": limit},
         )
     return [int(r.chunk_id) for r in rows]
 
@@ -396,8 +396,13 @@ def query_rows(
     every tenant, where the right plan depends on the tenant's size. Unprepared, every run
     is planned for its own parameters (which costs more CPU than running it, for the
     hybrid query)."""
-    conn = db.connection().connection.driver_connection if isinstance(db, Session) else db
-    cursor = cast(psycopg.Connection[Any], conn).cursor(row_factory=namedtuple_row)
+    conn = cast(
+        psycopg.Connection[Any],
+        db.connection().connection.driver_connection if isinstance(db, Session) else db,
+    )
+    if any(isinstance(value, QueryVector) for value in params.values()):
+        send_query_vectors(conn)
+    cursor = conn.cursor(row_factory=namedtuple_row)
     return cursor.execute(sql, params, prepare=None if prepare else False).fetchall()
 
 

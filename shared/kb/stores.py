@@ -9,10 +9,17 @@ Adding a model means adding its table in a migration and a line here.
 
 from __future__ import annotations
 
+import struct
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types import TypeInfo
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -57,6 +64,44 @@ def store_for(embedder: Embedder) -> VectorStore:
 def vector_literal(vector: Sequence[float]) -> str:
     """pgvector's text form, ``[0.1,0.2,...]``."""
     return "[" + ",".join(map(str, vector)) + "]"
+
+
+class QueryVector:
+    """A question's embedding as a statement parameter, sent in pgvector's binary form: the
+    text form of 384 floats costs 60 times more CPU to write, and Postgres more to read."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Sequence[float]) -> None:
+        self.values = values
+
+
+class _QueryVectorDumper(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: QueryVector) -> bytes:
+        # pgvector's binary input: dimensions and an unused word (int16 each), then float4s
+        count = len(obj.values)
+        return struct.pack(f">HH{count}f", count, 0, *obj.values)
+
+
+_ready: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+_ready_lock = threading.Lock()
+
+
+def send_query_vectors(conn: psycopg.Connection[Any]) -> None:
+    """Let ``conn`` send QueryVector parameters: looks the vector type up once per connection
+    (its oid differs between databases)."""
+    with _ready_lock:
+        if conn in _ready:
+            return
+    info = TypeInfo.fetch(conn, "vector")
+    if info is None:
+        raise PermanentError("the pgvector extension is not installed in this database")
+    dumper = type("QueryVectorDumper", (_QueryVectorDumper,), {"oid": info.oid})
+    conn.adapters.register_dumper(QueryVector, dumper)
+    with _ready_lock:
+        _ready.add(conn)
 
 
 def write_vectors(

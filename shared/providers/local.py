@@ -226,15 +226,24 @@ def _from_memory(context: ConversationContext) -> Orchestration:
 # --------------------------------------------------------------------------- responder
 
 
+@functools.lru_cache(maxsize=4096)
+def _sentences_and_terms(passage: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """A passage's sentences of 20 characters or more, each with its content terms: the
+    same knowledge-base chunks come back for many turns, so each is analysed once."""
+    found = []
+    for sentence in re.split(r"(?<=[.!?])\s+", passage.replace("\n", " ")):
+        sentence = sentence.strip(" -*#")
+        if len(sentence) >= 20:
+            found.append((sentence, frozenset(content_terms(sentence))))
+    return tuple(found)
+
+
 def _best_sentences(hits: Sequence[ResearchHit], question: str, limit: int) -> list[str]:
     wanted = set(content_terms(question))
     sentences: list[tuple[float, int, str]] = []
     for rank, hit in enumerate(hits[:3]):
-        for sentence in re.split(r"(?<=[.!?])\s+", hit.text.replace("\n", " ")):
-            sentence = sentence.strip(" -*#")
-            if len(sentence) < 20:
-                continue
-            overlap = len(wanted & set(content_terms(sentence)))
+        for sentence, terms in _sentences_and_terms(hit.text):
+            overlap = len(wanted & terms)
             sentences.append((overlap - 0.1 * rank, -len(sentences), sentence))
     sentences.sort(reverse=True)
     return [s for _, _, s in sentences[:limit]]
