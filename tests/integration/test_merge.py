@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -12,6 +13,7 @@ from shared.db.turns import accept_turn
 from shared.errors import StageConflict
 from shared.schemas import Agent
 from shared.turn.merge import outputs_from_headers, run_merge
+from shared.turn.recovery import end_turn_failed
 from shared.turn.stage import StageOrigin, read_turn
 
 pytestmark = pytest.mark.integration
@@ -26,8 +28,22 @@ ORCHESTRATION = {
 }
 
 
+@pytest.fixture
+def accepted(services: None, tenant: str) -> Iterator[Callable[[], str]]:
+    """Accepted turns whose header stages have not written anything, ended after the test
+    (a turn left open would count as live load for whatever runs next)."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(_accepted_turn(tenant))
+        return made[-1]
+
+    yield make
+    for turn_id in made:
+        end_turn_failed(turn_id, "test over")
+
+
 def _accepted_turn(tenant: str) -> str:
-    """A turn whose header stages have not written anything to its row."""
     turn_id = str(uuid.uuid4())
     with direct_connection() as conn:
         accept_turn(
@@ -46,9 +62,9 @@ def _accepted_turn(tenant: str) -> str:
 
 
 def test_the_merge_routes_on_the_header_outputs_without_reading_them_from_the_row(
-    services: None, tenant: str
+    accepted: Callable[[], str],
 ) -> None:
-    turn_id = _accepted_turn(tenant)
+    turn_id = accepted()
     missing = {"kb_information_level": "MISSING", "retrieval_failed": False, "hits": 0}
     # in either order: the chord's results may come in the order the headers finished
     routed = run_merge(turn_id, StageOrigin.here(), [missing, ORCHESTRATION])
@@ -64,9 +80,9 @@ def test_the_merge_routes_on_the_header_outputs_without_reading_them_from_the_ro
 
 
 def test_without_header_outputs_the_merge_reads_the_row_and_refuses_a_turn_without_them(
-    services: None, tenant: str
+    accepted: Callable[[], str],
 ) -> None:
-    turn_id = _accepted_turn(tenant)
+    turn_id = accepted()
     with pytest.raises(StageConflict, match="without both stage outputs"):
         run_merge(turn_id, StageOrigin.here())
 
