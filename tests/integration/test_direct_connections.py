@@ -47,3 +47,43 @@ def test_a_failed_pipelined_transaction_is_rolled_back_and_the_connection_reused
         assert conn.execute("SELECT count(*) FROM pipeline_probe").fetchone() == (0,)
     with direct_connection() as same:
         assert same is conn  # rolled back to idle, so kept
+
+
+def test_a_stage_write_relaxes_only_its_own_commit(services: None, tenant: str) -> None:
+    """Stage outputs before the agent commit without waiting for the WAL flush; the
+    connection they used goes back to the pool as synchronous as it came, so the next
+    acceptance or agent end on it is synchronous."""
+    import time
+    import uuid
+
+    from shared.db.spans import SpanRecord
+    from shared.db.turns import RELAXED_COMMIT_STAGES, accept_turn, write_stage_output
+    from shared.schemas import Stage
+
+    assert Stage.AGENT not in RELAXED_COMMIT_STAGES
+    turn_id = str(uuid.uuid4())
+    with direct_connection() as conn:
+        accept_turn(
+            conn,
+            turn_id=turn_id,
+            tenant_id=tenant,
+            conversation=f"c-{uuid.uuid4().hex[:8]}",
+            message="Does it integrate with NetSuite?",
+            topology="parallel",
+            idempotency_key=None,
+            accepted_at=time.time(),
+            stage_deadline_s=60,
+            reject_when_busy=False,
+        )
+        wrote = write_stage_output(
+            conn,
+            stage=Stage.ORCHESTRATOR,
+            turn_id=turn_id,
+            values={"intent": "integration", "orchestrated_at": time.time()},
+            span=SpanRecord(turn_id=turn_id, stage="orchestrator", started_at=time.time()),
+        )
+        assert wrote
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    from shared.turn.recovery import end_turn_failed
+
+    end_turn_failed(turn_id, "test over")
