@@ -79,7 +79,9 @@ class CelerySettings(BaseSettings):
     hard_time_limit_s: int = Field(default=15, ge=2)
     visibility_timeout_s: int = Field(default=20, ge=3)
     unacked_restore_interval_s: float = Field(default=2.0, gt=0)
-    result_expires_s: int = Field(default=86_400, ge=60)
+    # Chord header results are read once, seconds after they are written; an hour keeps
+    # Redis's memory at about an hour of turns (a day held ~10 GB at 25 turns/s).
+    result_expires_s: int = Field(default=3_600, ge=60)
     max_deliveries: int = Field(default=5, ge=1)
     sweeper_interval_s: float = Field(default=5.0, gt=0)
     relay_interval_s: float = Field(default=2.0, gt=0)
@@ -387,6 +389,8 @@ class Settings(BaseSettings):
     # How long an agent's reply tokens may wait to share a round trip to Redis (and one
     # stream entry): the first token of a quiet moment goes out at once.
     stream_tick_ms: float = Field(default=50.0, ge=1, le=1000, alias="CHORDLINE_STREAM_TICK_MS")
+    # How long a turn's reply stream stays readable (and resumable) after its last entry.
+    stream_ttl_s: int = Field(default=3_600, ge=60, le=7 * 86_400, alias="CHORDLINE_STREAM_TTL_S")
 
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)

@@ -21,8 +21,12 @@ from shared.redis_conn import get_redis
 
 log = logging.getLogger(__name__)
 
-STREAM_TTL_S = 86_400
 MAX_STREAM_LEN = 20_000
+
+
+def stream_ttl_s() -> int:
+    """How long a reply stream (and its run counter) outlives its last entry."""
+    return get_settings().stream_ttl_s
 
 
 def stream_key(turn_id: str) -> str:
@@ -114,7 +118,7 @@ class _StreamWriter:
                         2,
                         key,
                         attempts_key(entry.turn_id),
-                        STREAM_TTL_S,
+                        stream_ttl_s(),
                         MAX_STREAM_LEN,
                     )
                     self._untimed.add(key)
@@ -126,7 +130,7 @@ class _StreamWriter:
                         approximate=True,
                     )
                     if key in self._untimed:  # the stream exists now: give it its lifetime
-                        pipe.expire(key, STREAM_TTL_S)
+                        pipe.expire(key, stream_ttl_s())
                         self._untimed.discard(key)
             pipe.execute()
 
@@ -220,7 +224,7 @@ def publish_end(turn_id: str, status: str) -> None:
     key = stream_key(turn_id)
     pipe = get_redis().pipeline(transaction=False)
     pipe.xadd(key, {"kind": "end", "status": status}, maxlen=MAX_STREAM_LEN, approximate=True)
-    pipe.expire(key, STREAM_TTL_S)
+    pipe.expire(key, stream_ttl_s())
     pipe.execute()
 
 

@@ -65,7 +65,7 @@ def worker_config() -> dict[str, Any]:
         "task_soft_time_limit": celery.soft_time_limit_s,
         "task_time_limit": celery.hard_time_limit_s,
         # Celery results (chord counters) outlive any turn by far: a turn ends within
-        # minutes, results expire after a day. Nothing reads results for a turn's state:
+        # minutes, results expire after an hour. Nothing reads results for a turn's state:
         # Postgres holds it, so a flushed result backend costs at most a re-drive.
         "result_expires": celery.result_expires_s,
         # No STARTED state in the result backend: one Redis write per task saved; the
