@@ -274,6 +274,9 @@ class TurnRecorder:
             try:
                 for turn in read_finished_turns(ids):
                     observe_turn(turn)
+                    # Give the GIL away between turns: a batch takes milliseconds, which the
+                    # worker's consumer and its tasks would otherwise wait out.
+                    time.sleep(0)
             except Exception:  # a metrics failure must never take the worker down
                 log.warning(
                     "could not observe finished turns",
