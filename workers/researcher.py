@@ -11,7 +11,10 @@ from workers.app import app
 from workers.base import ChordlineTask, run_turn_stage
 
 
-@app.task(name=RESEARCHER_TASK, bind=True, base=ChordlineTask)
+# ignore_result: Celery still hands the return value to the chord (kept in the chord's own
+# list in Redis, which the merge receives); only the per-task result key that nothing
+# reads (a SET and a PUBLISH per task) is skipped.
+@app.task(name=RESEARCHER_TASK, bind=True, base=ChordlineTask, ignore_result=True)
 def researcher(self: ChordlineTask, /, **payload: Any) -> Any:
     return run_turn_stage(
         self, payload, TurnRef, lambda ref, origin: flow.research(ref.turn_id, origin)
