@@ -190,6 +190,17 @@ def ideal_ms(topology: Topology, simulated: dict[str, float]) -> float:
     return max(orch, research) + agent
 
 
+def busy_s(intervals: list[tuple[float, float]]) -> float:
+    """Seconds during which at least one turn was in flight. With rounds, a system's turns
+    come in windows with other systems' rounds between them, which must not count."""
+    total, covered_to = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > covered_to:
+            total += end - max(start, covered_to)
+            covered_to = end
+    return total
+
+
 def summarise(
     arrivals: list[Arrival], ended: dict[str, tuple[float, float]]
 ) -> tuple[dict[str, Any], Samples]:
@@ -204,13 +215,12 @@ def summarise(
         samples.latency_ms.append(latency)
         samples.overhead_ms.append(latency - ideal)
         ideals.append(ideal)
-    last = max((finished for finished, _ in ended.values()), default=0.0)
-    span_s = last - arrivals[0].scheduled_at if arrivals and ended else 1.0
+    intervals = [(a.scheduled_at, ended[a.turn_id][0]) for a in arrivals if a.turn_id in ended]
     summary = {
         "latency_ms": percentiles(samples.latency_ms),
         "overhead_ms": percentiles(samples.overhead_ms),
         "enqueue_ms": percentiles([a.enqueue_ms for a in arrivals]),
-        "in_flight_mean": round(sum(samples.latency_ms) / 1000 / max(span_s, 1e-9), 1),
+        "in_flight_mean": round(sum(samples.latency_ms) / 1000 / max(busy_s(intervals), 1e-9), 1),
         "turns": len(arrivals),
         "errors": len(arrivals) - len(samples.latency_ms),
         "_mean_latency_ms": float(np.mean(samples.latency_ms)) if ideals else float("nan"),
@@ -518,6 +528,18 @@ def cpu_table(cpu_ms: dict[str, dict[str, float]], systems: list[str]) -> Table:
 PLOT_COLORS = {BASELINE: "#7f7f7f", "parallel": "#1f77b4", "sequential": "#ff7f0e"}
 
 
+LOG_TICKS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Milliseconds as plain numbers on a log axis (1, 2, 5, 10, ...), not powers of ten."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+    axis.xaxis.set_major_locator(FixedLocator(LOG_TICKS_MS))
+    axis.xaxis.set_major_formatter(ScalarFormatter())
+    axis.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_cdfs(run: BenchRun, path: Any) -> None:
     """Latency and overhead CDFs of every system in the run, side by side, as a PNG."""
     import matplotlib
@@ -536,6 +558,7 @@ def plot_cdfs(run: BenchRun, path: Any) -> None:
             axis.step(ordered, share, where="post", label=system, color=PLOT_COLORS[system])
     left.set(xlabel="latency, arrival to reply committed (ms)", ylabel="share of turns")
     right.set(xlabel="overhead over the ideal critical path (ms, log)", xscale="log")
+    _plain_log_ticks(right)
     for axis in (left, right):
         axis.grid(True, alpha=0.3)
         axis.set_ylim(0, 1.0)
