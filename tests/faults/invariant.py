@@ -41,6 +41,24 @@ class Outcome:
         }
 
 
+def recovery_problems(outcome: Outcome, *, meant_to_fail: int, target_s: float) -> list[str]:
+    """What a scenario promises beyond ending every turn once: every turn it does not fail on
+    purpose completes (a run where every turn "failed with a reason" is not a pass), and every
+    turn ends within the recovery target."""
+    problems = []
+    must_complete = outcome.accepted - meant_to_fail
+    if outcome.completed < must_complete:
+        problems.append(
+            f"{outcome.completed} of {outcome.accepted} turns completed, {must_complete} must "
+            f"({meant_to_fail} failed on purpose)"
+        )
+    if outcome.worst_end_s > target_s:
+        problems.append(
+            f"a turn took {outcome.worst_end_s:.1f} s to end, above the {target_s:g} s target"
+        )
+    return problems
+
+
 def _open_count(ids: list[uuid.UUID]) -> int:
     with session_scope() as session:
         return int(

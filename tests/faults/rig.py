@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.faults.cluster import Cluster, Killer
-from tests.faults.invariant import Outcome, verify
+from tests.faults.invariant import Outcome, recovery_problems, verify
 from tests.faults.load import Load
 from tests.faults.proxy import TcpProxy
 from tests.faults.servers import Postgres, Valkey
@@ -42,6 +42,16 @@ SETTINGS = {
 # Every accepted turn must have ended this long after the faults stopped: three sweeps of a
 # stage deadline each (max_attempts), plus a visibility timeout, plus room for a slow machine.
 SETTLE_S = 90.0
+# The recovery target at these settings. One recovery is bounded by the later of a stage
+# deadline plus a sweep (6 + 1 s) and a visibility timeout plus a restore check (8 + 1 s);
+# the killer strikes every 4 s, so a re-driven stage can be struck once more: two
+# recoveries and the turn's own two seconds.
+ONE_RECOVERY_S = max(
+    STAGE_DEADLINE_S + float(SETTINGS["CHORDLINE_CELERY_SWEEPER_INTERVAL_S"]),
+    float(SETTINGS["CHORDLINE_CELERY_VISIBILITY_TIMEOUT_S"])
+    + float(SETTINGS["CHORDLINE_CELERY_UNACKED_RESTORE_INTERVAL_S"]),
+)
+RECOVERY_TARGET_S = 2 * ONE_RECOVERY_S + 2.0
 
 REPORT: list[Outcome] = []
 
@@ -101,7 +111,17 @@ class Rig:
             if killer:
                 load.kills = len(killer.kills)  # type: ignore[attr-defined]
 
-    def verify(self, scenario: str, load: Load, *, extra: list[str] | None = None) -> Outcome:
+    def verify(
+        self,
+        scenario: str,
+        load: Load,
+        *,
+        extra: list[str] | None = None,
+        meant_to_fail: int = 0,
+        target_s: float = RECOVERY_TARGET_S,
+    ) -> Outcome:
+        """The invariant, then the scenario's promise: all but ``meant_to_fail`` turns
+        complete, and every turn ends within ``target_s`` of its acceptance."""
         outcome = verify(scenario, [*load.accepted, *(extra or [])], deadline_s=SETTLE_S)
         outcome.notes["refused_at_door"] = sum(load.refused.values())
         outcome.notes["workers_killed"] = getattr(load, "kills", 0)
@@ -110,6 +130,8 @@ class Rig:
         if hasattr(load, "kills"):
             assert load.kills > 0, "no worker was killed during the scenario"
         assert outcome.lost == 0 and not outcome.violations, outcome.violations[:10]
+        problems = recovery_problems(outcome, meant_to_fail=meant_to_fail, target_s=target_s)
+        assert not problems, f"{scenario}: {'; '.join(problems)}"
         return outcome
 
 

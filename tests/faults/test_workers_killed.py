@@ -100,7 +100,7 @@ def test_4_a_poison_pill_fails_its_turn_after_bounded_deliveries(rig: Rig) -> No
         with rig.chaos() as load:
             poisoned = load.send(f"{QUESTION} {rig.fault('poison', 'researcher')}")
             time.sleep(6)
-        outcome = rig.verify("4. poison pill kills its own process", load)
+        outcome = rig.verify("4. poison pill kills its own process", load, meant_to_fail=1)
     assert poisoned is not None
     view = get_turn(poisoned)
     assert view.status == "failed", view
