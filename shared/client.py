@@ -16,11 +16,22 @@ import psycopg
 
 from shared.config import get_settings
 from shared.db.direct import direct_connection
-from shared.db.session import session_scope
+from shared.db.session import session_scope, transient_database_failures
 from shared.db.tenants import recent_tenant_settings
-from shared.db.turns import accept_turn, find_by_idempotency_key, is_idempotency_conflict, load_turn
+from shared.db.turns import (
+    AcceptedTurn,
+    accept_turn,
+    find_by_idempotency_key,
+    is_idempotency_conflict,
+    load_turn,
+)
 from shared.dispatch import dispatch_committed
-from shared.errors import InvalidInput, TurnFailed, TurnTimeout, UnknownTenant
+from shared.errors import (
+    InvalidInput,
+    TurnFailed,
+    TurnTimeout,
+    UnknownTenant,
+)
 from shared.schemas import TERMINAL_STATUSES, TurnStatus
 from shared.streaming import StreamEvent, follow, read_events
 from shared.validation import check_idempotency_key, check_message, check_slug, check_turn_id
@@ -61,33 +72,66 @@ class TurnView:
         return self.status in TERMINAL_STATUSES
 
 
+# What a caller of enqueue_turn is told to do when Postgres cannot be reached.
+SAFE_RETRY = "retrying with the same idempotency_key is safe (it never makes a second turn)"
+
+
 def enqueue_turn(
     tenant: str, conversation: str, message: str, idempotency_key: str | None = None
 ) -> str:
     """Accept a turn and return its id. Validates everything before writing anything.
 
     The same idempotency key (per tenant) returns the same turn, and enqueues nothing new.
+    ``DatabaseUnavailable`` (transient) when Postgres cannot be reached: retrying with the
+    same key is safe.
     """
     settings = get_settings()
     check_slug("tenant", tenant)
     check_slug("conversation", conversation, max_chars=settings.turn.max_id_chars)
     check_message(message, max_chars=settings.turn.max_message_chars)
     key = check_idempotency_key(idempotency_key)
-    tenant_settings = recent_tenant_settings.get(tenant)
-    turn_id = str(uuid.uuid4())
+    with transient_database_failures(SAFE_RETRY):
+        tenant_settings = recent_tenant_settings.get(tenant)
+        accepted = _accept(
+            tenant,
+            conversation,
+            message,
+            key,
+            topology=tenant_settings.topology.value,
+            reject_when_busy=tenant_settings.in_flight_policy == "reject",
+        )
+    if isinstance(accepted, str):  # the key's earlier turn: published when it was accepted
+        return accepted
+    if accepted.status is TurnStatus.QUEUED:
+        dispatch_committed([(accepted.turn_id, accepted.topology)])
+    return accepted.turn_id
+
+
+def _accept(
+    tenant: str,
+    conversation: str,
+    message: str,
+    key: str | None,
+    *,
+    topology: str,
+    reject_when_busy: bool,
+) -> AcceptedTurn | str:
+    """The new turn, accepted in one statement; or the id of the turn the idempotency key
+    already belongs to (nothing written then)."""
+    settings = get_settings()
     try:
         with direct_connection() as conn:
-            accepted = accept_turn(
+            return accept_turn(
                 conn,
-                turn_id=turn_id,
+                turn_id=str(uuid.uuid4()),
                 tenant_id=tenant,
                 conversation=conversation,
                 message=message,
-                topology=tenant_settings.topology.value,
+                topology=topology,
                 idempotency_key=key,
                 accepted_at=time.time(),
                 stage_deadline_s=settings.turn.stage_deadline_s,
-                reject_when_busy=tenant_settings.in_flight_policy == "reject",
+                reject_when_busy=reject_when_busy,
             )
     except psycopg.errors.UniqueViolation as exc:
         if key is None or not is_idempotency_conflict(exc):
@@ -104,9 +148,6 @@ def enqueue_turn(
     except psycopg.errors.ForeignKeyViolation:  # the tenant was deleted a moment ago
         recent_tenant_settings.forget(tenant)
         raise UnknownTenant(tenant) from None
-    if accepted.status is TurnStatus.QUEUED:
-        dispatch_committed([(accepted.turn_id, accepted.topology)])
-    return accepted.turn_id
 
 
 def _earlier_turn(tenant: str, key: str) -> str | None:
@@ -116,8 +157,9 @@ def _earlier_turn(tenant: str, key: str) -> str | None:
 
 
 def get_turn(turn_id: str) -> TurnView:
+    """The turn as it is now; TurnNotFound, or DatabaseUnavailable (transient)."""
     turn_id = check_turn_id(turn_id)
-    with session_scope() as session:
+    with transient_database_failures(), session_scope() as session:
         turn = load_turn(session, turn_id)
         return TurnView(
             id=str(turn.id),

@@ -73,5 +73,9 @@ class BrokerUnavailable(TransientError):
     """The broker (Redis) cannot be reached."""
 
 
+class DatabaseUnavailable(TransientError):
+    """Postgres cannot be reached, or could not run the statement just now."""
+
+
 class EmbeddedServerError(PermanentError):
     """An embedded server could not be started."""
