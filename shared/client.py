@@ -27,6 +27,7 @@ from shared.db.turns import (
 )
 from shared.dispatch import dispatch_committed
 from shared.errors import (
+    IdempotencyConflict,
     InvalidInput,
     TurnFailed,
     TurnTimeout,
@@ -81,9 +82,10 @@ def enqueue_turn(
 ) -> str:
     """Accept a turn and return its id. Validates everything before writing anything.
 
-    The same idempotency key (per tenant) returns the same turn, and enqueues nothing new.
-    ``DatabaseUnavailable`` (transient) when Postgres cannot be reached: retrying with the
-    same key is safe.
+    The same idempotency key (per tenant) with the same conversation and message returns the
+    same turn, and enqueues nothing new; with another conversation or message it raises
+    ``IdempotencyConflict``. ``DatabaseUnavailable`` (transient) when Postgres cannot be
+    reached: retrying with the same key is safe.
     """
     settings = get_settings()
     check_slug("tenant", tenant)
@@ -137,11 +139,15 @@ def _accept(
         if key is None or not is_idempotency_conflict(exc):
             raise
         # The key was used before (or by a concurrent call that won): nothing was written.
-        earlier = _earlier_turn(tenant, key)
+        earlier = _earlier_turn(tenant, key, conversation=conversation, message=message)
         assert earlier is not None
         return earlier
     except InvalidInput:  # refused: the conversation is busy, unless this key was its turn
-        earlier = _earlier_turn(tenant, key) if key is not None else None
+        earlier = (
+            _earlier_turn(tenant, key, conversation=conversation, message=message)
+            if key is not None
+            else None
+        )
         if earlier is None:
             raise
         return earlier
@@ -150,10 +156,18 @@ def _accept(
         raise UnknownTenant(tenant) from None
 
 
-def _earlier_turn(tenant: str, key: str) -> str | None:
+def _earlier_turn(tenant: str, key: str, *, conversation: str, message: str) -> str | None:
+    """The id of the turn this key belongs to, if any; IdempotencyConflict when that turn
+    was accepted for another conversation or message (a caller's bug would otherwise lose
+    this message without a word)."""
     with session_scope() as session:
         earlier = find_by_idempotency_key(session, tenant_id=tenant, key=key)
-    return earlier.turn_id if earlier else None
+    if earlier is None:
+        return None
+    differs = earlier.differences(conversation=conversation, message=message)
+    if differs:
+        raise IdempotencyConflict(key, turn_id=earlier.turn_id, differs=differs)
+    return earlier.turn_id
 
 
 def get_turn(turn_id: str) -> TurnView:

@@ -24,6 +24,9 @@ from shared.db.tenants import recent_tenant_settings
 from shared.dispatch import flush_dispatch
 from shared.errors import (
     DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidInput,
+    PermanentError,
     TransientError,
 )
 from shared.redis_conn import get_redis
@@ -163,3 +166,49 @@ def test_reading_a_turn_with_postgres_down_raises_a_transient_error(
         ),
     ):
         get_turn(turn_id)
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+@pytest.mark.parametrize("in_flight_policy", ["queue", "reject"])
+def test_an_idempotency_key_reused_for_another_message_or_conversation_is_refused(
+    ended_after: list[str], in_flight_policy: str
+) -> None:
+    tenant = new_tenant({"in_flight_policy": in_flight_policy}, with_demo_kb=False)
+    first = enqueue_turn(tenant, "c1", "We run three warehouses.", idempotency_key="req-1")
+    ended_after.append(first)
+    assert flush_dispatch()
+    written, queued = _written(tenant), _queued_messages()
+    cases = [
+        ("c1", "How much is the Growth plan?", ["message"]),
+        ("c2", "We run three warehouses.", ["conversation"]),
+        ("c2", "How much is the Growth plan?", ["message", "conversation"]),
+    ]
+    for conversation, message, differs in cases:
+        with pytest.raises(IdempotencyConflict) as caught:
+            enqueue_turn(tenant, conversation, message, idempotency_key="req-1")
+        refused = caught.value
+        assert isinstance(refused, PermanentError)
+        assert (refused.field, refused.key, refused.turn_id) == ("idempotency_key", "req-1", first)
+        assert refused.differs == differs
+        assert str(refused) == (
+            f"idempotency_key: 'req-1' already belongs to turn {first}, which has a different "
+            f"{' and '.join(differs)}; nothing was written or enqueued"
+        )
+    assert flush_dispatch()
+    assert _written(tenant) == written
+    assert _queued_messages() <= queued  # nothing published
+    # the same key with the same conversation and message is still the same turn
+    assert enqueue_turn(tenant, "c1", "We run three warehouses.", idempotency_key="req-1") == first
+    assert _written(tenant) == written
+
+
+def test_a_busy_conversation_still_refuses_a_new_key_under_the_reject_policy(
+    ended_after: list[str],
+) -> None:
+    tenant = new_tenant({"in_flight_policy": "reject"}, with_demo_kb=False)
+    ended_after.append(enqueue_turn(tenant, "c1", "We run three warehouses.", idempotency_key="k1"))
+    with pytest.raises(InvalidInput, match="already has a turn in flight") as caught:
+        enqueue_turn(tenant, "c1", "How much is the Growth plan?", idempotency_key="k2")
+    assert not isinstance(caught.value, IdempotencyConflict)
