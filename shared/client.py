@@ -24,12 +24,14 @@ from shared.db.turns import (
     find_by_idempotency_key,
     is_idempotency_conflict,
     load_turn,
+    turn_exists,
 )
 from shared.dispatch import dispatch_committed
 from shared.errors import (
     IdempotencyConflict,
     InvalidInput,
     TurnFailed,
+    TurnNotFound,
     TurnTimeout,
     UnknownTenant,
 )
@@ -241,8 +243,15 @@ def _until_end_or_quiet(turn_id: str, *, after: str, deadline: float) -> str:
 def stream_turn(turn_id: str, *, after: str = "0", timeout: float = 60.0) -> Iterator[StreamEvent]:
     """The reply's tokens as the agent produces them, then an ``end`` event.
 
+    Raises TurnNotFound at once (not when iterated) for a turn id Postgres does not know; a
+    known turn whose stream has not started yet is waited for, up to ``timeout``.
     Resume after a disconnect by passing the id of the last event seen as ``after``.
     A ``restart`` event means the agent re-ran: discard the text shown so far. The reply of
     record is ``get_turn(turn_id).agent_response`` once the ``end`` event has come.
     """
-    yield from follow(check_turn_id(turn_id), after=after, timeout_s=timeout)
+    turn_id = check_turn_id(turn_id)
+    with transient_database_failures(), direct_connection() as conn:
+        known = turn_exists(conn, turn_id)
+    if not known:
+        raise TurnNotFound(f"turn {turn_id} does not exist")
+    return follow(turn_id, after=after, timeout_s=timeout)

@@ -241,6 +241,13 @@ def load_turn(session: Session, turn_id: str, *, lock: bool = False) -> Turn:
     return turn
 
 
+_TURN_EXISTS = "SELECT 1 FROM turns WHERE id = %(turn_id)s"
+
+
+def turn_exists(conn: psycopg.Connection[Any], turn_id: str) -> bool:
+    return conn.execute(_TURN_EXISTS, {"turn_id": uuid.UUID(turn_id)}).fetchone() is not None
+
+
 def check_ownership(stage: Stage, values: dict[str, Any]) -> None:
     """A stage may write only the fields it owns; anything else fails before the database
     sees a statement."""

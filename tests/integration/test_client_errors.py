@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -14,13 +16,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from shared.client import SAFE_RETRY, enqueue_turn, get_turn
+from shared.client import SAFE_RETRY, enqueue_turn, get_turn, stream_turn
 from shared.config import reset_settings
 from shared.contract import TURN_QUEUES
-from shared.db.direct import dispose_direct_pool
+from shared.db.direct import direct_connection, dispose_direct_pool
 from shared.db.models import Conversation, Turn, TurnOutbox
 from shared.db.session import dispose_engine, session_scope
 from shared.db.tenants import recent_tenant_settings
+from shared.db.turns import accept_turn
 from shared.dispatch import flush_dispatch
 from shared.errors import (
     DatabaseUnavailable,
@@ -28,8 +31,10 @@ from shared.errors import (
     InvalidInput,
     PermanentError,
     TransientError,
+    TurnNotFound,
 )
 from shared.redis_conn import get_redis
+from shared.streaming import ReplyStream, publish_end
 from shared.turn.recovery import end_turn_failed
 from tests.conftest import new_tenant
 
@@ -159,13 +164,15 @@ def test_reading_a_turn_with_postgres_down_raises_a_transient_error(
     postgres_down: Callable[[], AbstractContextManager[None]],
 ) -> None:
     turn_id = str(uuid.uuid4())
-    with (
-        postgres_down(),
-        pytest.raises(
+    with postgres_down():
+        with pytest.raises(
             DatabaseUnavailable, match=r"could not be reached: .*; this is transient: retry later$"
-        ),
-    ):
-        get_turn(turn_id)
+        ):
+            get_turn(turn_id)
+        with pytest.raises(
+            DatabaseUnavailable, match=r"could not be reached: .*; this is transient: retry later$"
+        ):
+            stream_turn(turn_id)
 
 
 # --------------------------------------------------------------------------- idempotency
@@ -212,3 +219,52 @@ def test_a_busy_conversation_still_refuses_a_new_key_under_the_reject_policy(
     with pytest.raises(InvalidInput, match="already has a turn in flight") as caught:
         enqueue_turn(tenant, "c1", "How much is the Growth plan?", idempotency_key="k2")
     assert not isinstance(caught.value, IdempotencyConflict)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def test_streaming_an_unknown_turn_raises_not_found_at_once(services: None) -> None:
+    turn_id = str(uuid.uuid4())
+    started = time.monotonic()
+    with pytest.raises(TurnNotFound) as caught:
+        stream_turn(turn_id, timeout=30)
+    assert time.monotonic() - started < 5  # not the 30 s timeout
+    assert str(caught.value) == f"turn {turn_id} does not exist"
+
+
+def test_streaming_a_known_turn_waits_for_its_stream_to_start(
+    ended_after: list[str], tenant: str
+) -> None:
+    # accepted and never published: its stream starts only when this test writes it
+    turn_id = str(uuid.uuid4())
+    with direct_connection() as conn:
+        accept_turn(
+            conn,
+            turn_id=turn_id,
+            tenant_id=tenant,
+            conversation=f"c-{uuid.uuid4().hex[:8]}",
+            message="Does it integrate with NetSuite?",
+            topology="parallel",
+            idempotency_key=None,
+            accepted_at=time.time(),
+            stage_deadline_s=60,
+            reject_when_busy=False,
+        )
+    ended_after.append(turn_id)
+
+    def agent_later() -> None:
+        time.sleep(0.5)
+        run = ReplyStream(turn_id)
+        run.token("Yes, through its REST API.")
+        run.close()
+        publish_end(turn_id, "completed")
+
+    writer = threading.Thread(target=agent_later)
+    started = time.monotonic()
+    events = stream_turn(turn_id, timeout=30)
+    writer.start()
+    seen = [(event.kind, event.text) for event in events]
+    writer.join()
+    assert time.monotonic() - started >= 0.5
+    assert seen == [("token", "Yes, through its REST API."), ("end", "")]
