@@ -16,11 +16,25 @@ import psycopg
 
 from shared.config import get_settings
 from shared.db.direct import direct_connection
-from shared.db.session import session_scope
+from shared.db.session import session_scope, transient_database_failures
 from shared.db.tenants import recent_tenant_settings
-from shared.db.turns import accept_turn, find_by_idempotency_key, is_idempotency_conflict, load_turn
+from shared.db.turns import (
+    AcceptedTurn,
+    accept_turn,
+    find_by_idempotency_key,
+    is_idempotency_conflict,
+    load_turn,
+    turn_exists,
+)
 from shared.dispatch import dispatch_committed
-from shared.errors import InvalidInput, TurnFailed, TurnTimeout, UnknownTenant
+from shared.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    TurnFailed,
+    TurnNotFound,
+    TurnTimeout,
+    UnknownTenant,
+)
 from shared.schemas import TERMINAL_STATUSES, TurnStatus
 from shared.streaming import StreamEvent, follow, read_events
 from shared.validation import check_idempotency_key, check_message, check_slug, check_turn_id
@@ -61,63 +75,107 @@ class TurnView:
         return self.status in TERMINAL_STATUSES
 
 
+# What a caller of enqueue_turn is told to do when Postgres cannot be reached.
+SAFE_RETRY = "retrying with the same idempotency_key is safe (it never makes a second turn)"
+
+
 def enqueue_turn(
     tenant: str, conversation: str, message: str, idempotency_key: str | None = None
 ) -> str:
     """Accept a turn and return its id. Validates everything before writing anything.
 
-    The same idempotency key (per tenant) returns the same turn, and enqueues nothing new.
+    The same idempotency key (per tenant) with the same conversation and message returns the
+    same turn, and enqueues nothing new; with another conversation or message it raises
+    ``IdempotencyConflict``. ``DatabaseUnavailable`` (transient) when Postgres cannot be
+    reached: retrying with the same key is safe.
     """
     settings = get_settings()
     check_slug("tenant", tenant)
     check_slug("conversation", conversation, max_chars=settings.turn.max_id_chars)
     check_message(message, max_chars=settings.turn.max_message_chars)
     key = check_idempotency_key(idempotency_key)
-    tenant_settings = recent_tenant_settings.get(tenant)
-    turn_id = str(uuid.uuid4())
+    with transient_database_failures(SAFE_RETRY):
+        tenant_settings = recent_tenant_settings.get(tenant)
+        accepted = _accept(
+            tenant,
+            conversation,
+            message,
+            key,
+            topology=tenant_settings.topology.value,
+            reject_when_busy=tenant_settings.in_flight_policy == "reject",
+        )
+    if isinstance(accepted, str):  # the key's earlier turn: published when it was accepted
+        return accepted
+    if accepted.status is TurnStatus.QUEUED:
+        dispatch_committed([(accepted.turn_id, accepted.topology)])
+    return accepted.turn_id
+
+
+def _accept(
+    tenant: str,
+    conversation: str,
+    message: str,
+    key: str | None,
+    *,
+    topology: str,
+    reject_when_busy: bool,
+) -> AcceptedTurn | str:
+    """The new turn, accepted in one statement; or the id of the turn the idempotency key
+    already belongs to (nothing written then)."""
+    settings = get_settings()
     try:
         with direct_connection() as conn:
-            accepted = accept_turn(
+            return accept_turn(
                 conn,
-                turn_id=turn_id,
+                turn_id=str(uuid.uuid4()),
                 tenant_id=tenant,
                 conversation=conversation,
                 message=message,
-                topology=tenant_settings.topology.value,
+                topology=topology,
                 idempotency_key=key,
                 accepted_at=time.time(),
                 stage_deadline_s=settings.turn.stage_deadline_s,
-                reject_when_busy=tenant_settings.in_flight_policy == "reject",
+                reject_when_busy=reject_when_busy,
             )
     except psycopg.errors.UniqueViolation as exc:
         if key is None or not is_idempotency_conflict(exc):
             raise
         # The key was used before (or by a concurrent call that won): nothing was written.
-        earlier = _earlier_turn(tenant, key)
+        earlier = _earlier_turn(tenant, key, conversation=conversation, message=message)
         assert earlier is not None
         return earlier
     except InvalidInput:  # refused: the conversation is busy, unless this key was its turn
-        earlier = _earlier_turn(tenant, key) if key is not None else None
+        earlier = (
+            _earlier_turn(tenant, key, conversation=conversation, message=message)
+            if key is not None
+            else None
+        )
         if earlier is None:
             raise
         return earlier
     except psycopg.errors.ForeignKeyViolation:  # the tenant was deleted a moment ago
         recent_tenant_settings.forget(tenant)
         raise UnknownTenant(tenant) from None
-    if accepted.status is TurnStatus.QUEUED:
-        dispatch_committed([(accepted.turn_id, accepted.topology)])
-    return accepted.turn_id
 
 
-def _earlier_turn(tenant: str, key: str) -> str | None:
+def _earlier_turn(tenant: str, key: str, *, conversation: str, message: str) -> str | None:
+    """The id of the turn this key belongs to, if any; IdempotencyConflict when that turn
+    was accepted for another conversation or message (a caller's bug would otherwise lose
+    this message without a word)."""
     with session_scope() as session:
         earlier = find_by_idempotency_key(session, tenant_id=tenant, key=key)
-    return earlier.turn_id if earlier else None
+    if earlier is None:
+        return None
+    differs = earlier.differences(conversation=conversation, message=message)
+    if differs:
+        raise IdempotencyConflict(key, turn_id=earlier.turn_id, differs=differs)
+    return earlier.turn_id
 
 
 def get_turn(turn_id: str) -> TurnView:
+    """The turn as it is now; TurnNotFound, or DatabaseUnavailable (transient)."""
     turn_id = check_turn_id(turn_id)
-    with session_scope() as session:
+    with transient_database_failures(), session_scope() as session:
         turn = load_turn(session, turn_id)
         return TurnView(
             id=str(turn.id),
@@ -185,8 +243,15 @@ def _until_end_or_quiet(turn_id: str, *, after: str, deadline: float) -> str:
 def stream_turn(turn_id: str, *, after: str = "0", timeout: float = 60.0) -> Iterator[StreamEvent]:
     """The reply's tokens as the agent produces them, then an ``end`` event.
 
+    Raises TurnNotFound at once (not when iterated) for a turn id Postgres does not know; a
+    known turn whose stream has not started yet is waited for, up to ``timeout``.
     Resume after a disconnect by passing the id of the last event seen as ``after``.
     A ``restart`` event means the agent re-ran: discard the text shown so far. The reply of
     record is ``get_turn(turn_id).agent_response`` once the ``end`` event has come.
     """
-    yield from follow(check_turn_id(turn_id), after=after, timeout_s=timeout)
+    turn_id = check_turn_id(turn_id)
+    with transient_database_failures(), direct_connection() as conn:
+        known = turn_exists(conn, turn_id)
+    if not known:
+        raise TurnNotFound(f"turn {turn_id} does not exist")
+    return follow(turn_id, after=after, timeout_s=timeout)

@@ -41,6 +41,20 @@ class UnknownTenant(InvalidInput):
         )
 
 
+class IdempotencyConflict(InvalidInput):
+    """The idempotency key already belongs to a turn with another message or conversation."""
+
+    def __init__(self, key: str, *, turn_id: str, differs: list[str]) -> None:
+        self.key = key
+        self.turn_id = turn_id
+        self.differs = differs
+        super().__init__(
+            "idempotency_key",
+            f"{key!r} already belongs to turn {turn_id}, which has a different "
+            f"{' and '.join(differs)}; nothing was written or enqueued",
+        )
+
+
 class TurnNotFound(PermanentError):
     """No such turn."""
 
@@ -71,6 +85,10 @@ class ProviderConfigError(PermanentError):
 
 class BrokerUnavailable(TransientError):
     """The broker (Redis) cannot be reached."""
+
+
+class DatabaseUnavailable(TransientError):
+    """Postgres cannot be reached, or could not run the statement just now."""
 
 
 class EmbeddedServerError(PermanentError):

@@ -1,4 +1,5 @@
-"""One SQLAlchemy engine per process, made on first use and never shared across fork."""
+"""One SQLAlchemy engine per process, made on first use and never shared across fork; and
+what a caller is told when Postgres cannot be reached."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
+import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
-from shared.errors import PermanentError
+from shared.errors import DatabaseUnavailable, PermanentError
 
 _lock = threading.Lock()
 _engine: Engine | None = None
@@ -102,3 +105,31 @@ def session_scope() -> Iterator[Session]:
     assert _sessions is not None
     with _sessions() as session, session.begin():
         yield session
+
+
+# SQLSTATEs of a server that is going away or not yet there (the rest of class 08 is the
+# connection's own failure): the same outage as a refused connection, to a caller.
+_OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _postgres_failure(exc: Exception, retry_advice: str) -> str:
+    """One line: what failed, the driver's first line, and that retrying may succeed."""
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig else exc
+    sqlstate: str | None = getattr(cause, "sqlstate", None)
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    detail = (lines[0] if lines else type(cause).__name__)[:300]
+    if sqlstate is None or sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES:
+        what = "Postgres (DATABASE_URL) could not be reached"
+    else:
+        what = f"Postgres (DATABASE_URL) could not run the statement now (SQLSTATE {sqlstate})"
+    return f"{what}: {detail}; this is transient: {retry_advice}"
+
+
+@contextmanager
+def transient_database_failures(retry_advice: str = "retry later") -> Iterator[None]:
+    """The driver's OperationalError (psycopg's or SQLAlchemy's: Postgres down, restarting,
+    unreachable, or the connection lost mid-statement) as ``DatabaseUnavailable``."""
+    try:
+        yield
+    except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
+        raise DatabaseUnavailable(_postgres_failure(exc, retry_advice)) from exc

@@ -116,22 +116,39 @@ class AcceptedTurn:
     turn_id: str
     status: TurnStatus
     topology: str
-    existing: bool  # True when an idempotency key returned an earlier turn
 
 
 def _deadline(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
-def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> AcceptedTurn | None:
+@dataclass(frozen=True)
+class KeyedTurn:
+    """The turn an idempotency key belongs to, with what it was accepted for."""
+
+    turn_id: str
+    conversation: str
+    message: str
+
+    def differences(self, *, conversation: str, message: str) -> list[str]:
+        """The fields in which a request with the same key differs from this turn."""
+        differs = []
+        if message != self.message:
+            differs.append("message")
+        if conversation != self.conversation:
+            differs.append("conversation")
+        return differs
+
+
+def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> KeyedTurn | None:
     row = session.execute(
-        select(Turn.id, Turn.status, Turn.topology).where(
-            Turn.tenant_id == tenant_id, Turn.idempotency_key == key
-        )
+        select(Turn.id, Conversation.external_id, Turn.message)
+        .join(Conversation, Conversation.id == Turn.conversation_id)
+        .where(Turn.tenant_id == tenant_id, Turn.idempotency_key == key)
     ).first()
     if row is None:
         return None
-    return AcceptedTurn(str(row.id), TurnStatus(row.status), row.topology, existing=True)
+    return KeyedTurn(str(row.id), conversation=row.external_id, message=row.message)
 
 
 # The turn, its dispatch intent (when its conversation is free) and the conversation's
@@ -200,12 +217,12 @@ def accept_turn(
     if not reject_when_busy:
         row = conn.execute(_ACCEPT_TURN, params).fetchone()
         assert row is not None and row[0] is not None
-        return AcceptedTurn(turn_id, TurnStatus(row[0]), topology, existing=False)
+        return AcceptedTurn(turn_id, TurnStatus(row[0]), topology)
     with conn.transaction():  # a refusal must not keep the conversation's counter bump
         row = conn.execute(_ACCEPT_TURN, params).fetchone()
         if row is None or row[0] is None:
             raise InvalidInput("conversation", f"{conversation!r} already has a turn in flight")
-    return AcceptedTurn(turn_id, TurnStatus(row[0]), topology, existing=False)
+    return AcceptedTurn(turn_id, TurnStatus(row[0]), topology)
 
 
 def is_idempotency_conflict(exc: Exception) -> bool:
@@ -222,6 +239,13 @@ def load_turn(session: Session, turn_id: str, *, lock: bool = False) -> Turn:
     if turn is None:
         raise TurnNotFound(f"turn {turn_id} does not exist")
     return turn
+
+
+_TURN_EXISTS = "SELECT 1 FROM turns WHERE id = %(turn_id)s"
+
+
+def turn_exists(conn: psycopg.Connection[Any], turn_id: str) -> bool:
+    return conn.execute(_TURN_EXISTS, {"turn_id": uuid.UUID(turn_id)}).fetchone() is not None
 
 
 def check_ownership(stage: Stage, values: dict[str, Any]) -> None:
