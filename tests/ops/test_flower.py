@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import re
 import secrets
 import socket
@@ -17,6 +18,8 @@ import psutil
 import pytest
 
 from shared.client import enqueue_turn, wait_for_turn
+from shared.contract import MAINTENANCE_QUEUE, RELAY_TASK, SWEEP_TASK
+from shared.dispatch import dispatch_app
 from shared.procfile import ProcessGroup, read_procfile, start_workers
 from tests.conftest import ARTIFACTS, new_tenant
 from tests.ops.browser import headless_chromium
@@ -282,3 +285,32 @@ def test_the_tasks_page_loads_its_rows_with_credentials_given_after_a_401(
         browser.find_element(By.CSS_SELECTOR, "#tasks-table_filter input").send_keys("agent")
         time.sleep(2)  # a second load of the rows, after a search, must work as well
         assert alerts() == [] and rows() >= 1
+
+
+def test_the_outbox_relay_and_the_sweeper_stay_out_of_flowers_task_list(flower: Flower) -> None:
+    app = dispatch_app()
+    worker = next(
+        name
+        for reply in app.control.ping(timeout=1) or []
+        for name in reply
+        if name.startswith("maintenance@")
+    )
+
+    def runs() -> dict[str, int]:
+        stats = app.control.inspect(destination=[worker], timeout=2).stats() or {}
+        return dict(stats.get(worker, {}).get("total", {}))
+
+    before = runs()
+    for _ in range(3):  # as beat sends them, with the worker's task events on (by Flower)
+        for name in (RELAY_TASK, SWEEP_TASK):
+            app.send_task(name, queue=MAINTENANCE_QUEUE)
+    deadline = time.monotonic() + 30
+    while any(runs().get(n, 0) < before.get(n, 0) + 3 for n in (RELAY_TASK, SWEEP_TASK)):
+        assert time.monotonic() < deadline, f"the maintenance worker ran {runs()}"
+        time.sleep(0.3)
+    # a turn's tasks, run after them, still reach Flower's list ...
+    assert task_events_reach(flower, new_tenant(with_demo_kb=False))
+    # ... and the maintenance tasks are not in it
+    for name in (RELAY_TASK, SWEEP_TASK):
+        status, body = flower.get(f"{flower.ui}/api/tasks?taskname={name}", auth=flower.credentials)
+        assert status == 200 and json.loads(body) == {}, (name, body[:300])
