@@ -13,7 +13,10 @@ a small reverse proxy, is what anything else reaches:
   IP behind a NetworkPolicy, a private interface, or loopback beside the scraper).
 
 The gate refuses to start without ``FLOWER_BASIC_AUTH``, so Flower's UI is never served
-unauthenticated.
+unauthenticated. Connections are kept alive (HTTP/1.1), so a refused request's body is read
+and dropped before the answer; one the gate will not read (chunked, over ``MAX_BODY_BYTES``,
+a malformed length) gets ``Connection: close`` instead, never a reply the client would take
+for the answer to its next request.
 """
 
 from __future__ import annotations
@@ -85,8 +88,41 @@ class Upstream:
     port: int
 
 
+def _body_length(handler: BaseHTTPRequestHandler) -> int | None:
+    """The request body's length from Content-Length (0 without a body), or None when the
+    gate cannot know it: a chunked body, or a length that is not a number."""
+    if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
+        return None
+    raw = handler.headers.get("Content-Length")
+    if raw is None:
+        return 0
+    try:
+        length = int(raw)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def discard_body(handler: BaseHTTPRequestHandler) -> bool:
+    """Read and drop the body of a request the gate refuses, so that the next request on
+    the kept-alive connection starts where the client sends it. False when the body cannot
+    be read safely (unknown length, too large, cut short): the connection must close."""
+    length = _body_length(handler)
+    if length is None or length > MAX_BODY_BYTES:
+        return False
+    while length:
+        chunk = handler.rfile.read(min(length, 65_536))
+        if not chunk:
+            return False
+        length -= len(chunk)
+    return True
+
+
 def _forward(handler: BaseHTTPRequestHandler, upstream: Upstream) -> None:
-    length = int(handler.headers.get("Content-Length") or 0)
+    length = _body_length(handler)
+    if length is None:  # send_error closes the connection: the body is never read
+        handler.send_error(411, "a request body needs a valid Content-Length")
+        return
     if length > MAX_BODY_BYTES:
         handler.send_error(413, "request body too large")
         return
@@ -155,14 +191,19 @@ class _GateHandler(BaseHTTPRequestHandler):
             _forward(self, type(self).upstream)
             return
         status, message = refusal
+        in_step = discard_body(self)
         self.send_response(status)
         if status == 401:
             self.send_header("WWW-Authenticate", 'Basic realm="flower"')
+        if not in_step:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         body = message.encode()
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has no body, whatever its length says
+            self.wfile.write(body)
 
     # http.server dispatches on these names
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle  # noqa: N815

@@ -1,4 +1,9 @@
-"""Queue ``maintenance``: the outbox relay and the stuck-turn sweeper (run by beat)."""
+"""Queue ``maintenance``: the outbox relay and the stuck-turn sweeper (run by beat).
+
+They send no task events, even while Flower (or ``celery control enable_events``) has the
+worker's events on: beat runs them every few seconds, and their events would bury the turns'
+tasks in Flower's task list. Their own logs and metrics still record every run.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,21 @@ from shared.turn.recovery import relay_outbox, sweep_stuck_turns
 from workers.app import app
 from workers.base import ChordlineTask
 
+MAINTENANCE_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "base": ChordlineTask,
+    "ignore_result": True,
+    "max_retries": 0,
+    "send_events": False,
+}
 
-@app.task(name=RELAY_TASK, bind=True, base=ChordlineTask, ignore_result=True, max_retries=0)
+
+@app.task(name=RELAY_TASK, **MAINTENANCE_OPTIONS)
 def relay(self: ChordlineTask) -> dict[str, Any]:
     return {"sent": relay_outbox()}
 
 
-@app.task(name=SWEEP_TASK, bind=True, base=ChordlineTask, ignore_result=True, max_retries=0)
+@app.task(name=SWEEP_TASK, **MAINTENANCE_OPTIONS)
 def sweep(self: ChordlineTask) -> dict[str, Any]:
     report = sweep_stuck_turns()
     return {"redriven": len(report.redriven), "failed": len(report.failed)}

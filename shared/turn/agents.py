@@ -23,6 +23,7 @@ from shared.turn.researcher import run_researcher, stored_research
 from shared.turn.stage import (
     StageInputs,
     StageOrigin,
+    ensure_budget_left,
     finish_span,
     load_stage_inputs,
     log_fallback,
@@ -88,6 +89,7 @@ def _generate(
 ) -> AgentReply:
     tokens: list[str] = []
     try:
+        ensure_budget_left(deadline, Stage.AGENT)
         for token in get_providers().chat.stream_reply(
             request=request, usage=usage, deadline=deadline
         ):

@@ -13,6 +13,7 @@ from shared.schemas import Agent, Orchestration, Phase, Stage
 from shared.turn.stage import (
     StageOrigin,
     commit_stage_output,
+    ensure_budget_left,
     load_stage_inputs,
     log_fallback,
     read_turn,
@@ -56,6 +57,7 @@ def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, 
         return stored, topology
     usage = Usage()
     try:
+        ensure_budget_left(inputs.deadline, Stage.ORCHESTRATOR)
         result = get_providers().chat.orchestrate(
             context=inputs.context,
             model=inputs.settings.models.orchestrator,

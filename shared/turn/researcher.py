@@ -20,6 +20,7 @@ from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings
 from shared.turn.stage import (
     StageOrigin,
     commit_stage_output,
+    ensure_budget_left,
     load_stage_inputs,
     log_fallback,
     read_turn,
@@ -115,6 +116,7 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
         outcome = "skipped"
     else:
         try:
+            ensure_budget_left(deadline, Stage.RESEARCHER)
             with operation():  # retrieval is one operation for the latency it is given
                 result = research_question(
                     tenant_id=turn.tenant_id,

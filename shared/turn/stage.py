@@ -19,6 +19,7 @@ from shared.db.tenants import tenant_settings_from
 from shared.db.turns import TurnRecord, write_stage_output
 from shared.errors import TurnNotFound
 from shared.providers.base import ConversationContext, Usage
+from shared.providers.failures import ProviderBudgetExceeded
 from shared.schemas import Stage, TenantSettings
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,19 @@ def log_fallback(stage: Stage, *, turn: TurnRecord, exc: Exception) -> None:
 def turn_deadline(turn: TurnRecord) -> float:
     """Epoch seconds by which the turn must have ended: accepted + budget."""
     return turn.accepted_at + get_settings().turn.budget_s
+
+
+def ensure_budget_left(deadline: float, stage: Stage) -> None:
+    """A stage that starts past its turn's deadline calls no model, whichever provider
+    serves it: it raises, and the stage answers with its fallback at once (a turn recovered
+    late ends with the fallback reply, not a late answer)."""
+    late_s = time.time() - deadline
+    if late_s >= 0:
+        budget_s = get_settings().turn.budget_s
+        raise ProviderBudgetExceeded(
+            f"the turn's budget (CHORDLINE_TURN_BUDGET_S, {budget_s:g} s) ran out "
+            f"{late_s:.1f} s before the {stage.value} stage started; no model was called"
+        )
 
 
 @dataclass(frozen=True)

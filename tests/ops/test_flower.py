@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import re
 import secrets
 import socket
@@ -16,6 +18,8 @@ import psutil
 import pytest
 
 from shared.client import enqueue_turn, wait_for_turn
+from shared.contract import MAINTENANCE_QUEUE, RELAY_TASK, SWEEP_TASK
+from shared.dispatch import dispatch_app
 from shared.procfile import ProcessGroup, read_procfile, start_workers
 from tests.conftest import ARTIFACTS, new_tenant
 from tests.ops.browser import headless_chromium
@@ -203,3 +207,110 @@ def test_flower_shows_chordline_tasks_and_queues_in_a_browser(flower: Flower) ->
         )
         browser.save_screenshot(str(ARTIFACTS / "flower-workers.png"))
     assert (ARTIFACTS / "flower-tasks.png").stat().st_size > 10_000
+
+
+def _basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def _exchange(sock: socket.socket, request: bytes) -> http.client.HTTPResponse:
+    """Send one raw request on ``sock`` and read its whole response."""
+    sock.sendall(request)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response
+
+
+def test_a_refused_request_with_a_body_leaves_its_kept_alive_connection_in_step(
+    flower: Flower,
+) -> None:
+    port = int(flower.ui.rsplit(":", 1)[1])
+    body = b"draw=1&start=0&length=15&search%5Bvalue%5D=&order%5B0%5D%5Bdir%5D=desc"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        refused = _exchange(
+            sock,
+            b"POST /tasks/datatable HTTP/1.1\r\nHost: flower\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        assert refused.status == 401
+        assert refused.getheader("Connection") != "close"  # the gate read the body
+        # the next request on the same connection is answered as itself
+        second = _exchange(
+            sock,
+            b"GET /api/workers HTTP/1.1\r\nHost: flower\r\nAuthorization: %s\r\n\r\n"
+            % _basic(flower.credentials).encode(),
+        )
+        assert second.status == 200, second.status
+    # a body the gate does not read (chunked) closes the connection after the refusal
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        refused = _exchange(
+            sock,
+            b"POST /tasks/datatable HTTP/1.1\r\nHost: flower\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\ndraw=\r\n0\r\n\r\n",
+        )
+        assert refused.status == 401 and refused.getheader("Connection") == "close"
+        assert sock.recv(1) == b""  # closed: the chunks were never taken for a request
+
+
+# DataTables reports a failed load of its rows ("Ajax error") with alert(): record them.
+RECORD_ALERTS = "window.__alerts = []; window.alert = (m) => window.__alerts.push(String(m));"
+
+
+def test_the_tasks_page_loads_its_rows_with_credentials_given_after_a_401(
+    flower: Flower,
+) -> None:
+    """Credentials in the URL: the browser sends them only once refused, so the table's
+    POST /tasks/datatable is first refused with its body unread, then sent again on the
+    same connection."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tenant = new_tenant()
+    wait_for_turn(enqueue_turn(tenant, "c1", "Does Halyard have a REST API?"), timeout=90)
+    user, password = flower.credentials.split(":", 1)
+    with headless_chromium() as browser:
+        browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_ALERTS})
+        browser.get(f"http://{user}:{password}@{flower.ui.removeprefix('http://')}/tasks")
+
+        def alerts() -> list[str]:
+            return list(browser.execute_script("return window.__alerts || []"))
+
+        def rows() -> int:
+            return len(browser.find_elements(By.CSS_SELECTOR, "#tasks-table tbody tr[id]"))
+
+        WebDriverWait(browser, 60, poll_frequency=0.5).until(lambda _: alerts() or rows() >= 4)
+        assert alerts() == []
+        browser.find_element(By.CSS_SELECTOR, "#tasks-table_filter input").send_keys("agent")
+        time.sleep(2)  # a second load of the rows, after a search, must work as well
+        assert alerts() == [] and rows() >= 1
+
+
+def test_the_outbox_relay_and_the_sweeper_stay_out_of_flowers_task_list(flower: Flower) -> None:
+    app = dispatch_app()
+    worker = next(
+        name
+        for reply in app.control.ping(timeout=1) or []
+        for name in reply
+        if name.startswith("maintenance@")
+    )
+
+    def runs() -> dict[str, int]:
+        stats = app.control.inspect(destination=[worker], timeout=2).stats() or {}
+        return dict(stats.get(worker, {}).get("total", {}))
+
+    before = runs()
+    for _ in range(3):  # as beat sends them, with the worker's task events on (by Flower)
+        for name in (RELAY_TASK, SWEEP_TASK):
+            app.send_task(name, queue=MAINTENANCE_QUEUE)
+    deadline = time.monotonic() + 30
+    while any(runs().get(n, 0) < before.get(n, 0) + 3 for n in (RELAY_TASK, SWEEP_TASK)):
+        assert time.monotonic() < deadline, f"the maintenance worker ran {runs()}"
+        time.sleep(0.3)
+    # a turn's tasks, run after them, still reach Flower's list ...
+    assert task_events_reach(flower, new_tenant(with_demo_kb=False))
+    # ... and the maintenance tasks are not in it
+    for name in (RELAY_TASK, SWEEP_TASK):
+        status, body = flower.get(f"{flower.ui}/api/tasks?taskname={name}", auth=flower.credentials)
+        assert status == 200 and json.loads(body) == {}, (name, body[:300])
