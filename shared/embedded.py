@@ -8,6 +8,13 @@ it controls the port, the data directory and persistence (Valkey runs with AOF o
 
 A server that is already running on the same data directory is reused, never started twice;
 a command stops only what it started itself.
+
+Postgres refuses to run as root. Started by root, it runs as the system user ``chordline``
+with its own group ``chordline`` (both created when missing) and no supplementary groups,
+so it holds none of root's group rights. chordline gives that user the ``postgres`` folder
+of the data dir (and lets it through the data dir itself), but never changes the folders
+above CHORDLINE_DATA_DIR: when one of them does not let the user through, the start fails
+with one line naming the folder and what to do.
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.errors import EmbeddedServerError
 
 log = logging.getLogger(__name__)
 
 POSTGRES_SYSTEM_USER = "chordline"  # Postgres refuses to run as root.
+POSTGRES_SYSTEM_GROUP = "chordline"
 START_TIMEOUT_S = 30.0
 
 
@@ -127,44 +136,128 @@ def _postgres_bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall18" / "bin"
 
 
-def _postgres_run_as() -> str | None:
-    """Postgres will not run as root: run it as a dedicated system user instead."""
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged identity Postgres runs as when chordline is started by root."""
+
+    user: str
+    uid: int
+    gid: int
+
+    def process_kwargs(self) -> dict[str, Any]:
+        """``subprocess`` arguments: this user and group, no supplementary groups."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+
+def _create_system_account(command: list[str], *, exists: Callable[[], bool]) -> None:
+    """Run ``groupadd``/``useradd``; another process creating it first is fine."""
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        if exists():
+            return
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
+        raise EmbeddedServerError(
+            f"cannot create the system account Postgres runs as ({' '.join(command)}): "
+            f"{detail}; create it, or set DATABASE_URL"
+        ) from None
+
+
+def _postgres_run_as() -> RunAs | None:
+    """Postgres will not run as root: run it as a dedicated system user and group instead."""
     if os.geteuid() != 0:
         return None
+    import grp
     import pwd
 
-    try:
-        pwd.getpwnam(POSTGRES_SYSTEM_USER)
-    except KeyError:
-        subprocess.run(
+    def group_exists() -> bool:
+        with contextlib.suppress(KeyError):
+            return bool(grp.getgrnam(POSTGRES_SYSTEM_GROUP))
+        return False
+
+    def user_exists() -> bool:
+        with contextlib.suppress(KeyError):
+            return bool(pwd.getpwnam(POSTGRES_SYSTEM_USER))
+        return False
+
+    if not group_exists():
+        _create_system_account(["groupadd", "--system", POSTGRES_SYSTEM_GROUP], exists=group_exists)
+    if not user_exists():
+        _create_system_account(
             [
                 "useradd",
                 "--system",
+                "--gid",
+                POSTGRES_SYSTEM_GROUP,
                 "--no-create-home",
                 "--shell",
                 "/usr/sbin/nologin",
                 POSTGRES_SYSTEM_USER,
             ],
-            check=True,
-            capture_output=True,
+            exists=user_exists,
         )
-    return POSTGRES_SYSTEM_USER
+    return RunAs(
+        POSTGRES_SYSTEM_USER,
+        pwd.getpwnam(POSTGRES_SYSTEM_USER).pw_uid,
+        grp.getgrnam(POSTGRES_SYSTEM_GROUP).gr_gid,
+    )
 
 
-def _let_user_reach(path: Path, user: str) -> None:
-    """Give the Postgres user its data dir, and a way through the parents to reach it."""
+def postgres_process_kwargs() -> dict[str, Any]:
+    """How to start a Postgres binary from this process (as ``chordline`` when root)."""
+    run_as = _postgres_run_as()
+    return run_as.process_kwargs() if run_as else {}
+
+
+def _can_enter(folder: Path, run_as: RunAs) -> bool:
+    """Whether the mode bits let ``run_as`` (no supplementary groups) through ``folder``."""
+    info = folder.stat()
+    if info.st_uid == run_as.uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid == run_as.gid:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
+
+
+def _check_reachable(data_dir: Path, run_as: RunAs) -> None:
+    """Fail, naming the folder, when a folder above the data dir keeps ``run_as`` out."""
+    above = [*Path(os.path.abspath(data_dir)).parents, *data_dir.resolve().parents]
+    for folder in sorted(set(above), key=lambda f: len(f.parts)):
+        if _can_enter(folder, run_as):
+            continue
+        info = folder.stat()
+        owner = _owner_name(info.st_uid)
+        raise EmbeddedServerError(
+            f"CHORDLINE_DATA_DIR: the embedded Postgres runs as user {run_as.user!r}, which "
+            f"cannot enter {folder} (mode {stat.S_IMODE(info.st_mode):04o}, owner {owner}); "
+            f"let it through (chmod o+x {folder}), set CHORDLINE_DATA_DIR to a folder outside "
+            "it, or set DATABASE_URL"
+        )
+
+
+def _owner_name(uid: int) -> str:
     import pwd
 
-    entry = pwd.getpwnam(user)
-    for parent in path.parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-    for root, dirs, files in os.walk(path):
-        os.chown(root, entry.pw_uid, entry.pw_gid)
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _let_user_reach(data_dir: Path, root: Path, run_as: RunAs) -> None:
+    """Give the Postgres user its folder of the data dir, and a way through the data dir.
+
+    The folders above the data dir are the user's own: they are checked, never changed.
+    """
+    _check_reachable(data_dir, run_as)
+    mode = data_dir.stat().st_mode
+    if not _can_enter(data_dir, run_as):
+        data_dir.chmod(mode | stat.S_IXOTH)
+    for folder, dirs, files in os.walk(root):
+        os.chown(folder, run_as.uid, run_as.gid)
         for name in dirs + files:
             with contextlib.suppress(FileNotFoundError):
-                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+                os.chown(os.path.join(folder, name), run_as.uid, run_as.gid)
 
 
 def _postmaster(pgdata: Path) -> tuple[int, int] | None:
@@ -189,10 +282,7 @@ def _postgres_url(port: int) -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:{port}/chordline"
 
 
-def _init_pgdata(pgdata: Path, bin_dir: Path, user: str | None, log_file: Path) -> None:
-    pgdata.mkdir(parents=True, exist_ok=True)
-    if user:
-        _let_user_reach(pgdata.parent, user)
+def _init_pgdata(pgdata: Path, bin_dir: Path, run_as: RunAs | None, log_file: Path) -> None:
     with log_file.open("ab") as out:
         subprocess.run(
             [
@@ -208,11 +298,12 @@ def _init_pgdata(pgdata: Path, bin_dir: Path, user: str | None, log_file: Path) 
             check=True,
             stdout=out,
             stderr=subprocess.STDOUT,
-            user=user,
+            **(run_as.process_kwargs() if run_as else {}),
         )
 
 
-def _create_database(bin_dir: Path, port: int, user: str | None) -> None:
+def _create_database(bin_dir: Path, port: int, run_as: RunAs | None) -> None:
+    identity = run_as.process_kwargs() if run_as else {}
     connect = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
     exists = subprocess.run(
         [
@@ -225,14 +316,14 @@ def _create_database(bin_dir: Path, port: int, user: str | None) -> None:
         check=True,
         capture_output=True,
         text=True,
-        user=user,
+        **identity,
     ).stdout.strip()
     if exists != "1":
         subprocess.run(
             [str(bin_dir / "createdb"), *connect, "chordline"],
             check=True,
             capture_output=True,
-            user=user,
+            **identity,
         )
 
 
@@ -247,12 +338,13 @@ def ensure_postgres(data_dir: Path) -> RunningServer:
                 "postgres", running[0], running[1], _postgres_url(running[1]), False
             )
         bin_dir = _postgres_bin_dir()
-        user = _postgres_run_as()
+        run_as = _postgres_run_as()
         log_file = root / "postgres.log"
+        pgdata.mkdir(parents=True, exist_ok=True)
+        if run_as:
+            _let_user_reach(data_dir, root, run_as)
         if not (pgdata / "PG_VERSION").exists():
-            _init_pgdata(pgdata, bin_dir, user, log_file)
-        if user:
-            _let_user_reach(root, user)
+            _init_pgdata(pgdata, bin_dir, run_as, log_file)
         port = _remembered_port(root / "port")
         with log_file.open("ab") as out:
             proc = subprocess.Popen(
@@ -277,11 +369,11 @@ def ensure_postgres(data_dir: Path) -> RunningServer:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                user=user,
                 start_new_session=True,
+                **(run_as.process_kwargs() if run_as else {}),
             )
         _wait_for("postgres", lambda: _postmaster(pgdata) is not None, proc, log_file)
-        _create_database(bin_dir, port, user)
+        _create_database(bin_dir, port, run_as)
         log.info(
             "embedded server started",
             extra={"action": "embedded_start", "server": "postgres", "port": port, "pid": proc.pid},

@@ -48,6 +48,8 @@ def _services_for_ingest(mode: IngestMode) -> Iterator[bool]:
 def _print_rejections(report: IngestReport) -> None:
     for rejected in report.rejected:
         err.print(f"[yellow]rejected[/] {escape(rejected.describe())}", soft_wrap=True)
+    for failed in report.failed:
+        err.print(f"[red]failed[/] {escape(failed.describe())}", soft_wrap=True)
     for skipped in report.skipped[:MAX_LISTED]:
         err.print(f"[dim]skipped {escape(skipped.describe())}[/]", soft_wrap=True)
     if len(report.skipped) > MAX_LISTED:
@@ -94,6 +96,11 @@ def _ingest_with_progress(
 def _print_report(report: IngestReport) -> None:
     _print_rejections(report)
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    if report.failed:
+        err.print(
+            "the failed documents were not stored; run the same `kb ingest` again to retry "
+            "them (stored documents are skipped)"
+        )
     if report.pending:
         err.print(
             f"{report.pending} documents were still queued when no more progress came for "
@@ -138,7 +145,7 @@ def kb_ingest(
         _ingest_with_progress(found, tenant=tenant, queued=queue_available, report=report)
     report.seconds = time.perf_counter() - started
     _print_report(report)
-    if report.rejected or report.pending:
+    if report.rejected or report.failed or report.pending:
         raise typer.Exit(1)
 
 

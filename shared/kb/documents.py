@@ -32,7 +32,6 @@ class Rejection(StrEnum):
     TOO_LARGE = "too large"
     NOT_UTF8 = "not UTF-8"
     EMPTY = "empty"
-    FAILED = "failed"  # queued, but the worker could not store it (see the detail)
 
 
 class RejectedDocument(ValueError):

@@ -6,11 +6,22 @@ embedding model has not embedded yet gets vectors for the chunks it already has;
 content replaces the document's chunks. Chunking and embedding run outside any transaction,
 so a slow embedding model never holds a lock.
 
-Documents are written in groups: one transaction per group (up to ``WRITE_GROUP_CHUNKS``
-chunks), with one multi-row INSERT for the documents, one for the chunks and one COPY for
-the vectors, so the per-document round trips and commits do not dominate a large ingest.
-A group is all or nothing; a document that cannot be ingested is rejected before its group
-is written, so it never takes the others down with it.
+Documents are read in groups (up to ``WRITE_GROUP_CHUNKS`` chunks): one query finds what
+the group's documents already have stored, each document is embedded on its own, and the
+embedded ones are written together, in one transaction with one multi-row INSERT for the
+documents, one for the chunks and one COPY for the vectors, so per-document round trips and
+commits do not dominate a large ingest (committing each document alone made an ingest of
+small documents several times slower). A write happens when the group ends, and also once
+``WRITE_AFTER_S`` of embedding has passed since the last one, and before an error ends the
+ingest, so a slow embedding API commits about one document at a time and what finished is
+kept. A document that cannot be embedded is left out of its write and reported; it never
+takes another down with it. Ingesting again skips the documents stored with the same
+content hash and does only what is missing.
+
+A document's embedding calls share one budget (``CHORDLINE_PROVIDER_INGEST_BUDGET_S``),
+within which the provider's transient failures are retried. A document still failing after
+that, or whose text the provider refuses, is reported as failed with the reason; a failure
+no document can get past (a rejected key, an unknown model) ends the ingest at once.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from shared.config import KbSettings, get_settings
 from shared.db.models import KbChunk, KbDocument
 from shared.db.session import session_scope
 from shared.db.tenants import require_tenant
+from shared.errors import ChordlineError, ProviderError
 from shared.kb.chunking import Chunk, chunk_document, document_title
 from shared.kb.documents import (
     DocumentSource,
@@ -49,8 +61,12 @@ from shared.kb.stores import (
     write_vectors,
 )
 from shared.providers.base import Embedder
+from shared.providers.failures import ProviderRequestRejected
 
 WRITE_GROUP_CHUNKS = 512
+# Embedded documents are committed at least this often: an interrupted ingest loses at most
+# this much embedding work (with a remote embedding API, about one document per write).
+WRITE_AFTER_S = 1.0
 
 
 class Outcome(StrEnum):
@@ -59,12 +75,32 @@ class Outcome(StrEnum):
     UNCHANGED = "unchanged"
     EMBEDDED = "embedded"  # same content, newly embedded by the current model
     REJECTED = "rejected"
+    FAILED = "failed"  # not stored this time: its embedding failed
 
 
 @dataclass(frozen=True)
 class StoreResult:
     outcome: Outcome
     chunks: int
+
+
+@dataclass(frozen=True)
+class FailedDocument:
+    """A document not stored this time (its embedding failed); ingesting again retries it."""
+
+    source: str
+    reason: str
+    error: ChordlineError | None = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+DocumentResult = StoreResult | RejectedDocument | FailedDocument
+
+# What one document's embedding may fail with without ending the ingest: the provider stayed
+# unavailable through the retries, or refused this document's text.
+DOCUMENT_FAILURES = (ProviderError, ProviderRequestRejected)
 
 
 @dataclass
@@ -75,6 +111,7 @@ class IngestReport:
     embedded: int = 0
     chunks: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    failed: list[FailedDocument] = field(default_factory=list)
     skipped: list[Rejected] = field(default_factory=list)
     seconds: float = 0.0
     mode: str = "inline"
@@ -97,6 +134,8 @@ class IngestReport:
             f"{self.chunks} chunks written",
             f"{len(self.rejected)} rejected",
         ]
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
         if self.skipped:
             parts.append(f"{len(self.skipped)} other files skipped")
         if self.pending:
@@ -124,10 +163,17 @@ def embedding_text(heading: str, text: str) -> str:
     return f"{heading}\n{text}"
 
 
-def embed_texts(embedder: Embedder, texts: Sequence[str], *, batch: int) -> list[list[float]]:
+def embedding_deadline() -> float:
+    """When one document's embedding calls (and their retries) must have finished."""
+    return time.time() + get_settings().providers.ingest_budget_s
+
+
+def embed_texts(
+    embedder: Embedder, texts: Sequence[str], *, batch: int, deadline: float | None = None
+) -> list[list[float]]:
     vectors: list[list[float]] = []
     for start in range(0, len(texts), batch):
-        vectors.extend(embedder.embed(texts[start : start + batch]))
+        vectors.extend(embedder.embed(texts[start : start + batch], deadline=deadline))
     return vectors
 
 
@@ -139,7 +185,10 @@ def prepare_document(
     if not chunks:
         raise RejectedDocument(Rejection.EMPTY, "has no text to index")
     vectors = embed_texts(
-        embedder, [embedding_text(c.heading, c.text) for c in chunks], batch=settings.embed_batch
+        embedder,
+        [embedding_text(c.heading, c.text) for c in chunks],
+        batch=settings.embed_batch,
+        deadline=embedding_deadline(),
     )
     title = document_title(document.text, kind=document.kind, fallback=Path(document.source).stem)
     return PreparedDocument(document, content_hash(document.text), title, chunks, vectors)
@@ -187,7 +236,10 @@ def embed_missing(
     if not missing:
         return StoreResult(Outcome.UNCHANGED, 0)
     vectors = embed_texts(
-        embedder, [embedding_text(m.heading, m.text) for m in missing], batch=batch
+        embedder,
+        [embedding_text(m.heading, m.text) for m in missing],
+        batch=batch,
+        deadline=embedding_deadline(),
     )
     with session_scope() as session:
         session.execute(select(KbDocument.id).where(KbDocument.id == document_id).with_for_update())
@@ -315,14 +367,45 @@ class _Group:
     chunk_estimate: int = 0
 
 
+class _PendingWrites:
+    """Embedded documents waiting to be committed together, and their results once written.
+
+    They are written when the group ends, when ``WRITE_AFTER_S`` of embedding has gone by
+    since the last write, and when the ingest stops on an error: what finished is kept.
+    """
+
+    def __init__(self, *, tenant_id: str, store: VectorStore) -> None:
+        self.tenant_id, self.store = tenant_id, store
+        self.documents: list[PreparedDocument] = []
+        self.results: dict[str, StoreResult] = {}
+        self.since = time.monotonic()
+
+    def add(self, prepared: PreparedDocument) -> None:
+        self.documents.append(prepared)
+        if time.monotonic() - self.since >= WRITE_AFTER_S:
+            self.write()
+
+    def write(self) -> None:
+        batch, self.documents = self.documents, []
+        self.since = time.monotonic()
+        if not batch:
+            return
+        with session_scope() as session:
+            written = write_documents(
+                session, tenant_id=self.tenant_id, prepared=batch, store=self.store
+            )
+        self.results |= {p.document.source: r for p, r in zip(batch, written, strict=True)}
+
+
 def ingest_documents(
     documents: Sequence[LoadedDocument],
     *,
     tenant_id: str,
     embedder: Embedder,
     settings: KbSettings,
-) -> list[StoreResult | RejectedDocument]:
-    """Store a group of documents; per document its result or why it was rejected."""
+) -> list[DocumentResult]:
+    """Store a group of documents; per document its result, why it was rejected, or why it
+    failed. A failing document never takes another down with it."""
     store = store_for(embedder)
     with session_scope() as session:
         stored = stored_versions(
@@ -334,40 +417,47 @@ def ingest_documents(
             if d.source in stored and stored[d.source][1] == content_hash(d.text)
         }
         incomplete = documents_missing_vectors(session, store, document_ids=list(same.values()))
-    results: dict[str, StoreResult | RejectedDocument] = {}
-    prepared: list[PreparedDocument] = []
-    for doc in documents:
-        if doc.source in same and same[doc.source] in incomplete:
-            results[doc.source] = embed_missing(
-                document_id=same[doc.source],
-                tenant_id=tenant_id,
-                store=store,
-                embedder=embedder,
-                batch=settings.embed_batch,
-            )
-        elif doc.source in same:
-            results[doc.source] = StoreResult(Outcome.UNCHANGED, 0)
-        else:
+    results: dict[str, DocumentResult] = {}
+    pending = _PendingWrites(tenant_id=tenant_id, store=store)
+    try:
+        for doc in documents:
+            stored_id = same.get(doc.source)
             try:
-                prepared.append(prepare_document(doc, embedder=embedder, settings=settings))
+                if stored_id is not None and stored_id in incomplete:
+                    results[doc.source] = embed_missing(
+                        document_id=stored_id,
+                        tenant_id=tenant_id,
+                        store=store,
+                        embedder=embedder,
+                        batch=settings.embed_batch,
+                    )
+                elif stored_id is not None:
+                    results[doc.source] = StoreResult(Outcome.UNCHANGED, 0)
+                else:
+                    pending.add(prepare_document(doc, embedder=embedder, settings=settings))
             except RejectedDocument as exc:
                 results[doc.source] = exc
-    if prepared:
-        with session_scope() as session:
-            written = write_documents(session, tenant_id=tenant_id, prepared=prepared, store=store)
-        results |= {p.document.source: r for p, r in zip(prepared, written, strict=True)}
+            except DOCUMENT_FAILURES as exc:
+                results[doc.source] = FailedDocument(doc.source, str(exc), exc)
+    finally:
+        pending.write()  # also when a failure no document can pass ends the ingest
+    results |= pending.results
     return [results[d.source] for d in documents]
 
 
 def ingest_document(
     document: LoadedDocument, *, tenant_id: str, embedder: Embedder, settings: KbSettings
 ) -> StoreResult:
-    """Store one document; RejectedDocument if it has nothing to index."""
+    """Store one document; RejectedDocument if it has nothing to index, and the provider's
+    error if its embedding failed."""
     [result] = ingest_documents(
         [document], tenant_id=tenant_id, embedder=embedder, settings=settings
     )
     if isinstance(result, RejectedDocument):
         raise result
+    if isinstance(result, FailedDocument):
+        assert result.error is not None
+        raise result.error
     return result
 
 
@@ -415,6 +505,9 @@ def ingest_sources(
             if isinstance(result, RejectedDocument):
                 report.rejected.append(Rejected(document.source, result.reason, result.detail))
                 outcome = Outcome.REJECTED
+            elif isinstance(result, FailedDocument):
+                report.failed.append(result)
+                outcome = Outcome.FAILED
             else:
                 report.count(result)
                 outcome = result.outcome

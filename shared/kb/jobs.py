@@ -38,7 +38,14 @@ from shared.kb.documents import (
     Rejection,
     read_document,
 )
-from shared.kb.ingest import IngestReport, Outcome, ProgressCallback, StoreResult, ingest_document
+from shared.kb.ingest import (
+    FailedDocument,
+    IngestReport,
+    Outcome,
+    ProgressCallback,
+    StoreResult,
+    ingest_document,
+)
 from shared.providers.base import Embedder
 
 log = logging.getLogger(__name__)
@@ -151,10 +158,11 @@ def _record(report: IngestReport, job: FinishedJob) -> Outcome:
         result = StoreResult(Outcome(job.outcome), job.chunks)
         report.count(result)
         return result.outcome
-    rejected_as = job.outcome if job.status == JobStatus.REJECTED else None
-    reason = Rejection(rejected_as) if rejected_as else Rejection.FAILED
-    report.rejected.append(Rejected(job.source, reason, job.error or job.status))
-    return Outcome.REJECTED
+    if job.status == JobStatus.REJECTED and job.outcome:
+        report.rejected.append(Rejected(job.source, Rejection(job.outcome), job.error or ""))
+        return Outcome.REJECTED
+    report.failed.append(FailedDocument(job.source, job.error or job.status))
+    return Outcome.FAILED
 
 
 def _read_or_reject(

@@ -5,7 +5,9 @@ Every SDK exception is turned into one of three chordline errors:
 - ``ProviderUnavailable`` (transient: 429, 5xx, timeouts, connection resets, malformed
   responses): the retry loop tries again, within the turn's budget;
 - ``ProviderConfigError`` (permanent: 401/403, 400, unknown model, no quota): fails at once
-  with a message naming the provider and the setting to fix;
+  with a message naming the provider and the setting to fix; ``ProviderRequestRejected``
+  is the kind that concerns one request's content (a 400/413/422 about anything but the
+  model), so another request, such as the next document of an ingest, may still pass;
 - ``InvalidAnswer`` (permanent: a refusal or an answer that does not fit the schema).
 
 Messages never carry an API key: upstream error bodies are reduced to their ``message``,
@@ -41,6 +43,10 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderBudgetExceeded(ProviderError):
     """The turn's remaining budget is too short for the provider call (or its retry)."""
+
+
+class ProviderRequestRejected(ProviderConfigError):
+    """The provider refused this request (HTTP 400, 413 or 422, not about the model)."""
 
 
 class InvalidAnswer(PermanentError):
@@ -177,8 +183,11 @@ def status_failure(
             f"no such endpoint at {endpoint} (HTTP 404){detail}",
             f"check {url_setting}",
         )
-    return config_error(
+    rejected = config_error(
         provider,
         f"the request was rejected (HTTP {status}){detail}",
         f"check {model_setting} and {url_setting}",
     )
+    if status in (400, 413, 422):
+        return ProviderRequestRejected(str(rejected))
+    return rejected

@@ -136,8 +136,8 @@ class Postgres:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            user=embedded._postgres_run_as(),
             start_new_session=True,
+            **embedded.postgres_process_kwargs(),
         )
         self.pid = self.proc.pid
         wait_until(

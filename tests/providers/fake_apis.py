@@ -7,8 +7,10 @@ Cohere (base URL ``http://127.0.0.1:<port>``): ``POST /v2/rerank``, ``GET /v1/mo
 
 A normal answer is computed by chordline's offline providers (the local classifier, embedder
 and reranker), so a turn on the fake APIs routes and grades the knowledge base the way an
-offline turn does. Tests queue ``Reply`` objects per route to script anything else; the
-server records every request (headers and JSON body) for the test to inspect.
+offline turn does. Tests queue ``Reply`` objects per route to script anything else, or
+answer every request of a route whose body holds a given text with a fixed ``Reply``
+(``fail_requests_containing``); the server records every request (headers and JSON body)
+for the test to inspect.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class FakeAPI:
         self.kind, self.api_key = kind, api_key
         self.requests: list[Recorded] = []
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self._rules: list[tuple[str, str, Reply]] = []  # (route, text in the body, reply)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -115,9 +118,15 @@ class FakeAPI:
         with self._lock:
             self._scripts[route].extend(replies)
 
+    def fail_requests_containing(self, route: str, needle: str, reply: Reply) -> None:
+        """Answer every call of ``route`` whose JSON body contains ``needle`` with ``reply``."""
+        with self._lock:
+            self._rules.append((route, needle, reply))
+
     def reset(self) -> None:
         with self._lock:
             self._scripts.clear()
+            self._rules.clear()
             self.requests.clear()
 
     def calls(self, route_path: str) -> list[Recorded]:
@@ -128,8 +137,13 @@ class FakeAPI:
         """Sleep that ends early when the server stops."""
         self._stopping.wait(seconds)
 
-    def _next(self, route: str) -> Reply:
+    def _next(self, route: str, body: Any) -> Reply:
         with self._lock:
+            if self._rules:
+                raw = json.dumps(body)
+                for rule_route, needle, reply in self._rules:
+                    if rule_route == route and needle in raw:
+                        return reply
             queue = self._scripts.get(route)
             return queue.popleft() if queue else Reply()
 
@@ -176,7 +190,7 @@ class FakeAPI:
         if route is None:
             self._send(h, Reply(status=404, body={"error": {"message": f"no route {h.path}"}}))
             return
-        reply = self._next(route)
+        reply = self._next(route, body)
         if reply.delay_s:
             self.sleep(reply.delay_s)
         if reply.drop:
