@@ -16,6 +16,7 @@ from rich.table import Table
 
 from shared.commands.common import TenantOpt, console, err, needed_services
 from shared.config import get_settings
+from shared.counts import counted
 
 if TYPE_CHECKING:
     from shared.kb.documents import Discovery
@@ -96,7 +97,8 @@ def _print_report(report: IngestReport) -> None:
     console.print(report.summary(), highlight=False, soft_wrap=True)
     if report.pending:
         err.print(
-            f"{report.pending} documents were still queued when no more progress came for "
+            f"{counted(report.pending, 'document')} {'was' if report.pending == 1 else 'were'} "
+            "still queued when no more progress came for "
             f"{get_settings().kb.queue_idle_timeout_s:.0f} s; `chordline kb list` shows them "
             "once the ingest workers store them"
         )
@@ -161,7 +163,8 @@ def kb_list(tenant: TenantOpt) -> None:
                 f"{doc.updated_at:%Y-%m-%d %H:%M}",
             )
     console.print(table)
-    console.print(f"{len(docs)} documents, {sum(d.chunk_count for d in docs)} chunks")
+    chunks = sum(d.chunk_count for d in docs)
+    console.print(f"{counted(len(docs), 'document')}, {counted(chunks, 'chunk')}")
 
 
 @app.command("delete")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from shared.commands.common import console, needed_services
 from shared.config import get_settings
+from shared.counts import counted
 from shared.errors import InvalidInput
 from shared.schemas import StageModels
 
@@ -122,7 +123,7 @@ def usage(
             )
         )
         return
-    table = Table(title=f"usage of {tenant} ({summed.turns} turns)")
+    table = Table(title=f"usage of {tenant} ({counted(summed.turns, 'turn')})")
     for column in ("stage", *COUNTERS):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for row in rows:
