@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.commands.common import TenantOpt, console, err, needed_services
+from shared.commands.common import CommandGroup, TenantOpt, console, err, needed_services
 from shared.config import get_settings
 from shared.counts import counted
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from shared.kb.ingest import IngestReport, Outcome
     from shared.schemas import TenantSettings
 
-app = typer.Typer(help="The knowledge base of a tenant.", no_args_is_help=True)
+app = typer.Typer(cls=CommandGroup, help="The knowledge base of a tenant.", no_args_is_help=True)
 
 MAX_LISTED = 20
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from shared.commands.common import console, needed_services
+from shared.commands.common import INSPECT, console, needed_services
 from shared.config import get_settings
 from shared.counts import counted
 from shared.errors import InvalidInput
@@ -133,5 +133,5 @@ def usage(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
-    app.command()(doctor)
-    app.command()(usage)
+    app.command(rich_help_panel=INSPECT)(doctor)
+    app.command(rich_help_panel=INSPECT)(usage)

@@ -31,7 +31,7 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from shared.commands.common import console, err, needed_services
+from shared.commands.common import INSPECT, CommandGroup, console, err, needed_services
 from shared.config import get_settings
 from shared.counts import counted
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from shared.rescoring.selection import RunRequest
 
 app = typer.Typer(
+    cls=CommandGroup,
     help="Re-score a tenant's past turns against the current knowledge base and new settings.",
 )
 
@@ -405,4 +406,4 @@ def bench(
 
 def register(root: typer.Typer) -> None:
     """Add this area's commands to `root`."""
-    root.add_typer(app, name="rescore")
+    root.add_typer(app, name="rescore", rich_help_panel=INSPECT)
