@@ -37,6 +37,7 @@ from sqlalchemy import select
 from shared import bare_chord
 from shared.client import enqueue_turn
 from shared.config import get_settings
+from shared.counts import counted
 from shared.cpu_time import CpuMeter, Processes, listener_pid, ms_per_unit
 from shared.db.models import Turn, TurnSpan
 from shared.db.session import session_scope
@@ -456,7 +457,7 @@ def _announce(
     if progress:
         duration = offsets[-1] if offsets else 0.0
         progress.print(
-            f"round {number + 1}/{rounds}, {system}: {len(offsets)} turns at {rate:g}/s "
+            f"round {number + 1}/{rounds}, {system}: {counted(len(offsets), 'turn')} at {rate:g}/s "
             f"over {duration:.0f} s"
         )
 

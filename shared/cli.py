@@ -6,34 +6,105 @@ import json
 import logging.config
 import math
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
 from shared.commands import kb as kb_commands
 from shared.commands import ops as ops_commands
 from shared.commands import providers as provider_commands
 from shared.commands import recovery as recovery_commands
 from shared.commands import rescore as rescore_commands
-from shared.commands.common import TenantOpt, console, err, needed_services, turn_workers
+from shared.commands import turns as turn_commands
+from shared.commands.common import (
+    BENCHMARKS,
+    OPERATE,
+    START,
+    CommandGroup,
+    console,
+    err,
+    needed_services,
+    turn_workers,
+)
 from shared.config import get_settings
+from shared.counts import counted
 from shared.errors import ChordlineError
 from shared.logs import logging_config
 
+
+class TopLevel(CommandGroup):
+    """`chordline --help` lists commands in the order a person reaches for them."""
+
+    order = (
+        # START: try it, run it, talk to it, set up a tenant and its knowledge
+        "demo",
+        "up",
+        "turn",
+        "tenant",
+        "kb",
+        # INSPECT: what happened to turns
+        "trace",
+        "critical-path",
+        "rescore",
+        "usage",
+        "doctor",
+        # OPERATE
+        "migrate",
+        "proc",
+        "flower-gate",
+        # BENCHMARKS
+        "bench",
+        "bench-recovery",
+    )
+
+
+class TenantCommands(CommandGroup):
+    order = ("create", "list", "show", "set")
+
+
 app = typer.Typer(
+    cls=TopLevel,
     help="chordline: each conversation turn as a distributed Celery workflow.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-tenant_app = typer.Typer(help="Tenants and their settings.", no_args_is_help=True)
-app.add_typer(tenant_app, name="tenant")
-app.add_typer(kb_commands.app, name="kb")
+tenant_app = typer.Typer(
+    cls=TenantCommands, help="Tenants and their settings.", no_args_is_help=True
+)
+app.add_typer(turn_commands.app, name="turn", rich_help_panel=START)
+app.add_typer(tenant_app, name="tenant", rich_help_panel=START)
+app.add_typer(kb_commands.app, name="kb", rich_help_panel=START)
 for module in (ops_commands, rescore_commands, provider_commands, recovery_commands):
     module.register(app)
+
+
+def _installed_version() -> str:
+    try:
+        return version("chordline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        console.print(f"chordline {_installed_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
+    """chordline: each conversation turn as a distributed Celery workflow."""
 
 
 def _setup_logging() -> None:
@@ -50,14 +121,14 @@ def main() -> None:
         sys.exit(2)
 
 
-@app.command()
+@app.command(rich_help_panel=OPERATE)
 def migrate() -> None:
     """Bring the database schema to the latest revision."""
     with needed_services(redis=False):
         console.print("schema is at the latest revision")
 
 
-@app.command()
+@app.command(rich_help_panel=START)
 def demo(
     latency: Annotated[
         str,
@@ -77,49 +148,6 @@ def demo(
     raise typer.Exit(code)
 
 
-@app.command()
-def turn(
-    message: Annotated[str, typer.Argument(help="The customer's message.")],
-    tenant: TenantOpt,
-    conversation: Annotated[str, typer.Option("--conversation", "-c", help="Conversation id.")],
-    stream: Annotated[bool, typer.Option(help="Print the reply's tokens as they arrive.")] = False,
-    idempotency_key: Annotated[
-        str | None, typer.Option(help="The same key returns the same turn.")
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the turn to end.")] = 30.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the turn as JSON.")] = False,
-) -> None:
-    """Send one turn and print how it was routed and answered."""
-    from shared.client import enqueue_turn, get_turn, stream_turn, wait_for_turn
-
-    with needed_services(), turn_workers():
-        turn_id = enqueue_turn(tenant, conversation, message, idempotency_key=idempotency_key)
-        if stream:
-            for event in stream_turn(turn_id, timeout=timeout):
-                if event.kind == "token":
-                    console.print(event.text, end="", markup=False, highlight=False)
-            console.print()
-        view = wait_for_turn(turn_id, timeout=timeout) if not stream else get_turn(turn_id)
-    if as_json:
-        console.print_json(json.dumps({k: v for k, v in view.__dict__.items()}, default=str))
-        return
-    table = Table(show_header=False)
-    for label, value in (
-        ("turn", view.id),
-        ("status", view.status),
-        ("phase", view.phase),
-        ("proposed", view.proposed_agent),
-        ("kb level", view.kb_information_level),
-        ("agent", view.next_agent),
-        ("why", view.routing_reason),
-        ("latency", f"{view.latency_ms:,.0f} ms" if view.latency_ms else "-"),
-    ):
-        table.add_row(label, Text(str(value)))  # the routing reason is model text: no markup
-    console.print(table)
-    if not stream:  # the reply is user-facing text: "[urgent]" stays, "[/x]" is not a tag
-        console.print(view.agent_response or view.failure_reason or "", markup=False)
-
-
 # --------------------------------------------------------------------------- tenants
 
 
@@ -131,17 +159,56 @@ def tenant_create(
         list[str] | None, typer.Option("--set", help="key=value, e.g. topology=sequential")
     ] = None,
 ) -> None:
-    """Create a tenant (or leave an existing one as it is)."""
+    """Create a tenant (an existing one keeps its name; --set still applies), print its
+    settings."""
     from shared.db.session import session_scope
-    from shared.db.tenants import ensure_tenant, parse_setting_pairs, update_tenant_settings
+    from shared.db.tenants import (
+        create_tenant,
+        parse_setting_pairs,
+        require_tenant,
+        update_tenant_settings,
+    )
 
     overrides = parse_setting_pairs(set_ or [], field="--set")
     # one transaction: a refused setting leaves no tenant behind
     with needed_services(redis=False), session_scope() as session:
-        settings = ensure_tenant(session, tenant_id=tenant, name=name)
+        created = create_tenant(session, tenant_id=tenant, name=name)
         if overrides:
             settings = update_tenant_settings(session, tenant, overrides)
+        else:
+            settings = require_tenant(session, tenant)
+    if created:
+        said = f"created tenant {tenant}" + (f" ({name})" if name else "")
+    elif overrides:
+        said = f"tenant {tenant} already exists; set {', '.join(overrides)}"
+    else:
+        said = f"tenant {tenant} already exists; left as it was"
+    console.print(said, markup=False, highlight=False)
     console.print_json(settings.model_dump_json())
+
+
+@tenant_app.command("list")
+def tenant_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
+) -> None:
+    """List the tenants: id, name, documents in the knowledge base, turns."""
+    from dataclasses import asdict
+
+    from shared.db.session import session_scope
+    from shared.db.tenants import tenant_overview
+
+    with needed_services(redis=False), session_scope() as session:
+        tenants = tenant_overview(session)
+    if as_json:
+        print(json.dumps([asdict(t) for t in tenants]))
+        return
+    table = Table("tenant", "name", "documents", "turns")
+    for row in tenants:
+        table.add_row(
+            escape(row.id), escape(row.name or "-"), f"{row.documents:,}", f"{row.turns:,}"
+        )
+    console.print(table)
+    console.print(counted(len(tenants), "tenant"), highlight=False)
 
 
 @tenant_app.command("set")
@@ -180,7 +247,7 @@ def _above_zero(value: float) -> float:
     return value
 
 
-@app.command()
+@app.command(rich_help_panel=BENCHMARKS)
 def bench(
     rate: Annotated[
         float,
@@ -223,8 +290,9 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Open-loop benchmark of both topologies with simulated stage latencies, and CPU
-    milliseconds per turn of every process."""
+    """Open-loop benchmark of both topologies with simulated stage latencies.
+
+    Also the CPU milliseconds per turn of every process."""
     from shared.bench import TOPOLOGIES, plot_cdfs, print_bench_table, run_bench
     from shared.schemas import Topology
 

@@ -35,6 +35,7 @@ from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.counts import counted
 from shared.db.models import Turn, TurnSpan
 from shared.errors import InvalidInput
 from shared.schemas import TurnStatus
@@ -134,7 +135,7 @@ def render_report(report: CriticalPathReport, *, show_turns: int = 20) -> Render
     count = len(report.turns)
     if not count:
         return Text("no completed turns with stage spans yet")
-    turns = Table(title=f"the last {count} turns (newest first)", title_justify="left")
+    turns = Table(title=f"the last {counted(count, 'turn')} (newest first)", title_justify="left")
     for column in ("turn", "tenant", "topology", "agent", "total", "waited on", "critical path"):
         turns.add_column(column, no_wrap=column != "critical path")
     for trace in report.turns[:show_turns]:

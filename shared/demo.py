@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.client import enqueue_turn, get_turn, stream_turn
+from shared.counts import counted
 from shared.db.session import session_scope
 from shared.db.spans import spans_of
 from shared.db.tenants import ensure_tenant
@@ -120,8 +121,9 @@ def play_demo(*, console: Console, timeout_s: float = 60.0) -> list[DemoTurn]:
     """Prepare the demo tenant and play the scripted conversation."""
     report = prepare_tenant()
     console.print(
-        f"knowledge base: {report.documents} documents ({report.added} added, "
-        f"{report.replaced} replaced, {report.unchanged} unchanged), {report.chunks} new chunks"
+        f"knowledge base: {counted(report.documents, 'document')} ({report.added} added, "
+        f"{report.replaced} replaced, {report.unchanged} unchanged), "
+        f"{counted(report.chunks, 'new chunk')}"
     )
     conversation = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     return [

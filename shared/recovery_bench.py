@@ -35,6 +35,7 @@ from sqlalchemy import and_, select
 from shared.bench import MAX_RATE, QUESTIONS, SIMULATED_ENV, check_positive
 from shared.client import enqueue_turn
 from shared.config import get_settings
+from shared.counts import counted
 from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
@@ -196,7 +197,7 @@ def run_recovery_bench(
             affected = _affected(victim, since=started)
             item = Round(victim, time.time(), affected)
             _kill_and_restart(group, victim, env)
-            progress(f"killed {victim}: {len(affected)} turns in flight on its queue")
+            progress(f"killed {victim}: {counted(len(affected), 'turn')} in flight on its queue")
             _await_ends(item, timeout_s=bound_s * 4)
             results.append(item)
     finally:

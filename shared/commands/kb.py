@@ -14,15 +14,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.commands.common import TenantOpt, console, err, needed_services
+from shared.commands.common import CommandGroup, TenantOpt, console, err, needed_services
 from shared.config import get_settings
+from shared.counts import counted
 
 if TYPE_CHECKING:
     from shared.kb.documents import Discovery
     from shared.kb.ingest import IngestReport, Outcome
     from shared.schemas import TenantSettings
 
-app = typer.Typer(help="The knowledge base of a tenant.", no_args_is_help=True)
+app = typer.Typer(cls=CommandGroup, help="The knowledge base of a tenant.", no_args_is_help=True)
 
 MAX_LISTED = 20
 
@@ -103,7 +104,8 @@ def _print_report(report: IngestReport) -> None:
         )
     if report.pending:
         err.print(
-            f"{report.pending} documents were still queued when no more progress came for "
+            f"{counted(report.pending, 'document')} {'was' if report.pending == 1 else 'were'} "
+            "still queued when no more progress came for "
             f"{get_settings().kb.queue_idle_timeout_s:.0f} s; `chordline kb list` shows them "
             "once the ingest workers store them"
         )
@@ -168,7 +170,8 @@ def kb_list(tenant: TenantOpt) -> None:
                 f"{doc.updated_at:%Y-%m-%d %H:%M}",
             )
     console.print(table)
-    console.print(f"{len(docs)} documents, {sum(d.chunk_count for d in docs)} chunks")
+    chunks = sum(d.chunk_count for d in docs)
+    console.print(f"{counted(len(docs), 'document')}, {counted(chunks, 'chunk')}")
 
 
 @app.command("delete")

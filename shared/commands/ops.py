@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from shared.commands.common import console, needed_services
+from shared.commands.common import INSPECT, OPERATE, START, console, needed_services
 
 TraceWidth = Annotated[int, typer.Option(help="Width of the timeline in characters.", min=20)]
 
@@ -21,8 +21,10 @@ def trace(
     as_json: Annotated[bool, typer.Option("--json", help="Print the trace as JSON.")] = False,
     width: TraceWidth = 60,
 ) -> None:
-    """Draw a turn's stages on one time axis: which ran in parallel, the merge, what the
-    user waited on, and per stage its queue, worker, queue wait, attempt and fields."""
+    """Draw a turn's stages on one time axis.
+
+    Which ran in parallel, the merge, what the user waited on, and per stage its queue,
+    worker, queue wait, attempt and fields."""
     from shared.db.session import session_scope
     from shared.db.spans import spans_of
     from shared.db.turns import load_turn
@@ -45,16 +47,21 @@ def critical_path(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """For the last N turns: which stage bounded each one (orchestrator or researcher before
-    the merge, then queue waits, merge, agent), as shares of turns and of milliseconds."""
+    """Which stage the last N turns waited on, as shares of turns and of milliseconds.
+
+    The orchestrator or the researcher before the merge, then queue waits, the merge and
+    the agent."""
     from shared.critical_path import check_last, recent_traces, render_report, summarise
     from shared.db.session import session_scope
+    from shared.db.tenants import require_tenant
     from shared.validation import check_slug
 
     check_last(last)
     if tenant is not None:
         check_slug("tenant", tenant)
     with needed_services(redis=False), session_scope() as session:
+        if tenant is not None:
+            require_tenant(session, tenant)  # an unknown tenant is named, not an empty report
         report = summarise(recent_traces(session, last=last, tenant_id=tenant))
     if as_json:
         print(json.dumps(report.as_dict()))
@@ -64,11 +71,11 @@ def critical_path(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
-    app.command()(trace)
-    app.command("critical-path")(critical_path)
-    app.command()(up)
-    app.command()(proc)
-    app.command("flower-gate")(flower_gate)
+    app.command(rich_help_panel=INSPECT)(trace)
+    app.command("critical-path", rich_help_panel=INSPECT)(critical_path)
+    app.command(rich_help_panel=START)(up)
+    app.command(rich_help_panel=OPERATE)(proc)
+    app.command("flower-gate", rich_help_panel=OPERATE)(flower_gate)
 
 
 def up(
@@ -77,8 +84,10 @@ def up(
         typer.Option(help="Comma-separated Procfile entries to run (default: all but release)."),
     ] = None,
 ) -> None:
-    """Run the whole stack: Postgres and Redis (embedded unless their URLs are set), the
-    migrations, and every Procfile process including Flower. Ctrl-C stops all of it."""
+    """Run the whole stack, Flower included; Ctrl-C stops all of it.
+
+    Postgres and Redis (embedded unless their URLs are set), the migrations, and every
+    Procfile process."""
     from shared.devstack import run_stack
 
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None

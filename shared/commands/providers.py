@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from shared.commands.common import console, needed_services
+from shared.commands.common import INSPECT, console, needed_services
 from shared.config import get_settings
+from shared.counts import counted
 from shared.errors import InvalidInput
 from shared.schemas import StageModels
 
@@ -122,7 +123,7 @@ def usage(
             )
         )
         return
-    table = Table(title=f"usage of {tenant} ({summed.turns} turns)")
+    table = Table(title=f"usage of {tenant} ({counted(summed.turns, 'turn')})")
     for column in ("stage", *COUNTERS):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for row in rows:
@@ -132,5 +133,5 @@ def usage(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
-    app.command()(doctor)
-    app.command()(usage)
+    app.command(rich_help_panel=INSPECT)(doctor)
+    app.command(rich_help_panel=INSPECT)(usage)

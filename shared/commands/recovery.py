@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from shared.commands.common import console, err, needed_services
+from shared.commands.common import BENCHMARKS, console, err, needed_services
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
-    app.command("bench-recovery")(bench_recovery)
+    app.command("bench-recovery", rich_help_panel=BENCHMARKS)(bench_recovery)
 
 
 def bench_recovery(

@@ -31,14 +31,16 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from shared.commands.common import console, err, needed_services
+from shared.commands.common import INSPECT, CommandGroup, console, err, needed_services
 from shared.config import get_settings
+from shared.counts import counted
 
 if TYPE_CHECKING:
     from shared.rescoring.runs import RunProgress
     from shared.rescoring.selection import RunRequest
 
 app = typer.Typer(
+    cls=CommandGroup,
     help="Re-score a tenant's past turns against the current knowledge base and new settings.",
 )
 
@@ -105,7 +107,8 @@ def follow_until_detached(run_id: str) -> None:
         raise typer.Exit(130) from None
     rate = progress.turns_per_minute(progress.finished_at or progress.created_at)
     console.print(
-        f"run {run_id}: {progress.status.value}, {progress.done:,}/{progress.total:,} turns "
+        f"run {run_id}: {progress.status.value}, "
+        f"{progress.done:,}/{counted(progress.total, 'turn', grouped=True)} "
         f"at {rate:,.0f} turns/min"
     )
     if progress.status is RunStatus.COMPLETED or progress.done:
@@ -174,8 +177,10 @@ def _dry_run(request: RunRequest) -> None:
     with needed_services(redis=False), session_scope() as session:
         plan = plan_run(session, request)
     console.print(
-        f"dry run: {plan.total_turns:,} turns of tenant {plan.tenant_id!r} would be re-scored "
-        f"in {plan.total_batches:,} batches of {plan.batch_size}; nothing was created"
+        f"dry run: {counted(plan.total_turns, 'turn', grouped=True)} of tenant "
+        f"{plan.tenant_id!r} would be re-scored in "
+        f"{counted(plan.total_batches, 'batch', grouped=True)} of {plan.batch_size}; "
+        "nothing was created"
     )
     console.print_json(
         data={
@@ -202,13 +207,16 @@ def _start(request: RunRequest, *, detach: bool) -> None:
             plan_run(session, request)  # refuse bad input before any worker starts
         if detach:
             started = start_run(request)
-            console.print(f"run {started.run_id}: {started.plan.total_turns:,} turns queued")
+            total = counted(started.plan.total_turns, "turn", grouped=True)
+            console.print(f"run {started.run_id}: {total} queued")
             return
         with rescoring_workers():
             started = start_run(request)
             console.print(
-                f"run {started.run_id}: {started.plan.total_turns:,} turns in "
-                f"{started.batches_sent:,} batches on the rescoring queue"
+                f"run {started.run_id}: "
+                f"{counted(started.plan.total_turns, 'turn', grouped=True)} in "
+                f"{counted(started.batches_sent, 'batch', grouped=True)} "
+                "on the rescoring queue"
             )
             follow_until_detached(started.run_id)
 
@@ -398,4 +406,4 @@ def bench(
 
 def register(root: typer.Typer) -> None:
     """Add this area's commands to `root`."""
-    root.add_typer(app, name="rescore")
+    root.add_typer(app, name="rescore", rich_help_panel=INSPECT)

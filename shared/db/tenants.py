@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -113,6 +114,20 @@ def ensure_tenant(
     return tenant_settings(session, tenant_id)
 
 
+def create_tenant(session: Session, *, tenant_id: str, name: str | None = None) -> bool:
+    """Create the tenant with the default settings; False if it existed (then it is left as
+    it was, name included)."""
+    check_slug("tenant", tenant_id)
+    created = session.execute(
+        insert(Tenant)
+        .values(id=tenant_id, name=name or tenant_id, settings={})
+        .on_conflict_do_nothing(index_elements=[Tenant.id])
+        .returning(Tenant.id)
+    ).first()
+    recent_tenant_settings.forget(tenant_id)
+    return created is not None
+
+
 _TENANT_SETTINGS = text("SELECT settings FROM tenants WHERE id = :id")
 
 
@@ -188,3 +203,36 @@ def update_tenant_settings(
 
 def list_tenants(session: Session) -> list[Tenant]:
     return list(session.scalars(select(Tenant).order_by(Tenant.id)))
+
+
+@dataclass(frozen=True)
+class TenantOverview:
+    id: str
+    name: str | None  # None when it was created without one
+    documents: int
+    turns: int
+
+
+_TENANT_OVERVIEW = text(
+    """
+    SELECT t.id, t.name,
+           (SELECT count(*) FROM kb_documents d WHERE d.tenant_id = t.id) AS documents,
+           (SELECT count(*) FROM turns u WHERE u.tenant_id = t.id) AS turns
+      FROM tenants t
+     ORDER BY t.id
+    """
+)
+
+
+def tenant_overview(session: Session) -> list[TenantOverview]:
+    """Every tenant with how many documents its knowledge base holds and how many turns it
+    has had."""
+    return [
+        TenantOverview(
+            id=row.id,
+            name=row.name if row.name != row.id else None,
+            documents=row.documents,
+            turns=row.turns,
+        )
+        for row in session.execute(_TENANT_OVERVIEW)
+    ]

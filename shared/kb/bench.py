@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import create_engine, make_url, text
 
 from shared.config import KbSettings, get_settings
+from shared.counts import counted
 from shared.db.models import Base
 from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
@@ -193,7 +194,7 @@ def load_corpus(
         result.ingest_s += seconds
         result.chunks += stored
         if tenant.size_class != "small" or tenant.tenant_id.endswith("00"):
-            progress(f"ingested {tenant.tenant_id}: {stored} chunks")
+            progress(f"ingested {tenant.tenant_id}: {counted(stored, 'chunk')}")
 
 
 def build_index(store: VectorStore) -> float:

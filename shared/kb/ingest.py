@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from shared.config import KbSettings, get_settings
+from shared.counts import counted
 from shared.db.models import KbChunk, KbDocument
 from shared.db.session import session_scope
 from shared.db.tenants import require_tenant
@@ -127,17 +128,17 @@ class IngestReport:
 
     def summary(self) -> str:
         parts = [
-            f"{self.documents} documents ({self.added} added, {self.replaced} replaced, "
+            f"{counted(self.documents, 'document')} ({self.added} added, {self.replaced} replaced, "
             f"{self.unchanged} unchanged"
             + (f", {self.embedded} embedded for a new model" if self.embedded else "")
             + ")",
-            f"{self.chunks} chunks written",
+            f"{counted(self.chunks, 'chunk')} written",
             f"{len(self.rejected)} rejected",
         ]
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         if self.skipped:
-            parts.append(f"{len(self.skipped)} other files skipped")
+            parts.append(f"{counted(len(self.skipped), 'other file')} skipped")
         if self.pending:
             parts.append(f"{self.pending} still queued")
         return ", ".join(parts) + f", in {self.seconds:.2f} s ({self.mode})"

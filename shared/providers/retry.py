@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from shared.config import ProviderSettings
+from shared.counts import counted
 from shared.errors import ChordlineError
 from shared.providers.base import Usage
 from shared.providers.failures import ProviderBudgetExceeded, ProviderUnavailable
@@ -104,7 +105,9 @@ def call_with_retries(
         if not isinstance(failure, ProviderUnavailable):
             raise failure from None
         if number == policy.max_attempts:
-            raise ProviderUnavailable(f"{failure} (gave up after {number} attempts)") from None
+            raise ProviderUnavailable(
+                f"{failure} (gave up after {counted(number, 'attempt')})"
+            ) from None
         delay = backoff_delay(
             number, policy=policy, retry_after_s=failure.retry_after_s, rng=clock.rng
         )

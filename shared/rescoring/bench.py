@@ -20,6 +20,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from shared.bench import run_bench
+from shared.counts import counted
 from shared.db.models import Tenant, Turn
 from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
@@ -119,7 +120,7 @@ def run_rescore_bench(
 ) -> dict[str, Any]:
     have = ensure_history(BENCH_TENANT, turns)
     if progress:
-        progress.print(f"tenant {BENCH_TENANT!r}: {have:,} turns of history")
+        progress.print(f"tenant {BENCH_TENANT!r}: {counted(have, 'turn', grouped=True)} of history")
     with running_workers(["rescoring"], env_overrides=ZERO_LATENCY_ENV):
         throughput = measure_throughput(BENCH_TENANT)
         if progress:

@@ -22,6 +22,7 @@ from rich.text import Text
 from sqlalchemy import BigInteger, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from shared.counts import counted, noun
 from shared.db.models import Conversation, Turn
 from shared.rescoring.models import RescoreResult
 from shared.rescoring.runs import load_run, run_progress
@@ -285,12 +286,12 @@ def print_report(report: RunReport, console: Console) -> None:
     console.print(
         Text(
             f"run {run['id']} of tenant {run['tenant']!r}: {run['status']}, "
-            f"{report.turns:,} of {run['total_turns']:,} turns scored "
+            f"{report.turns:,} of {counted(run['total_turns'], 'turn', grouped=True)} scored "
             f"(stages {','.join(run['stages'])}; overrides {run['overrides'] or 'none'})"
         )
     )
     console.print(
-        f"routing changed for [bold]{report.changed:,}[/] turns "
+        f"routing changed for [bold]{report.changed:,}[/] {noun(report.changed, 'turn')} "
         f"({report.changed_share:.1%} of those scored)"
     )
     console.print(_matrix_table("agent: was -> would be now", report.agent_matrix))
@@ -311,10 +312,13 @@ def print_report(report: RunReport, console: Console) -> None:
         console.print(table)
     cost = report.cost
     stages = ", ".join(
-        f"{stage} {c['calls']:,} calls / {c['tokens_in']:,} in / {c['tokens_out']:,} out"
+        f"{stage} {counted(c['calls'], 'call', grouped=True)} / {c['tokens_in']:,} in / "
+        f"{c['tokens_out']:,} out"
         for stage, c in cost["by_stage"].items()
     )
     console.print(
-        f"cost: {cost['calls']:,} calls, {cost['tokens_in']:,} tokens in, "
-        f"{cost['tokens_out']:,} tokens out" + (f" ({stages})" if stages else "")
+        f"cost: {counted(cost['calls'], 'call', grouped=True)}, "
+        f"{counted(cost['tokens_in'], 'token', grouped=True)} in, "
+        f"{counted(cost['tokens_out'], 'token', grouped=True)} out"
+        + (f" ({stages})" if stages else "")
     )

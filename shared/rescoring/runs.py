@@ -21,6 +21,7 @@ from sqlalchemy import Float, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
+from shared.counts import counted
 from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
@@ -175,7 +176,8 @@ def start_run(request: RunRequest) -> StartedRun:
     plan = replace(planned, total_turns=created.total_turns)
     sent = publish_batches(created.run_id, range(created.total_batches))
     log.info(
-        f"rescoring run {created.run_id} started: {created.total_turns} turns in {sent} batches",
+        f"rescoring run {created.run_id} started: {counted(created.total_turns, 'turn')} in "
+        f"{counted(sent, 'batch')}",
         extra={"action": "rescore_started", "tenant_id": plan.tenant_id},
     )
     return StartedRun(run_id=created.run_id, plan=plan, batches_sent=sent)
@@ -307,7 +309,7 @@ def resume_run(run_id: str) -> int:
         tenant_id = run.tenant_id
     sent = publish_batches(run_id, batches)
     log.info(
-        f"rescoring run {run_id} resumed: {sent} batches re-enqueued",
+        f"rescoring run {run_id} resumed: {counted(sent, 'batch')} re-enqueued",
         extra={"action": "rescore_resumed", "tenant_id": tenant_id},
     )
     return sent

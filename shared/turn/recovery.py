@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from shared.config import get_settings
 from shared.contract import MERGE_TASK
+from shared.counts import counted
 from shared.db.models import Turn
 from shared.db.outbox import claim_undispatched, mark_dispatched
 from shared.db.session import session_scope
@@ -118,7 +119,10 @@ def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:
         for row in rows:
             if row.attempts + 1 >= settings.max_attempts:
                 exhausted.append(
-                    (str(row.id), f"stuck in {row.status} after {row.attempts + 1} attempts")
+                    (
+                        str(row.id),
+                        f"stuck in {row.status} after {counted(row.attempts + 1, 'attempt')}",
+                    )
                 )
                 continue
             session.execute(

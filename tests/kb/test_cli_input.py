@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import shared.cli
 import shared.client
 import shared.commands.recovery
+import shared.commands.turns
 import shared.recovery_bench
 from shared.cli import app
 from shared.db.session import session_scope
@@ -108,8 +109,8 @@ def test_a_turn_prints_the_reply_and_the_routing_reason_as_written(
         agent_response="[urgent] noted: reply by Friday [/x] or call us.",
         failure_reason=None,
     )
-    monkeypatch.setattr(shared.cli, "needed_services", no_services)
-    monkeypatch.setattr(shared.cli, "turn_workers", no_services)
+    monkeypatch.setattr(shared.commands.turns, "needed_services", no_services)
+    monkeypatch.setattr(shared.commands.turns, "turn_workers", no_services)
     monkeypatch.setattr(shared.client, "enqueue_turn", lambda *a, **k: "turn-1")
     monkeypatch.setattr(shared.client, "wait_for_turn", lambda *a, **k: view)
     result = CliRunner().invoke(app, ["turn", "[urgent] help [/x]", "-t", "acme", "-c", "c1"])

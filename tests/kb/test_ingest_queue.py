@@ -87,7 +87,7 @@ def test_the_command_uses_the_queue_and_prints_a_summary(
 
     again = chordline("kb", "ingest", str(docs / "topic-1.md"), "--tenant", empty_tenant)
     assert again.returncode == 0, again.stderr
-    assert "1 documents (0 added, 0 replaced, 1 unchanged), 0 chunks written" in again.stdout
+    assert "1 document (0 added, 0 replaced, 1 unchanged), 0 chunks written" in again.stdout
 
 
 def _one_staged_job(tenant: str, source: str) -> tuple[uuid.UUID, uuid.UUID]:
