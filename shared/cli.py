@@ -290,9 +290,10 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Open-loop benchmark of both topologies with simulated stage latencies.
+    """Open-loop benchmark of both topologies, beside a bare Celery chord with --baseline.
 
-    Also the CPU milliseconds per turn of every process."""
+    Simulated stage latencies, the same arrivals for every system, in interleaved rounds;
+    overhead percentiles and the CPU milliseconds per turn of every process."""
     from shared.bench import TOPOLOGIES, plot_cdfs, print_bench_table, run_bench
     from shared.schemas import Topology
 
