@@ -10,10 +10,14 @@ kombu) raised later in a command into the same error. Messages never contain a p
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from shared.config import get_settings
 from shared.errors import ServiceUnreachable
+
+if TYPE_CHECKING:
+    import redis
 
 PROBE_TIMEOUT_S = 3.0
 DATABASE_SETTING = "DATABASE_URL"
@@ -88,7 +92,7 @@ def probe_postgres(url: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> str:
         raise postgres_unreachable(url, exc) from None
 
 
-def redis_client(url: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> object:
+def redis_client(url: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> redis.Redis:
     """A Redis client that tries once, each step bounded by ``timeout_s``."""
     import redis
     from redis.backoff import NoBackoff
@@ -109,7 +113,6 @@ def probe_redis(url: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     import redis
 
     client = redis_client(url, timeout_s=timeout_s)
-    assert isinstance(client, redis.Redis)
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -1,10 +1,13 @@
-"""Queue ``maintenance``: the outbox relay and the stuck-turn sweeper (run by beat)."""
+"""Queue ``maintenance``: the outbox relay and the stuck-turn sweeper (run by beat). Each
+sweep also records beat's heartbeat (shared/heartbeat.py), which `chordline doctor` reads."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from shared.contract import RELAY_TASK, SWEEP_TASK
+from shared.heartbeat import record_sweeper_heartbeat
+from shared.redis_conn import get_redis
 from shared.turn.recovery import relay_outbox, sweep_stuck_turns
 from workers.app import app
 from workers.base import ChordlineTask
@@ -17,5 +20,6 @@ def relay(self: ChordlineTask) -> dict[str, Any]:
 
 @app.task(name=SWEEP_TASK, bind=True, base=ChordlineTask, ignore_result=True, max_retries=0)
 def sweep(self: ChordlineTask) -> dict[str, Any]:
+    record_sweeper_heartbeat(get_redis())
     report = sweep_stuck_turns()
     return {"redriven": len(report.redriven), "failed": len(report.failed)}

@@ -31,7 +31,7 @@ def doctor_env(
 
 
 def doctor(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["doctor", *args])
+    result = CliRunner().invoke(app, ["doctor", "--providers-only", *args])
     return result.exit_code, result.output
 
 
