@@ -112,13 +112,25 @@ def _setup_logging() -> None:
     logging.config.dictConfig(logging_config(level="WARNING", fmt=settings.log_format))
 
 
+def _fail(exc: ChordlineError) -> None:
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
-    _setup_logging()
+    """Run a command; a chordline error, or a server that cannot be reached, is one line."""
+    from shared.connectivity import as_unreachable
+
     try:
+        _setup_logging()
         app()
     except ChordlineError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(exc)
+    except Exception as exc:
+        unreachable = as_unreachable(exc)
+        if unreachable is None:
+            raise
+        _fail(unreachable)
 
 
 @app.command(rich_help_panel=OPERATE)

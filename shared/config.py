@@ -8,11 +8,15 @@ connection URLs and API keys use the names every deployment tool already knows
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import InvalidSetting
 
 Environment = Literal["development", "test", "production"]
 
@@ -45,6 +49,9 @@ class DatabaseSettings(BaseSettings):
 
     pool_size: int = Field(default=10, ge=1, le=200)
     max_overflow: int = Field(default=20, ge=0, le=500)
+    # libpq's connect_timeout: a Postgres that does not answer (a firewalled or mistyped
+    # host) fails a connection attempt after this long instead of the OS's minutes.
+    connect_timeout_s: int = Field(default=5, ge=2, le=300)
 
 
 class KbSettings(BaseSettings):
@@ -406,17 +413,16 @@ class Settings(BaseSettings):
     @classmethod
     def _use_psycopg3(cls, url: str | None) -> str | None:
         """Accept the URL forms deploy tools hand out and point SQLAlchemy at psycopg 3."""
-        if url is None or url == "":
+        if url is None or not url.strip():
             return None
-        for prefix in ("postgres://", "postgresql://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix) :]
-        return url
+        return check_database_url(url.strip())
 
     @field_validator("redis_url")
     @classmethod
-    def _empty_is_unset(cls, url: str | None) -> str | None:
-        return url or None
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        return check_redis_url(url.strip())
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:
@@ -428,9 +434,92 @@ class Settings(BaseSettings):
         return self
 
 
+DATABASE_URL_FORM = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+REDIS_URL_FORM = "redis://[:PASSWORD@]HOST:PORT/DB"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def masked_url(url: str) -> str:
+    """A URL (or a string meant to be one) fit to print: any password replaced by ***."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def check_database_url(url: str) -> str:
+    """A PostgreSQL URL as SQLAlchemy reads it (``postgresql+psycopg://``), or ValueError
+    naming what is wrong, with any password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    shown = masked_url(url)
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url[len(prefix) :]
+    try:
+        parsed = make_url(url)
+        port = parsed.port
+    except (ArgumentError, ValueError):
+        raise ValueError(f"{shown!r} is not a URL; expected {DATABASE_URL_FORM}") from None
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"{shown!r} is not a PostgreSQL URL; expected {DATABASE_URL_FORM}")
+    if parsed.get_driver_name() != "psycopg":
+        raise ValueError(
+            f"driver {parsed.get_driver_name()!r} is not supported; use postgresql:// "
+            "(chordline connects with psycopg 3)"
+        )
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"port {port} of {shown!r} is not between 1 and 65535")
+    return url
+
+
+def check_redis_url(url: str) -> str:
+    """A Redis URL redis-py and Celery accept, or ValueError naming what is wrong."""
+    shown = masked_url(url)
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES or not (parts.netloc or parts.path):
+        raise ValueError(
+            f"{shown!r} is not a Redis URL; expected {REDIS_URL_FORM} "
+            f"(schemes {', '.join(REDIS_SCHEMES)})"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the port of {shown!r} is not a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError(f"the port of {shown!r} is not a number from 1 to 65535")
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ValueError(f"database {database!r} of {shown!r} is not a number")
+    return url
+
+
+def _env_name(model: str, field: str) -> str:
+    """The environment variable of a settings field, as the error's location names it."""
+    groups = {cls.__name__: cls for cls in BaseSettings.__subclasses__()}
+    prefix = groups[model].model_config.get("env_prefix", "") if model in groups else ""
+    return field if field.isupper() else f"{prefix}{field}".upper()
+
+
+def invalid_setting(exc: ValidationError) -> InvalidSetting:
+    """Pydantic's report on the environment as one line naming the first bad setting."""
+    error = exc.errors(include_url=False)[0]
+    problem = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:  # a check across settings: its message names them
+        named = re.match(r"[A-Z][A-Z0-9_]+", problem)
+        invalid = InvalidSetting("", problem)
+        invalid.setting = named.group(0) if named else ""
+        return invalid
+    setting = _env_name(exc.title, str(error["loc"][0]))
+    if error["type"] != "value_error" and not re.search("KEY|AUTH|URL", setting):
+        problem = f"{problem[:1].lower()}{problem[1:]}; got {error['input']!r}"
+    return InvalidSetting(setting, problem)
+
+
 @functools.cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise invalid_setting(exc) from None
 
 
 def reset_settings() -> None:

@@ -381,6 +381,12 @@ def ensure_postgres(data_dir: Path) -> RunningServer:
         return RunningServer("postgres", proc.pid, port, _postgres_url(port), True)
 
 
+def running_postgres_url(data_dir: Path) -> str | None:
+    """The URL of the embedded Postgres running on ``data_dir``, if one runs; starts none."""
+    running = _postmaster(data_dir / "postgres" / "data")
+    return _postgres_url(running[1]) if running else None
+
+
 def stop_postgres(data_dir: Path) -> None:
     root = data_dir / "postgres"
     with _data_dir_lock(root):
@@ -477,6 +483,12 @@ def ensure_redis(data_dir: Path, *, appendonly: bool = True) -> RunningServer:
 
 def _redis_url(port: int) -> str:
     return f"redis://127.0.0.1:{port}/0"
+
+
+def running_redis_url(data_dir: Path) -> str | None:
+    """The URL of the embedded Valkey running on ``data_dir``, if one runs; starts none."""
+    running = _redis_pid(data_dir / "redis")
+    return _redis_url(running[1]) if running else None
 
 
 def stop_redis(data_dir: Path) -> None:

@@ -93,3 +93,21 @@ class DatabaseUnavailable(TransientError):
 
 class EmbeddedServerError(PermanentError):
     """An embedded server could not be started."""
+
+
+class InvalidSetting(PermanentError):
+    """A setting from the environment is malformed or out of range."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{setting}: {problem}" if setting else problem)
+
+
+class ServiceUnreachable(TransientError):
+    """Postgres or Redis, as a setting names it, cannot be reached."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{setting}: {problem}")

@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 
 from shared.config import get_settings, reset_settings
+from shared.connectivity import probe_postgres, probe_redis
 from shared.db.direct import dispose_direct_pool
 from shared.db.session import dispose_engine
 from shared.dispatch import reset_dispatch_app
@@ -48,10 +49,18 @@ def reset_process_state() -> None:
 def services(
     *, postgres: bool = True, redis: bool = True, keep: bool = False
 ) -> Iterator[EmbeddedServices]:
-    """Make DATABASE_URL and REDIS_URL point at running servers for the duration."""
+    """Make DATABASE_URL and REDIS_URL point at running servers for the duration.
+
+    A configured server is reached once first, briefly: a wrong URL or a stopped server
+    fails here, in seconds, with ServiceUnreachable, before anything starts.
+    """
     settings = get_settings()
     need_pg = postgres and not settings.database_url
     need_redis = redis and not settings.redis_url
+    if postgres and settings.database_url:
+        probe_postgres(settings.database_url)
+    if redis and settings.redis_url:
+        probe_redis(settings.redis_url)
     embedded = ensure_services(
         data_dir=settings.data_dir, need_postgres=need_pg, need_redis=need_redis
     )

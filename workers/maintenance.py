@@ -1,4 +1,5 @@
-"""Queue ``maintenance``: the outbox relay and the stuck-turn sweeper (run by beat).
+"""Queue ``maintenance``: the outbox relay and the stuck-turn sweeper (run by beat). Each
+sweep also records beat's heartbeat (shared/heartbeat.py), which `chordline doctor` reads.
 
 They send no task events, even while Flower (or ``celery control enable_events``) has the
 worker's events on: beat runs them every few seconds, and their events would bury the turns'
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.contract import RELAY_TASK, SWEEP_TASK
+from shared.heartbeat import record_sweeper_heartbeat
+from shared.redis_conn import get_redis
 from shared.turn.recovery import relay_outbox, sweep_stuck_turns
 from workers.app import app
 from workers.base import ChordlineTask
@@ -30,5 +33,6 @@ def relay(self: ChordlineTask) -> dict[str, Any]:
 
 @app.task(name=SWEEP_TASK, **MAINTENANCE_OPTIONS)
 def sweep(self: ChordlineTask) -> dict[str, Any]:
+    record_sweeper_heartbeat(get_redis())
     report = sweep_stuck_turns()
     return {"redriven": len(report.redriven), "failed": len(report.failed)}

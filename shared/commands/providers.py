@@ -1,20 +1,24 @@
-"""`chordline doctor` (which model providers are active, and whether each answers) and
-`chordline usage` (what a tenant's turns spent on them)."""
+"""`chordline doctor` (is the stack up: Postgres, Redis, workers, beat; which model providers
+are active, and does each answer) and `chordline usage` (what a tenant's turns spent)."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from shared.commands.common import INSPECT, console, needed_services
+from shared.commands.common import INSPECT, console, err, needed_services
 from shared.config import get_settings
 from shared.counts import counted
 from shared.errors import InvalidInput
 from shared.schemas import StageModels
+
+if TYPE_CHECKING:
+    from shared.stack_checks import Check as StackCheck
 
 SIMULATED_DEMO_ENV = {
     "CHORDLINE_PROVIDERS": "simulated",
@@ -48,6 +52,16 @@ def _tenant_models(tenant: str | None) -> StageModels:
         return require_tenant(session, tenant).models
 
 
+def _print_stack(checks: list[StackCheck]) -> None:
+    width = max(len(check.name) for check in checks)
+    for check in checks:
+        status = "[green]ok[/]  " if check.ok else "skip" if check.skipped else "[bold red]fail[/]"
+        line = f"{status}  {escape(check.name):<{width}}  {escape(check.detail)}"
+        if not check.ok and check.fix:
+            line += f"; {escape(check.fix)}"
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 def doctor(
     tenant: Annotated[
         str | None,
@@ -56,20 +70,35 @@ def doctor(
     timeout: Annotated[
         float, typer.Option(help="Seconds each provider has to answer.", min=0.1, max=60)
     ] = 5.0,
+    providers_only: Annotated[
+        bool,
+        typer.Option(
+            "--providers-only", help="Check only the model providers, not Postgres, Redis, workers."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Print which provider serves each stage and whether it answers (one cheap call each).
+    """Check the stack (Postgres, migrations, pgvector; Redis, its eviction policy and
+    persistence; a worker on each turn queue and on maintenance; beat), then which provider
+    serves each stage and whether it answers (one cheap call each). Exits 1 if any fails.
 
-    Never prints a key: endpoints are shown without credentials, errors are chordline's own.
+    Starts nothing. Never prints a key: endpoints are shown without credentials.
     """
     from shared.providers.health import check_stages
+    from shared.stack_checks import stack_checks
 
+    stack = [] if providers_only else stack_checks(get_settings())
     settings = get_settings().providers
     checks = check_stages(settings, models=_tenant_models(tenant), timeout_s=timeout)
+    failed = [c.name for c in stack if not c.ok and not c.skipped]
+    failed += [c.provider.stage for c in checks if not c.ok]
+    skipped = sum(c.skipped for c in stack)
     if as_json:
         print(
             json.dumps(
                 {
+                    "ok": not failed and not skipped,
+                    "checks": [check.as_dict() for check in stack],
                     "mode": settings.mode,
                     "stages": [
                         {**check.provider.__dict__, "ok": check.ok, "detail": check.detail}
@@ -79,6 +108,8 @@ def doctor(
             )
         )
     else:
+        if stack:
+            _print_stack(stack)
         table = Table(title=f"model providers (CHORDLINE_PROVIDERS={settings.mode})")
         for column in ("stage", "provider", "model", "endpoint", "answers", "detail"):
             table.add_column(column)
@@ -87,7 +118,13 @@ def doctor(
             answers = f"yes ({check.elapsed_ms:.0f} ms)" if check.ok else "[red]no[/]"
             table.add_row(row.stage, row.provider, row.model, row.endpoint, answers, check.detail)
         console.print(table)
-    if not all(check.ok for check in checks):
+    if failed:
+        not_run = f" ({skipped} not checked)" if skipped else ""
+        err.print(
+            f"[bold red]error:[/] doctor: {escape(', '.join(failed))} failed{not_run}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 

@@ -42,6 +42,7 @@ class DirectPool:
     def __init__(self, url: str, *, max_idle: int) -> None:
         self.url = libpq_url(url)
         self.options = startup_options(url)
+        self.connect_timeout = get_settings().db.connect_timeout_s
         self.max_idle = max_idle
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
@@ -50,7 +51,9 @@ class DirectPool:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return psycopg.connect(self.url, autocommit=True, options=self.options)
+        return psycopg.connect(
+            self.url, autocommit=True, options=self.options, connect_timeout=self.connect_timeout
+        )
 
     def give_back(self, conn: psycopg.Connection[Any]) -> None:
         reusable = (

@@ -81,7 +81,10 @@ def get_engine() -> Engine:
                 max_overflow=get_settings().db.max_overflow,
                 pool_pre_ping=_pre_ping,
                 pool_recycle=1800,
-                connect_args={"options": startup_options(url)},
+                connect_args={
+                    "options": startup_options(url),
+                    "connect_timeout": get_settings().db.connect_timeout_s,
+                },
             )
             _engine_pid = os.getpid()
             _sessions = sessionmaker(_engine, expire_on_commit=False)
