@@ -3,10 +3,11 @@
 Postgres and Redis are the configured ones (DATABASE_URL, REDIS_URL) or the embedded ones,
 started on the data dir (and stopped again on the way out when this command started them).
 The schema is migrated here, which is what the Procfile's ``release`` entry does in a
-deployment, and every other Procfile entry runs under honcho, each in its own process group:
-on Ctrl-C (or SIGTERM) honcho sends SIGTERM to every group, which is Celery's warm shutdown,
-and SIGKILL to any group still there five seconds later, so no worker, pool child or Flower
-outlives the command.
+deployment, and every other Procfile entry runs under the supervisor (shared/supervisor.py),
+each in its own process group: a process that exits is started again after a backoff (one
+line on the console says so) while the rest keeps running; on Ctrl-C (or SIGTERM) it sends
+SIGTERM to every group, which is Celery's warm shutdown, and SIGKILL to any group still
+there five seconds later, so no worker, pool child or Flower outlives the command.
 """
 
 from __future__ import annotations
@@ -109,11 +110,9 @@ def _clear_stale_targets(directory: Path) -> None:
 
 
 def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> int:
-    """Start everything, block until Ctrl-C or a process ends, stop everything."""
-    from honcho.manager import Manager
-    from honcho.printer import Printer
-
+    """Start everything, restart what exits, stop everything on Ctrl-C or SIGTERM."""
     from shared.runtime import migrate, services
+    from shared.supervisor import Supervisor
 
     processes = stack_processes(only)
     with services():
@@ -131,9 +130,9 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
             say(f"{'flower login':<15} {credentials.split(':', 1)[0]} (from FLOWER_BASIC_AUTH)")
         targets_dir = settings.data_dir / "metrics"
         _clear_stale_targets(targets_dir)
-        manager = Manager(Printer(sys.stdout))
-        for name, command in processes.items():
-            manager.add_process(name, f"exec {command}", env=process_env(env), cwd=PROJECT_ROOT)
+        supervisor = Supervisor(
+            commands=processes, env=process_env(env), cwd=PROJECT_ROOT, say=say, out=sys.stdout
+        )
         stop = threading.Event()
         workers = [n for n, c in processes.items() if " worker " in f" {c} "]
         threading.Thread(
@@ -142,7 +141,6 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
             daemon=True,
         ).start()
         try:
-            manager.loop()
+            return supervisor.run()
         finally:
             stop.set()
-        return int(manager.returncode or 0)
