@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import Settings, get_settings
+from shared.embedded import EmbeddedServices
 from shared.procfile import PROJECT_ROOT, process_env, read_procfile
 
 SKIPPED_ENTRIES = ("release",)  # migrations run before the processes start
@@ -80,6 +81,39 @@ def endpoints(settings: Settings) -> list[Endpoint]:
     ]
 
 
+ENV_FILE_NAME = "env"
+
+
+def write_env_file(data_dir: Path, urls: dict[str, str]) -> Path:
+    """``<data dir>/env``: one ``NAME=value`` line per URL, for a service to source.
+
+    Mode 0600 from the start (the URLs may hold passwords), replaced in one rename so a
+    reader never sees half a file.
+    """
+    import shlex
+
+    path = data_dir / ENV_FILE_NAME
+    data_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{ENV_FILE_NAME}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(f"{name}={shlex.quote(value)}\n" for name, value in urls.items())
+    os.replace(temporary, path)
+    return path
+
+
+def moved_ports(embedded: EmbeddedServices) -> list[str]:
+    """One line per embedded server that could not have its data dir's port this time."""
+    lines = []
+    for server in (embedded.postgres, embedded.redis):
+        if server is not None and server.moved_from is not None:
+            lines.append(
+                f"{server.name}: port {server.moved_from} of this data dir is taken by another "
+                f"program; now on {server.port} (kept for next time)"
+            )
+    return lines
+
+
 def announce_when_ready(
     *,
     say: Callable[[str], None],
@@ -115,15 +149,22 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
     from shared.supervisor import Supervisor
 
     processes = stack_processes(only)
-    with services():
+    with services() as embedded:
         migrate()
         settings = get_settings()
+        for line in moved_ports(embedded):
+            say(line)
         env = dict(os.environ)
         credentials, generated = flower_credentials(env)
         env["FLOWER_BASIC_AUTH"] = credentials
         env["CHORDLINE_DATA_DIR"] = str(settings.data_dir)
         for endpoint in endpoints(settings):
             say(f"{endpoint.name:<15} {endpoint.address}")
+        env_file = write_env_file(
+            settings.data_dir,
+            {"DATABASE_URL": settings.database_url or "", "REDIS_URL": settings.redis_url or ""},
+        )
+        say(f"{'env file':<15} {env_file}  (DATABASE_URL, REDIS_URL for your services)")
         if generated:
             say(f"{'flower login':<15} {credentials}  (generated: set FLOWER_BASIC_AUTH to choose)")
         else:

@@ -1,6 +1,6 @@
 """`chordline up` keeps the stack running when one process dies: that process is started
 again (with a backoff, said on the console), the others keep their PIDs, and Ctrl-C still
-stops everything."""
+stops everything. It also writes the URLs it serves to ``<data dir>/env``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import time
 
@@ -60,6 +61,13 @@ def test_a_killed_worker_is_restarted_and_the_rest_keeps_running(services: None)
     try:
         wait_for_line(log, r"chordline is up", proc=up, timeout_s=180)
         text = log.read_text()
+        # The URLs it serves, in a file a service on this machine can source.
+        env_file = data_dir / "env"
+        assert f"env file        {env_file}" in text
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        assert env_file.read_text() == (
+            f"DATABASE_URL={os.environ['DATABASE_URL']}\nREDIS_URL={os.environ['REDIS_URL']}\n"
+        )
         (victim,), (bystander,) = _pids(text, "orchestrator"), _pids(text, "merge")
         bystander_started = psutil.Process(bystander).create_time()
 
