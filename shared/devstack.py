@@ -3,10 +3,11 @@
 Postgres and Redis are the configured ones (DATABASE_URL, REDIS_URL) or the embedded ones,
 started on the data dir (and stopped again on the way out when this command started them).
 The schema is migrated here, which is what the Procfile's ``release`` entry does in a
-deployment, and every other Procfile entry runs under honcho, each in its own process group:
-on Ctrl-C (or SIGTERM) honcho sends SIGTERM to every group, which is Celery's warm shutdown,
-and SIGKILL to any group still there five seconds later, so no worker, pool child or Flower
-outlives the command.
+deployment, and every other Procfile entry runs under the supervisor (shared/supervisor.py),
+each in its own process group: a process that exits is started again after a backoff (one
+line on the console says so) while the rest keeps running; on Ctrl-C (or SIGTERM) it sends
+SIGTERM to every group, which is Celery's warm shutdown, and SIGKILL to any group still
+there five seconds later, so no worker, pool child or Flower outlives the command.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import Settings, get_settings
+from shared.embedded import EmbeddedServices
 from shared.procfile import PROJECT_ROOT, process_env, read_procfile
 
 SKIPPED_ENTRIES = ("release",)  # migrations run before the processes start
@@ -79,6 +81,39 @@ def endpoints(settings: Settings) -> list[Endpoint]:
     ]
 
 
+ENV_FILE_NAME = "env"
+
+
+def write_env_file(data_dir: Path, urls: dict[str, str]) -> Path:
+    """``<data dir>/env``: one ``NAME=value`` line per URL, for a service to source.
+
+    Mode 0600 from the start (the URLs may hold passwords), replaced in one rename so a
+    reader never sees half a file.
+    """
+    import shlex
+
+    path = data_dir / ENV_FILE_NAME
+    data_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{ENV_FILE_NAME}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(f"{name}={shlex.quote(value)}\n" for name, value in urls.items())
+    os.replace(temporary, path)
+    return path
+
+
+def moved_ports(embedded: EmbeddedServices) -> list[str]:
+    """One line per embedded server that could not have its data dir's port this time."""
+    lines = []
+    for server in (embedded.postgres, embedded.redis):
+        if server is not None and server.moved_from is not None:
+            lines.append(
+                f"{server.name}: port {server.moved_from} of this data dir is taken by another "
+                f"program; now on {server.port} (kept for next time)"
+            )
+    return lines
+
+
 def announce_when_ready(
     *,
     say: Callable[[str], None],
@@ -109,31 +144,36 @@ def _clear_stale_targets(directory: Path) -> None:
 
 
 def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> int:
-    """Start everything, block until Ctrl-C or a process ends, stop everything."""
-    from honcho.manager import Manager
-    from honcho.printer import Printer
-
+    """Start everything, restart what exits, stop everything on Ctrl-C or SIGTERM."""
     from shared.runtime import migrate, services
+    from shared.supervisor import Supervisor
 
     processes = stack_processes(only)
-    with services():
+    with services() as embedded:
         migrate()
         settings = get_settings()
+        for line in moved_ports(embedded):
+            say(line)
         env = dict(os.environ)
         credentials, generated = flower_credentials(env)
         env["FLOWER_BASIC_AUTH"] = credentials
         env["CHORDLINE_DATA_DIR"] = str(settings.data_dir)
         for endpoint in endpoints(settings):
             say(f"{endpoint.name:<15} {endpoint.address}")
+        env_file = write_env_file(
+            settings.data_dir,
+            {"DATABASE_URL": settings.database_url or "", "REDIS_URL": settings.redis_url or ""},
+        )
+        say(f"{'env file':<15} {env_file}  (DATABASE_URL, REDIS_URL for your services)")
         if generated:
             say(f"{'flower login':<15} {credentials}  (generated: set FLOWER_BASIC_AUTH to choose)")
         else:
             say(f"{'flower login':<15} {credentials.split(':', 1)[0]} (from FLOWER_BASIC_AUTH)")
         targets_dir = settings.data_dir / "metrics"
         _clear_stale_targets(targets_dir)
-        manager = Manager(Printer(sys.stdout))
-        for name, command in processes.items():
-            manager.add_process(name, f"exec {command}", env=process_env(env), cwd=PROJECT_ROOT)
+        supervisor = Supervisor(
+            commands=processes, env=process_env(env), cwd=PROJECT_ROOT, say=say, out=sys.stdout
+        )
         stop = threading.Event()
         workers = [n for n, c in processes.items() if " worker " in f" {c} "]
         threading.Thread(
@@ -142,7 +182,6 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
             daemon=True,
         ).start()
         try:
-            manager.loop()
+            return supervisor.run()
         finally:
             stop.set()
-        return int(manager.returncode or 0)

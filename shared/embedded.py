@@ -15,6 +15,11 @@ so it holds none of root's group rights. chordline gives that user the ``postgre
 of the data dir (and lets it through the data dir itself), but never changes the folders
 above CHORDLINE_DATA_DIR: when one of them does not let the user through, the start fails
 with one line naming the folder and what to do.
+
+Each server keeps its port from one start to the next (remembered in ``<data dir>/postgres/
+port`` and ``<data dir>/redis/port``), so a service on the same machine can stay pointed at
+it; only when another program holds that port does it get a new one, which is remembered
+instead and reported (``RunningServer.moved_from``).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class RunningServer:
     port: int
     url: str
     started_here: bool
+    moved_from: int | None = None  # the data dir's port, taken by another program
 
 
 def _free_port() -> int:
@@ -60,7 +66,11 @@ def _free_port() -> int:
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether a server can listen on ``port`` now. Like Postgres and Valkey, the probe sets
+    SO_REUSEADDR: connections in TIME_WAIT that the last server on the port closed (every
+    one of its clients, when it stops) must not count as taken; a listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -84,16 +94,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remembered_port(port_file: Path) -> int:
-    """The port this data dir used last time, if it is still free; otherwise a new one."""
-    if port_file.exists():
-        with contextlib.suppress(ValueError):
-            port = int(port_file.read_text().strip())
-            if _port_is_free(port):
-                return port
+def _remembered_port(port_file: Path) -> tuple[int, int | None]:
+    """The port this data dir used last time if it is still free, otherwise a new one
+    (remembered from now on); and the remembered port that was taken, if any."""
+    remembered: int | None = None
+    with contextlib.suppress(OSError, ValueError):
+        remembered = int(port_file.read_text().strip())
+    if remembered is not None and _port_is_free(remembered):
+        return remembered, None
     port = _free_port()
     port_file.write_text(f"{port}\n")
-    return port
+    if remembered is not None:
+        log.warning(
+            "remembered port taken by another program; using a new one",
+            extra={"action": "embedded_port_moved", "remembered_port": remembered, "port": port},
+        )
+    return port, remembered
 
 
 @contextlib.contextmanager
@@ -345,7 +361,7 @@ def ensure_postgres(data_dir: Path) -> RunningServer:
             _let_user_reach(data_dir, root, run_as)
         if not (pgdata / "PG_VERSION").exists():
             _init_pgdata(pgdata, bin_dir, run_as, log_file)
-        port = _remembered_port(root / "port")
+        port, moved_from = _remembered_port(root / "port")
         with log_file.open("ab") as out:
             proc = subprocess.Popen(
                 [
@@ -378,7 +394,7 @@ def ensure_postgres(data_dir: Path) -> RunningServer:
             "embedded server started",
             extra={"action": "embedded_start", "server": "postgres", "port": port, "pid": proc.pid},
         )
-        return RunningServer("postgres", proc.pid, port, _postgres_url(port), True)
+        return RunningServer("postgres", proc.pid, port, _postgres_url(port), True, moved_from)
 
 
 def running_postgres_url(data_dir: Path) -> str | None:
@@ -464,7 +480,7 @@ def ensure_redis(data_dir: Path, *, appendonly: bool = True) -> RunningServer:
         running = _redis_pid(root)
         if running:
             return RunningServer("redis", running[0], running[1], _redis_url(running[1]), False)
-        port = _remembered_port(root / "port")
+        port, moved_from = _remembered_port(root / "port")
         log_file = root / "valkey.log"
         proc = subprocess.Popen(
             valkey_command(port=port, root=root, appendonly=appendonly),
@@ -478,7 +494,7 @@ def ensure_redis(data_dir: Path, *, appendonly: bool = True) -> RunningServer:
             "embedded server started",
             extra={"action": "embedded_start", "server": "redis", "port": port, "pid": proc.pid},
         )
-        return RunningServer("redis", proc.pid, port, _redis_url(port), True)
+        return RunningServer("redis", proc.pid, port, _redis_url(port), True, moved_from)
 
 
 def _redis_url(port: int) -> str:

@@ -47,7 +47,7 @@ class ProcessGroup:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
-        # Through the shell, as honcho and Procfile runners do, so ${VAR:-default} works;
+        # Through the shell, as Procfile runners do, so ${VAR:-default} works;
         # "exec" makes the PID we hold the worker's own.
         proc = subprocess.Popen(
             ["/bin/sh", "-c", f"exec {command}"],

@@ -17,7 +17,7 @@ from shared.db.session import dispose_engine
 from shared.logs import logging_config
 from shared.providers.registry import reset_providers, warm_providers
 from shared.redis_conn import get_redis, reset_redis
-from workers import fault_hooks
+from workers import broker_guard, fault_hooks
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,13 @@ def refuse_evicting_redis() -> None:
 @signals.worker_init.connect
 def _check_broker(**_: Any) -> None:
     refuse_evicting_redis()
+
+
+@signals.worker_init.connect
+def _survive_broker_restarts(**_: Any) -> None:
+    # A lost Redis connection must end in a reconnect, never in the worker exiting
+    # (workers/broker_guard.py says why and what happens to unacknowledged messages).
+    broker_guard.install()
 
 
 @signals.celeryd_after_setup.connect

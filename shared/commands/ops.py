@@ -107,7 +107,7 @@ def proc(
 
         raise InvalidInput("name", f"{name!r} is not in the Procfile ({', '.join(entries)})")
     os.chdir(PROJECT_ROOT)
-    # Through the shell, as honcho does, so ${VAR:-default} works; exec leaves the process
+    # Through the shell, as Procfile runners do, so ${VAR:-default} works; exec leaves the process
     # itself in our place (PID 1 in a container), so signals reach it directly.
     command = ["/bin/sh", "-c", f"exec {entries[name]}"]
     os.execve(command[0], command, process_env(dict(os.environ)))  # noqa: S606

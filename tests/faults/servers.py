@@ -1,8 +1,9 @@
 """The fault suite's own Postgres and Valkey, which it may kill -9 and restart on the same port.
 
-The embedded helpers pick a new port when the old one is still held by sockets in TIME_WAIT;
-a restarted server must come back where every worker expects it, so these start the same
-binaries themselves (both servers set SO_REUSEADDR and rebind at once).
+A restarted server must come back at once where every worker expects it, whatever state
+the killed one left (a stale pid file, a port another program grabbed would move an
+embedded server), so these start the same binaries themselves, on a fixed port (both
+servers set SO_REUSEADDR and rebind at once).
 """
 
 from __future__ import annotations
