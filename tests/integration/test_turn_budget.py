@@ -42,7 +42,13 @@ def offline_workers(services: None) -> Iterator[None]:
     os.environ["REDIS_URL"] = _own_redis_db(saved)
     reset_process_state()
     get_redis().flushdb()
-    env = {"REDIS_URL": os.environ["REDIS_URL"], "CHORDLINE_PROVIDERS": "offline"}
+    # No metrics: their scrape targets would take (and on exit remove) the names of the
+    # session's own workers in the data dir's target list.
+    env = {
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "CHORDLINE_PROVIDERS": "offline",
+        "CHORDLINE_METRICS_ENABLED": "false",
+    }
     try:
         with running_workers(
             TURN_PROCESSES, env_overrides=env, log_dir=ARTIFACTS / "worker-logs" / "budget"
