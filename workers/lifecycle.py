@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import gc
 import logging.config
-import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import signals
 
 from shared.config import get_settings
+from shared.connectivity import redis_unreachable
 from shared.db.direct import dispose_direct_pool
 from shared.db.session import dispose_engine
 from shared.logs import logging_config
@@ -71,16 +71,28 @@ def _eviction_policy() -> str:
     again), or the worker would run without the check.
     """
     deadline = time.monotonic() + POLICY_CHECK_WAIT_S
+    waiting = False
     while True:
         try:
             return str(get_redis().config_get("maxmemory-policy").get("maxmemory-policy", ""))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            unreachable = redis_unreachable(get_settings().redis_url, exc)
             if time.monotonic() > deadline:
-                message = f"refusing to start: cannot reach Redis to check maxmemory-policy: {exc}"
-                log.error(message, extra={"action": "worker_refused"})
-                print(message, file=sys.stderr)
-                raise SystemExit(75) from None
+                _refuse(f"{unreachable} for {POLICY_CHECK_WAIT_S:g} s", code=75)
+            if not waiting:  # one line while Redis may be (re)starting, not one a second
+                waiting = True
+                log.warning(
+                    f"{unreachable}; waiting up to {POLICY_CHECK_WAIT_S:g} s for it",
+                    extra={"action": "worker_waits_for_redis"},
+                )
             time.sleep(1.0)
+
+
+def _refuse(reason: str, *, code: int) -> NoReturn:
+    """End the worker before it consumes anything, with one line saying why."""
+    message = f"refusing to start: {reason}"
+    log.error(message, extra={"action": "worker_refused"})
+    raise SystemExit(code)
 
 
 def refuse_evicting_redis() -> None:
@@ -94,14 +106,12 @@ def refuse_evicting_redis() -> None:
         )
         return
     if policy != "noeviction":
-        message = (
-            f"refusing to start: Redis maxmemory-policy is {policy!r}. With eviction, Redis "
-            "may silently drop queued tasks and chord state; set maxmemory-policy "
-            "noeviction so that a full Redis fails loudly instead."
+        _refuse(
+            f"Redis maxmemory-policy is {policy!r}. With eviction, Redis may silently drop "
+            "queued tasks and chord state; set maxmemory-policy noeviction so that a full "
+            "Redis fails loudly instead.",
+            code=78,
         )
-        log.error(message, extra={"action": "worker_refused"})
-        print(message, file=sys.stderr)
-        raise SystemExit(78)
 
 
 @signals.worker_init.connect

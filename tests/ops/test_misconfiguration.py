@@ -141,3 +141,39 @@ def test_a_bad_value_of_another_setting_is_one_line_naming_it() -> None:
     assert_one_line_naming(
         outcome, "CHORDLINE_KB_CHUNK_CHARS", "greater than or equal to 100; got '5'"
     )
+
+
+def test_a_worker_with_a_closed_redis_port_says_so_in_one_line_while_it_waits(
+    services: None,
+) -> None:
+    """A worker waits for a Redis that may be (re)starting (its supervisor would restart it
+    anyway); it says at once, in one line naming REDIS_URL, what it waits for."""
+    port = free_port()
+    env = session_env(REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    proc = subprocess.Popen(
+        [CHORDLINE, "proc", "merge"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        began = time.monotonic()
+        waiting: list[str] = []
+        for line in iter(proc.stderr.readline, ""):
+            if "REDIS_URL" in line or time.monotonic() - began > WITHIN_S:
+                waiting.append(line)
+                break
+        assert waiting and waiting[0].strip().endswith(
+            f"REDIS_URL: cannot connect to 127.0.0.1:{port} (connection refused); "
+            "waiting up to 30 s for it"
+        ), waiting
+        assert time.monotonic() - began < WITHIN_S
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
