@@ -148,3 +148,30 @@ def test_doctor_names_a_database_url_it_cannot_reach(services: None) -> None:
     assert len(errors) == 1 and errors[0].startswith("error: doctor: postgres"), errors
     assert "secret" not in json.dumps(report) + errors[0]
     assert elapsed < 10
+
+
+def test_doctor_fails_a_redis_that_evicts_and_keeps_nothing(services: None) -> None:
+    admin = get_redis()
+    saved = {key: admin.config_get(key)[key] for key in ("maxmemory-policy", "appendonly", "save")}
+    parts = urlsplit(os.environ["REDIS_URL"])
+    try:
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        admin.config_set("appendonly", "no")
+        admin.config_set("save", "")
+        code, report, _, _ = run_doctor(REDIS_URL=urlunsplit(parts._replace(path="/9")))
+    finally:
+        for key, value in saved.items():
+            admin.config_set(key, value)
+    checks = by_name(report)
+    assert code == 1 and report["ok"] is False
+    assert checks["redis"]["ok"]
+    eviction, persistence = checks["eviction policy"], checks["persistence"]
+    assert not eviction["ok"]
+    assert (
+        eviction["detail"]
+        == "maxmemory-policy is 'allkeys-lru': a full Redis would drop queued turns"
+    )
+    assert "noeviction" in eviction["fix"]
+    assert not persistence["ok"]
+    assert persistence["detail"].startswith("no persistence (appendonly no, save empty)")
+    assert "appendonly yes" in persistence["fix"]
