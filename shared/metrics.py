@@ -379,10 +379,17 @@ def start_exporter(*, nodename: str, prefork: bool) -> Exporter | None:
 
 
 def write_scrape_target(directory: Path, *, nodename: str, address: str) -> Path | None:
-    """A Prometheus file_sd target per worker process, so a scraper on this host finds it."""
+    """A Prometheus file_sd target per worker process, so a scraper on this host finds it.
+
+    One file per process (``<worker>-<pid>.json``): another process of the same name (a
+    `chordline demo` beside `chordline up`) neither overwrites it nor, when it exits,
+    removes it. Files of processes that died without removing theirs (SIGKILL) go when a
+    process of the same name writes its own."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{nodename.replace('/', '_')}.json"
+        stem = nodename.replace("/", "_")
+        _forget_dead_targets(directory, stem)
+        path = directory / f"{stem}-{os.getpid()}.json"
         process_type = nodename.split("@", 1)[0]
         entry = [{"targets": [address], "labels": {"worker": nodename, "process": process_type}}]
         tmp = path.with_suffix(".tmp")
@@ -391,6 +398,24 @@ def write_scrape_target(directory: Path, *, nodename: str, address: str) -> Path
         return path
     except OSError:
         return None
+
+
+def _forget_dead_targets(directory: Path, stem: str) -> None:
+    (directory / f"{stem}.json").unlink(missing_ok=True)  # the earlier file-per-name form
+    for path in directory.glob(f"{stem}-*.json"):
+        pid = path.stem.removeprefix(f"{stem}-")
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def scrape_targets(directory: Path) -> dict[str, str]:
