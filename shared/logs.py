@@ -81,11 +81,3 @@ def logging_config(*, level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
             "workers": {"level": level, "handlers": ["stderr"], "propagate": False},
         },
     }
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Remove every known secret value from a string that may reach a log or a row."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text

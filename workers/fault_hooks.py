@@ -88,10 +88,6 @@ def install_from_env() -> None:
     log.warning("fault hooks armed", extra={"action": "fault_hooks_armed"})
 
 
-def armed() -> bool:
-    return _marker is not None
-
-
 def faults_in(message: str) -> list[Fault]:
     if _marker is None:
         return []

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -199,10 +199,6 @@ def update_tenant_settings(
     )
     recent_tenant_settings.forget(tenant_id)
     return updated
-
-
-def list_tenants(session: Session) -> list[Tenant]:
-    return list(session.scalars(select(Tenant).order_by(Tenant.id)))
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,6 @@ class RateBudget:
         self.live = live
         self.client = client or get_redis()
         self._bucket = self.client.register_script(_BUCKET_SCRIPT)
-        self.waited_s = 0.0  # how long this budget's acquires have waited, for the logs
 
     def spare_rate(self, load: LiveLoad) -> float:
         """Calls per second re-scoring may spend now: what live traffic leaves, or nothing."""
@@ -193,7 +192,6 @@ class RateBudget:
             if time.monotonic() + pause > until:
                 return False
             time.sleep(pause)
-            self.waited_s += pause
 
 
 _live: ObservedLiveLoad | None = None
