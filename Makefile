@@ -21,8 +21,9 @@ demo: setup
 test: setup
 	$(BIN)/pytest
 
+# Every test that needs no service (no Postgres, Redis or worker): about 20 s.
 test-fast: setup
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -m "not integration"
 
 # The fault-injection suite (a few minutes): workers, Redis and Postgres killed under load.
 test-faults: setup

@@ -18,6 +18,21 @@ TEST_DATA_DIR = ROOT / ".chordline" / f"test-{os.getpid()}"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test-fast` runs every test not marked ``integration``: a test that reaches the
+    servers (the ``services`` fixture, directly or through another) must carry the mark."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "services" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that use the servers must be marked integration: " + ", ".join(unmarked)
+        )
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[None]:
     """Embedded (or configured) Postgres and Redis, migrated to head."""
