@@ -37,21 +37,16 @@ from sqlalchemy import Engine, event, select
 from shared.config import get_settings
 from shared.db.models import Turn
 from shared.db.session import session_scope
+from shared.db.turns import STAGE_OUTPUT
 from shared.errors import ProviderError
 from shared.redis_conn import get_redis
+from shared.schemas import Stage
 
 log = logging.getLogger(__name__)
 
 MARKER_ENV = "CHORDLINE_FAULT_MARKER"
 MIN_MARKER_CHARS = 16
 KEY_TTL_S = 3600
-# The column each stage's write sets; a commit whose transaction set it is that stage's.
-STAGE_OUTPUT_COLUMN = {
-    "orchestrator": "orchestrated_at",
-    "researcher": "researched_at",
-    "merge": "routed_at",
-    "agent": "completed_at",
-}
 
 _marker: str | None = None
 _pending_crash = threading.local()
@@ -130,7 +125,8 @@ def _trigger(fault: Fault, *, turn_id: str) -> None:
         return
     if fault.kind == "crash":
         _pending_crash.turn_id = turn_id
-        _pending_crash.column = STAGE_OUTPUT_COLUMN[fault.stage]
+        # the column the stage's write sets: a commit whose transaction set it is the stage's
+        _pending_crash.column = STAGE_OUTPUT[Stage(fault.stage)]
     elif fault.kind == "hang":
         get_redis().set(pid_key(turn_id, fault.stage), os.getpid(), ex=KEY_TTL_S)
         time.sleep(fault.seconds)
