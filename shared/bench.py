@@ -49,6 +49,7 @@ from shared.kb.ingest import ingest_paths
 from shared.procfile import TURN_PROCESSES, ProcessGroup, running_workers
 from shared.providers.registry import get_providers
 from shared.schemas import Topology
+from shared.stats import percentiles
 
 QUESTIONS = (
     "How much does the Growth plan cost?",
@@ -112,13 +113,6 @@ def poisson_offsets(rate: float, duration_s: float, seed: int) -> list[float]:
         if t >= duration_s:
             return offsets
         offsets.append(t)
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
-    p50, p95, p99 = np.percentile(np.array(values), [50, 95, 99])
-    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
 
 def bench_message(index: int) -> str:

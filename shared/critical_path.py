@@ -28,7 +28,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -39,6 +38,7 @@ from shared.counts import counted
 from shared.db.models import Turn, TurnSpan
 from shared.errors import InvalidInput
 from shared.schemas import TurnStatus
+from shared.stats import percentile
 from shared.trace import CRITICAL_STAGES, TurnTrace, trace_of
 from shared.validation import check_slug
 
@@ -107,7 +107,7 @@ def recent_traces(session: Session, *, last: int, tenant_id: str | None = None) 
 
 
 def _percentile(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 1) if values else 0.0
+    return percentile(values, q, digits=1) or 0.0
 
 
 def summarise(traces: list[TurnTrace]) -> CriticalPathReport:

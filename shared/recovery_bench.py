@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import and_, select
@@ -45,6 +44,7 @@ from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.procfile import TURN_PROCESSES, ProcessGroup, start_workers, wait_for_workers
 from shared.providers.registry import get_providers
+from shared.stats import percentile
 
 TENANT = "bench-recovery"
 PROCESSES = (*TURN_PROCESSES, "maintenance", "beat")
@@ -78,11 +78,6 @@ class Round:
     unended: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        seconds = np.array(self.ended_s)
-
-        def percentile(q: float) -> float | None:
-            return round(float(np.percentile(seconds, q)), 2) if len(seconds) else None
-
         return {
             "victim": self.victim,
             "affected": len(self.affected),
@@ -90,9 +85,9 @@ class Round:
             "failed_with_reason": self.failed,
             "fallback_replies": self.fallback,
             "unended": self.unended,
-            "p50_s": percentile(50),
-            "p95_s": percentile(95),
-            "max_s": percentile(100),
+            "p50_s": percentile(self.ended_s, 50),
+            "p95_s": percentile(self.ended_s, 95),
+            "max_s": percentile(self.ended_s, 100),
         }
 
 

@@ -41,6 +41,7 @@ from shared.kb.search import hybrid_search, nearest_chunks, tenant_sizes, use_ex
 from shared.kb.stores import VectorStore, store_for
 from shared.kb.synthetic import SyntheticTenant, documents, make_tenant, question
 from shared.providers.local import LocalEmbedder
+from shared.stats import percentiles
 
 DATA_DESCRIPTION = (
     "generated product documentation: template sentences over 24 topic vocabularies with "
@@ -65,13 +66,6 @@ class ClassResult:
     vector_ms: list[float] = field(default_factory=list)
     recall: list[float] = field(default_factory=list)
     exact_tenants: int = 0
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(cuts[49], 2), "p95": round(cuts[94], 2), "p99": round(cuts[98], 2)}
 
 
 def plan_tenants(total_chunks: int, rng: random.Random) -> list[SyntheticTenant]:
@@ -359,8 +353,8 @@ def bench_report(
         size_class: {
             "tenants": SIZE_CLASSES[size_class][0],
             "chunks": r.chunks,
-            "search_ms": percentiles(r.search_ms),
-            "vector_search_ms": percentiles(r.vector_ms),
+            "search_ms": percentiles(r.search_ms, empty=0.0),
+            "vector_search_ms": percentiles(r.vector_ms, empty=0.0),
             "recall_at_10": round(statistics.fmean(r.recall), 4) if r.recall else 0.0,
             "build_s": round(build_s, 2),
             "ingest_chunks_per_s": round(r.chunks / r.ingest_s, 1) if r.ingest_s else 0.0,
