@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,37 @@ def new_tenant(settings: dict[str, object] | None = None, *, with_demo_kb: bool 
     if with_demo_kb:
         ingest_paths([DEMO_KB], tenant_id=tenant, embedder=get_providers().embedder)
     return tenant
+
+
+def accept_unpublished_turn(
+    tenant: str,
+    *,
+    message: str = "Does it integrate with NetSuite?",
+    conversation: str | None = None,
+    topology: str = "parallel",
+    accepted_at: float | None = None,
+    stage_deadline_s: float = 60.0,
+) -> str:
+    """A turn accepted in one statement as ``enqueue_turn`` accepts it, and not published:
+    what runs of it is up to the test."""
+    from shared.db.direct import direct_connection
+    from shared.db.turns import accept_turn
+
+    turn_id = str(uuid.uuid4())
+    with direct_connection() as conn:
+        accept_turn(
+            conn,
+            turn_id=turn_id,
+            tenant_id=tenant,
+            conversation=conversation or f"c-{uuid.uuid4().hex[:8]}",
+            message=message,
+            topology=topology,
+            idempotency_key=None,
+            accepted_at=time.time() if accepted_at is None else accepted_at,
+            stage_deadline_s=stage_deadline_s,
+            reject_when_busy=False,
+        )
+    return turn_id
 
 
 @pytest.fixture

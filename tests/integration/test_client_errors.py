@@ -19,11 +19,10 @@ from sqlalchemy.engine import make_url
 from shared.client import SAFE_RETRY, enqueue_turn, get_turn, stream_turn
 from shared.config import reset_settings
 from shared.contract import TURN_QUEUES
-from shared.db.direct import direct_connection, dispose_direct_pool
+from shared.db.direct import dispose_direct_pool
 from shared.db.models import Conversation, Turn, TurnOutbox
 from shared.db.session import dispose_engine, session_scope
 from shared.db.tenants import recent_tenant_settings
-from shared.db.turns import accept_turn
 from shared.dispatch import flush_dispatch
 from shared.errors import (
     DatabaseUnavailable,
@@ -36,7 +35,7 @@ from shared.errors import (
 from shared.redis_conn import get_redis
 from shared.streaming import ReplyStream, publish_end
 from shared.turn.recovery import end_turn_failed
-from tests.conftest import new_tenant
+from tests.conftest import accept_unpublished_turn, new_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -237,20 +236,7 @@ def test_streaming_a_known_turn_waits_for_its_stream_to_start(
     ended_after: list[str], tenant: str
 ) -> None:
     # accepted and never published: its stream starts only when this test writes it
-    turn_id = str(uuid.uuid4())
-    with direct_connection() as conn:
-        accept_turn(
-            conn,
-            turn_id=turn_id,
-            tenant_id=tenant,
-            conversation=f"c-{uuid.uuid4().hex[:8]}",
-            message="Does it integrate with NetSuite?",
-            topology="parallel",
-            idempotency_key=None,
-            accepted_at=time.time(),
-            stage_deadline_s=60,
-            reject_when_busy=False,
-        )
+    turn_id = accept_unpublished_turn(tenant)
     ended_after.append(turn_id)
 
     def agent_later() -> None:

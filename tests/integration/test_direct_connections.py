@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from shared.db.direct import direct_connection, direct_pool, transaction_pipeline
 from shared.db.session import session_scope
+from tests.conftest import accept_unpublished_turn
 
 pytestmark = pytest.mark.integration
 
@@ -54,27 +55,14 @@ def test_a_stage_write_relaxes_only_its_own_commit(services: None, tenant: str) 
     connection they used goes back to the pool as synchronous as it came, so the next
     acceptance or agent end on it is synchronous."""
     import time
-    import uuid
 
     from shared.db.spans import SpanRecord
-    from shared.db.turns import RELAXED_COMMIT_STAGES, accept_turn, write_stage_output
+    from shared.db.turns import RELAXED_COMMIT_STAGES, write_stage_output
     from shared.schemas import Stage
 
     assert Stage.AGENT not in RELAXED_COMMIT_STAGES
-    turn_id = str(uuid.uuid4())
+    turn_id = accept_unpublished_turn(tenant)
     with direct_connection() as conn:
-        accept_turn(
-            conn,
-            turn_id=turn_id,
-            tenant_id=tenant,
-            conversation=f"c-{uuid.uuid4().hex[:8]}",
-            message="Does it integrate with NetSuite?",
-            topology="parallel",
-            idempotency_key=None,
-            accepted_at=time.time(),
-            stage_deadline_s=60,
-            reject_when_busy=False,
-        )
         wrote = write_stage_output(
             conn,
             stage=Stage.ORCHESTRATOR,

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from shared.db.direct import direct_connection
-from shared.db.turns import accept_turn
 from shared.errors import StageConflict
 from shared.schemas import Agent
 from shared.turn.merge import outputs_from_headers, run_merge
 from shared.turn.recovery import end_turn_failed
 from shared.turn.stage import StageOrigin, read_turn
+from tests.conftest import accept_unpublished_turn
 
 pytestmark = pytest.mark.integration
 
@@ -35,30 +32,12 @@ def accepted(services: None, tenant: str) -> Iterator[Callable[[], str]]:
     made: list[str] = []
 
     def make() -> str:
-        made.append(_accepted_turn(tenant))
+        made.append(accept_unpublished_turn(tenant))
         return made[-1]
 
     yield make
     for turn_id in made:
         end_turn_failed(turn_id, "test over")
-
-
-def _accepted_turn(tenant: str) -> str:
-    turn_id = str(uuid.uuid4())
-    with direct_connection() as conn:
-        accept_turn(
-            conn,
-            turn_id=turn_id,
-            tenant_id=tenant,
-            conversation=f"c-{uuid.uuid4().hex[:8]}",
-            message="Does it integrate with NetSuite?",
-            topology="parallel",
-            idempotency_key=None,
-            accepted_at=time.time(),
-            stage_deadline_s=60,
-            reject_when_busy=False,
-        )
-    return turn_id
 
 
 def test_the_merge_routes_on_the_header_outputs_without_reading_them_from_the_row(

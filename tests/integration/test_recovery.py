@@ -12,13 +12,12 @@ import pytest
 from sqlalchemy import select, update
 
 from shared.config import get_settings
-from shared.db.direct import direct_connection
 from shared.db.models import Turn, TurnOutbox
 from shared.db.session import session_scope
-from shared.db.turns import accept_turn
 from shared.turn import recovery
 from shared.turn.agents import FALLBACK_REPLY
 from shared.turn.recovery import SweepReport, relay_outbox, sweep_stuck_turns
+from tests.conftest import accept_unpublished_turn
 
 pytestmark = pytest.mark.integration
 
@@ -27,20 +26,12 @@ def _stuck_turns(tenant: str, count: int, *, conversation: str | None = None) ->
     """Accepted turns whose stage deadline has already passed and that nobody published."""
     ids = []
     for _ in range(count):
-        turn_id = str(uuid.uuid4())
-        with direct_connection() as conn:
-            accept_turn(
-                conn,
-                turn_id=turn_id,
-                tenant_id=tenant,
-                conversation=conversation or f"c-{uuid.uuid4().hex[:8]}",
-                message="How much does the Growth plan cost?",
-                topology="parallel",
-                idempotency_key=None,
-                accepted_at=time.time(),
-                stage_deadline_s=-1.0,
-                reject_when_busy=False,
-            )
+        turn_id = accept_unpublished_turn(
+            tenant,
+            message="How much does the Growth plan cost?",
+            conversation=conversation,
+            stage_deadline_s=-1.0,
+        )
         ids.append(turn_id)
     return ids
 

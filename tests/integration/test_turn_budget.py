@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,16 +12,14 @@ import pytest
 
 from shared.client import TurnView, wait_for_turn
 from shared.config import get_settings
-from shared.db.direct import direct_connection
 from shared.db.session import session_scope
 from shared.db.spans import spans_of
-from shared.db.turns import accept_turn
 from shared.dispatch import publish_now
 from shared.procfile import TURN_PROCESSES, running_workers
 from shared.redis_conn import get_redis
 from shared.runtime import reset_process_state
 from shared.turn.agents import FALLBACK_REPLY
-from tests.conftest import ARTIFACTS, new_tenant
+from tests.conftest import ARTIFACTS, accept_unpublished_turn, new_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -62,20 +59,13 @@ def offline_workers(services: None) -> Iterator[None]:
 def run_turn(tenant: str, *, topology: str, accepted_s_ago: float) -> TurnView:
     """Accept a turn as ``enqueue_turn`` does, ``accepted_s_ago`` seconds ago, and have it
     published now, as the outbox relay publishes a turn accepted while Redis was down."""
-    turn_id = str(uuid.uuid4())
-    with direct_connection() as conn:
-        accept_turn(
-            conn,
-            turn_id=turn_id,
-            tenant_id=tenant,
-            conversation=f"c-{uuid.uuid4().hex[:8]}",
-            message="Does Halyard have a REST API and webhooks for stock changes?",
-            topology=topology,
-            idempotency_key=None,
-            accepted_at=time.time() - accepted_s_ago,
-            stage_deadline_s=get_settings().turn.stage_deadline_s,
-            reject_when_busy=False,
-        )
+    turn_id = accept_unpublished_turn(
+        tenant,
+        message="Does Halyard have a REST API and webhooks for stock changes?",
+        topology=topology,
+        accepted_at=time.time() - accepted_s_ago,
+        stage_deadline_s=get_settings().turn.stage_deadline_s,
+    )
     publish_now(turn_id, topology)
     return wait_for_turn(turn_id, timeout=60)
 

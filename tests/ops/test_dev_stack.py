@@ -4,6 +4,7 @@ every queue, and Ctrl-C leaves no process behind."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -56,6 +57,19 @@ def chordline(*args: str, env: dict[str, str]) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def stop_leftovers(up: subprocess.Popen[bytes], processes: list[psutil.Process]) -> None:
+    """After a failed assertion: stop `chordline up` and all it started (its processes run
+    in sessions of their own, out of reach of a signal to its group)."""
+    if up.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            processes += psutil.Process(up.pid).children(recursive=True)
+        os.killpg(up.pid, signal.SIGKILL)
+        up.wait()
+    for process in processes:
+        if process.is_running():
+            process.kill()
 
 
 def test_chordline_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
@@ -133,10 +147,5 @@ def test_chordline_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Pat
         leftovers = [(p.pid, p.name()) for p in alive if p.status() != psutil.STATUS_ZOMBIE]
         assert not leftovers, f"left running after Ctrl-C: {leftovers}"
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        for process in processes:
-            if process.is_running():
-                process.kill()
+        stop_leftovers(up, processes)
         shutil.rmtree(data_dir, ignore_errors=True)

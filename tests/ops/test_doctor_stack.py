@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,12 +16,12 @@ import pytest
 from shared.heartbeat import SWEEPER_HEARTBEAT_KEY
 from shared.procfile import start_workers
 from shared.redis_conn import get_redis
-from tests.conftest import ARTIFACTS, ROOT
+from tests.conftest import ARTIFACTS
 from tests.ops.test_flower import free_port
+from tests.ops.test_misconfiguration import run_chordline
 
 pytestmark = pytest.mark.integration
 
-CHORDLINE = str(Path(sys.executable).parent / "chordline")
 STACK = [
     "postgres",
     "migrations",
@@ -46,25 +42,9 @@ WORKER_CHECKS = [name for name in STACK if name.startswith("worker ")]
 def run_doctor(**overrides: str) -> tuple[int, dict[str, Any], list[str], float]:
     """`chordline doctor --json`: exit code, report, stderr lines, seconds taken."""
     env = {**os.environ, "CHORDLINE_PROVIDERS": "offline", **overrides}
-    began = time.monotonic()
-    proc = subprocess.Popen(
-        [CHORDLINE, "doctor", "--json"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, errors = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, errors = proc.communicate()
-    elapsed = time.monotonic() - began
-    assert out.strip(), errors
-    lines = [line for line in errors.splitlines() if line.strip()]
-    return proc.returncode, json.loads(out), lines, elapsed
+    outcome = run_chordline("doctor", "--json", env=env)
+    assert outcome.stdout.strip(), outcome.stderr_lines
+    return outcome.code, json.loads(outcome.stdout), outcome.stderr_lines, outcome.elapsed_s
 
 
 def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

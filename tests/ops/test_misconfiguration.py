@@ -30,6 +30,7 @@ class Outcome:
     code: int
     stderr_lines: list[str]
     elapsed_s: float
+    stdout: str = ""
 
 
 def run_chordline(*args: str, env: dict[str, str], timeout_s: float = 60.0) -> Outcome:
@@ -45,12 +46,13 @@ def run_chordline(*args: str, env: dict[str, str], timeout_s: float = 60.0) -> O
         start_new_session=True,
     )
     try:
-        _, stderr = proc.communicate(timeout=timeout_s)
+        stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
+        stdout, stderr = proc.communicate()
     elapsed = time.monotonic() - began
-    return Outcome(proc.returncode, [line for line in stderr.splitlines() if line.strip()], elapsed)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return Outcome(proc.returncode, lines, elapsed, stdout)
 
 
 def session_env(**overrides: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ stops everything. It also writes the URLs it serves to ``<data dir>/env``."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -18,7 +17,7 @@ import pytest
 
 from shared.supervisor import Backoff, describe_exit
 from tests.conftest import ARTIFACTS, ROOT
-from tests.ops.test_dev_stack import CHORDLINE, wait_for_line
+from tests.ops.test_dev_stack import CHORDLINE, stop_leftovers, wait_for_line
 
 
 def test_backoff_doubles_to_its_ceiling_and_resets_after_a_good_run() -> None:
@@ -100,12 +99,5 @@ def test_a_killed_worker_is_restarted_and_the_rest_keeps_running(services: None)
         leftovers = [(p.pid, p.name()) for p in alive if p.status() != psutil.STATUS_ZOMBIE]
         assert not leftovers, f"left running after Ctrl-C: {leftovers}"
     finally:
-        if up.poll() is None:  # a failed assertion: its processes have sessions of their own
-            with contextlib.suppress(psutil.Error):
-                processes += psutil.Process(up.pid).children(recursive=True)
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        for process in processes:
-            if process.is_running():
-                process.kill()
+        stop_leftovers(up, processes)
         shutil.rmtree(data_dir, ignore_errors=True)
