@@ -84,6 +84,18 @@ def _accepts_connections(port: int) -> bool:
     return False
 
 
+def _serves_commands(port: int) -> bool:
+    """Valkey answers PING with PONG: it accepts connections while it loads its data, but
+    answers every command with a LOADING error until the data is in memory."""
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
+    ):
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith(b"+PONG")
+    return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -479,7 +491,9 @@ def ensure_redis(data_dir: Path, *, appendonly: bool = True) -> RunningServer:
     with _data_dir_lock(root):
         running = _redis_pid(root)
         if running:
-            return RunningServer("redis", running[0], running[1], _redis_url(running[1]), False)
+            pid, port = running
+            _wait_until_serving(port, pid, root / "valkey.log")  # it may still be loading
+            return RunningServer("redis", pid, port, _redis_url(port), False)
         port, moved_from = _remembered_port(root / "port")
         log_file = root / "valkey.log"
         proc = subprocess.Popen(
@@ -489,12 +503,25 @@ def ensure_redis(data_dir: Path, *, appendonly: bool = True) -> RunningServer:
             start_new_session=True,
         )
         (root / "valkey.pid").write_text(f"{proc.pid}\n")
-        _wait_for("valkey", lambda: _accepts_connections(port), proc, log_file)
+        _wait_for("valkey", lambda: _serves_commands(port), proc, log_file)
         log.info(
             "embedded server started",
             extra={"action": "embedded_start", "server": "redis", "port": port, "pid": proc.pid},
         )
         return RunningServer("redis", proc.pid, port, _redis_url(port), True, moved_from)
+
+
+def _wait_until_serving(port: int, pid: int, log_file: Path) -> None:
+    """Until the Valkey another command started serves commands (it may be loading)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _serves_commands(port):
+            return
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.05)
+    tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+    raise EmbeddedServerError(f"valkey did not start serving (see {log_file}):\n{tail}")
 
 
 def _redis_url(port: int) -> str:
