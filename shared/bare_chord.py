@@ -1,14 +1,16 @@
 """The yardstick of `chordline bench --baseline`: a bare Celery chord of a turn's shape.
 
 Four tasks and nothing else: ``orchestrator`` and ``researcher`` sleep their stage's
-simulated time and return it; the chord callback ``merge`` enqueues ``agent``, which sleeps
-the agent's time and records when it finished, with the three times it slept, in one Redis
-hash. No Postgres, no outbox, no spans, no streaming, no metrics, no task events. Celery
-is configured as chordline's workers are where it matters to the engine (JSON, acks_late,
-prefetch 1, the Redis result backend for the chord), and its workers run with the same
-pool type and size as chordline's Procfile entries, on queues of their own, against the
-same Redis. Stage times are drawn by the same seeded distributions as chordline's
-simulated providers, from the same message, so both do identical simulated work.
+simulated time and return it with when they ran; the chord callback ``merge`` enqueues
+``agent``, which sleeps the agent's time and records when it finished, with when each stage
+ran and how long it slept, in one Redis hash (a few clock reads per turn, so that the bench
+can show where each system's overhead goes, hop by hop). No Postgres, no outbox, no spans,
+no streaming, no metrics, no task events. Celery is configured as chordline's workers are
+where it matters to the engine (JSON, acks_late, prefetch 1, the Redis result backend for
+the chord), and its workers run with the same pool type and size as chordline's Procfile
+entries, on queues of their own, against the same Redis. Stage times are drawn by the same
+seeded distributions as chordline's simulated providers, from the same message, so both do
+identical simulated work.
 
 What chordline costs beyond this, at the same arrivals, is chordline's own cost per turn.
 """
@@ -16,6 +18,7 @@ What chordline costs beyond this, at the same arrivals, is chordline's own cost 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import threading
@@ -26,6 +29,7 @@ import redis
 from celery import Celery, chord
 
 from shared.config import get_settings
+from shared.overhead_hops import StageTimes, turn_hops
 from shared.procfile import TURN_PROCESSES, read_procfile
 from shared.providers.simulated import LatencyDistribution, StageLatencies, draw_ms
 
@@ -89,26 +93,33 @@ def _sleep_stage(stage: str, message: str) -> float:
     return ms
 
 
+def _timed_stage(stage: str, message: str) -> list[float]:
+    """[simulated ms, started at, finished at]."""
+    started = time.time()
+    ms = _sleep_stage(stage, message)
+    return [ms, started, time.time()]
+
+
 @app.task(name=TASKS["orchestrator"])
-def orchestrator(message: str) -> float:
-    return _sleep_stage("orchestrator", message)
+def orchestrator(message: str) -> list[float]:
+    return _timed_stage("orchestrator", message)
 
 
 @app.task(name=TASKS["researcher"])
-def researcher(message: str) -> float:
-    return _sleep_stage("retrieval", message)
+def researcher(message: str) -> list[float]:
+    return _timed_stage("retrieval", message)
 
 
 @app.task(name=TASKS["merge"], ignore_result=True)
-def merge(header: list[float], turn_id: str, message: str) -> None:
-    agent.apply_async(kwargs={"turn_id": turn_id, "message": message, "header_ms": header})
+def merge(header: list[list[float]], turn_id: str, message: str) -> None:
+    kwargs = {"turn_id": turn_id, "message": message, "header": header, "merged_at": time.time()}
+    agent.apply_async(kwargs=kwargs)
 
 
 @app.task(name=TASKS["agents"], ignore_result=True)
-def agent(turn_id: str, message: str, header_ms: list[float]) -> None:
-    agent_ms = _sleep_stage("agent", message)
-    finished = time.time()
-    _done_store().hset(DONE_KEY, turn_id, f"{finished},{max(header_ms)},{agent_ms}")
+def agent(turn_id: str, message: str, header: list[list[float]], merged_at: float) -> None:
+    ms, started, finished = _timed_stage("agent", message)
+    _done_store().hset(DONE_KEY, turn_id, json.dumps([header, merged_at, [ms, started, finished]]))
 
 
 def submit(turn_id: str, message: str) -> None:
@@ -119,14 +130,28 @@ def submit(turn_id: str, message: str) -> None:
     ).apply_async()
 
 
+def _finished_records() -> dict[str, Any]:
+    raw: dict[bytes, bytes] = _done_store().hgetall(DONE_KEY)  # type: ignore[assignment]
+    return {key.decode(): json.loads(value) for key, value in raw.items()}
+
+
 def finished_turns() -> dict[str, tuple[float, float]]:
     """turn id -> (epoch seconds its agent finished, the ideal critical path in ms)."""
-    raw: dict[bytes, bytes] = _done_store().hgetall(DONE_KEY)  # type: ignore[assignment]
     done: dict[str, tuple[float, float]] = {}
-    for key, value in raw.items():
-        finished, header_ms, agent_ms = (float(v) for v in value.decode().split(","))
-        done[key.decode()] = (finished, header_ms + agent_ms)
+    for turn_id, (header, _, (agent_ms, _, finished)) in _finished_records().items():
+        done[turn_id] = (finished, max(ms for ms, _, _ in header) + agent_ms)
     return done
+
+
+def finished_hops(arrivals: dict[str, float]) -> list[dict[str, float]]:
+    """The hops of the finished turns among ``arrivals`` (turn id -> scheduled arrival)."""
+    hops = []
+    for turn_id, (header, merged_at, agent) in _finished_records().items():
+        if turn_id in arrivals:
+            headers = (StageTimes(started, finished, ms) for ms, started, finished in header)
+            agent_times = StageTimes(agent[1], agent[2], agent[0])
+            hops.append(turn_hops(arrivals[turn_id], headers, merged_at, agent_times))
+    return hops
 
 
 def all_finished(turn_ids: list[str]) -> bool:

@@ -46,6 +46,7 @@ from shared.demo import DEMO_KB
 from shared.dispatch import flush_dispatch
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
+from shared.overhead_hops import HOPS, chordline_hops, mean_hops
 from shared.procfile import TURN_PROCESSES, ProcessGroup, running_workers
 from shared.providers.registry import get_providers
 from shared.schemas import Topology
@@ -268,6 +269,7 @@ class System:
     wait: Callable[[list[Arrival]], None]
     ended: Callable[[list[Arrival]], dict[str, tuple[float, float]]]
     processes: dict[str, Processes]
+    hops: Callable[[dict[str, float]], list[dict[str, float]]] | None = None
     arrivals: list[Arrival] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
 
@@ -303,6 +305,7 @@ def _chordline_systems(
             wait=wait,
             ended=functools.partial(chordline_ended, topology),
             processes=processes,
+            hops=chordline_hops if topology is Topology.PARALLEL else None,
         )
         for topology in topologies
     ]
@@ -325,6 +328,7 @@ def _baseline_system(group: ProcessGroup) -> System:
         wait=lambda arrivals: wait_until_bare_finished(arrivals, DRAIN_TIMEOUT_S),
         ended=lambda arrivals: bare_chord.finished_turns(),
         processes=processes,
+        hops=bare_chord.finished_hops,
     )
 
 
@@ -390,7 +394,14 @@ def run_bench(
                 system.run(part, first_index=first_index)
             first_index += len(part)
         results = {system.name: (system, system.ended(system.arrivals)) for system in systems}
-    return _bench_result(rate, len(offsets), rounds, results)
+        hops = {s.name: mean_hops(s.hops(_arrived_at(s.arrivals))) for s in systems if s.hops}
+    run = _bench_result(rate, len(offsets), rounds, results)
+    run.summary["overhead_hops_ms"] = hops
+    return run
+
+
+def _arrived_at(arrivals: list[Arrival]) -> dict[str, float]:
+    return {arrival.turn_id: arrival.scheduled_at for arrival in arrivals}
 
 
 def _warm_up(systems: list[System], rate: float, tag: str) -> None:
@@ -498,6 +509,9 @@ def print_bench_table(result: dict[str, Any], console: Console) -> None:
             f"saving of parallel over sequential (mean latency): measured "
             f"{result['measured_saving_ms']:,.1f} ms, ideal {result['ideal_saving_ms']:,.1f} ms"
         )
+    hops = result.get("overhead_hops_ms", {})
+    if hops.get(BASELINE) and hops.get("parallel"):
+        console.print(hops_table(hops[BASELINE], hops["parallel"]))
     if "vs_baseline" in result:
         vs = result["vs_baseline"]
         console.print(
@@ -507,6 +521,18 @@ def print_bench_table(result: dict[str, Any], console: Console) -> None:
 
 
 CPU_KINDS = ("client", *TURN_PROCESSES, "postgres", "redis", "total")
+
+
+def hops_table(baseline: dict[str, float], parallel: dict[str, float]) -> Table:
+    """Where the overhead goes, hop by hop (shared/overhead_hops.py), beside the bare chord."""
+    table = Table(title="Where the overhead goes: mean ms per turn, hop by hop")
+    for column in ("hop", BASELINE, "parallel", "difference"):
+        table.add_column(column, justify="left" if column == "hop" else "right")
+    for hop in (*HOPS, "total"):
+        mine = sum(parallel.values()) if hop == "total" else parallel[hop]
+        theirs = sum(baseline.values()) if hop == "total" else baseline[hop]
+        table.add_row(hop, f"{theirs:.2f}", f"{mine:.2f}", f"{mine - theirs:+.2f}")
+    return table
 
 
 def cpu_table(cpu_ms: dict[str, dict[str, float]], systems: list[str]) -> Table:

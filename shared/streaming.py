@@ -68,6 +68,12 @@ class _Entry:
     turn_id: str
     text: str = ""
     begins_run: bool = False  # an agent run's first entry: counts the run (see _BEGIN_RUN)
+    ends_with: str = ""  # the turn's final status: the ``end`` entry, after every token
+
+    @property
+    def merges_into_previous(self) -> bool:
+        """A token that may travel in the entry before it (never a run's first, nor an end)."""
+        return not self.begins_run and not self.ends_with
 
     @property
     def key(self) -> str:
@@ -122,7 +128,16 @@ class _StreamWriter:
                         MAX_STREAM_LEN,
                     )
                     self._untimed.add(key)
-                if entry.text:
+                if entry.ends_with:
+                    pipe.xadd(
+                        key,
+                        {"kind": "end", "status": entry.ends_with},
+                        maxlen=MAX_STREAM_LEN,
+                        approximate=True,
+                    )
+                    pipe.expire(key, stream_ttl_s())
+                    self._untimed.discard(key)
+                elif entry.text:
                     pipe.xadd(
                         key,
                         {"kind": "token", "text": entry.text},
@@ -159,10 +174,10 @@ def _coalesced(batch: list[_Entry]) -> list[_Entry]:
     merged: list[_Entry] = []
     for entry in batch:
         previous = last.get(entry.turn_id)
-        if previous is not None and not entry.begins_run:
+        if previous is not None and entry.merges_into_previous and not previous.ends_with:
             previous.text += entry.text
             continue
-        copy = _Entry(entry.turn_id, entry.text, entry.begins_run)
+        copy = _Entry(entry.turn_id, entry.text, entry.begins_run, entry.ends_with)
         merged.append(copy)
         last[entry.turn_id] = copy
     return merged
@@ -210,6 +225,14 @@ class ReplyStream:
             _stream_failed(self.turn_id, exc)
         finally:
             self.writer.forget(self.turn_id)
+
+    def end(self, status: str) -> None:
+        """The turn has ended (its reply is committed): the tokens still on their way and
+        the ``end`` entry go out together, in that order, before this returns. The reply's
+        commit does not wait for its last tokens to reach Redis; its readers do, as they
+        did, for one round trip fewer."""
+        self.writer.append(_Entry(self.turn_id, ends_with=status))
+        self.close()
 
 
 def _stream_failed(turn_id: str, exc: Exception) -> None:

@@ -100,8 +100,6 @@ def _generate(
         log_fallback(Stage.AGENT, turn=turn, exc=exc)
         stream.token(("\n" if tokens else "") + FALLBACK_REPLY)
         return AgentReply(text=FALLBACK_REPLY, fallback=True, note=f"agent fell back: {exc}"[:500])
-    finally:
-        stream.close()  # every token is in Redis before the turn's end is announced
 
 
 def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> Completion:
@@ -128,23 +126,28 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
         model=inputs.settings.models.agent,
     )
     usage = Usage()
-    reply = _generate(
-        turn=turn,
-        request=request,
-        stream=ReplyStream(turn_id),
-        usage=usage,
-        deadline=inputs.deadline,
-    )
-    completion = _commit_reply(
-        inputs=inputs,
-        agent=agent,
-        reply=reply,
-        research=research,
-        usage=usage,
-        span=span,
-    )
-    if completion.ended:  # otherwise whoever ended the turn first announced it
-        announce_end(turn_id, TurnStatus.COMPLETED.value)
+    stream = ReplyStream(turn_id)
+    try:
+        reply = _generate(
+            turn=turn, request=request, stream=stream, usage=usage, deadline=inputs.deadline
+        )
+        completion = _commit_reply(
+            inputs=inputs,
+            agent=agent,
+            reply=reply,
+            research=research,
+            usage=usage,
+            span=span,
+        )
+    except BaseException:
+        stream.close()  # the tokens so far reach readers; the turn has not ended here
+        raise
+    # The reply is committed before its last tokens reach Redis; they go out with the end
+    # entry, in that order, in one round trip. Whoever ended the turn first announced it.
+    if completion.ended:
+        stream.end(TurnStatus.COMPLETED.value)
+    else:
+        stream.close()
     return completion
 
 

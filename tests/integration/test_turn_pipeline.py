@@ -104,6 +104,20 @@ def test_every_agent_run_after_the_first_starts_with_a_restart(services: None) -
     assert events == [("token", "Hel"), ("restart", ""), ("token", "Hello"), ("end", "")]
 
 
+def test_the_end_goes_out_after_every_token_of_its_run(services: None) -> None:
+    # The agent commits its reply before its last tokens reach Redis: they and the end
+    # entry are sent together, tokens first, and the end entry is never folded into them.
+    turn_id = str(uuid.uuid4())
+    run = ReplyStream(turn_id)
+    for text in ("Hel", "lo", " there"):
+        run.token(text)
+    run.end("completed")
+    events = [(e.kind, e.text, e.status) for e in follow(turn_id, timeout_s=5)]
+    assert events[-1] == ("end", "", "completed")
+    assert {kind for kind, _, _ in events[:-1]} == {"token"}
+    assert "".join(text for _, text, _ in events[:-1]) == "Hello there"
+
+
 def test_an_agent_run_after_the_end_announces_it_again(workers: None, tenant: str) -> None:
     turn_id = enqueue_turn(tenant, "c-announce", "How much does the Growth plan cost?")
     view = wait_for_turn(turn_id, timeout=90)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.bench import Arrival, busy_s, summarise
+from shared.overhead_hops import HOPS
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -79,5 +80,9 @@ def test_bench_with_baseline_prints_both_systems_with_cpu_and_draws_the_cdfs(
     assert "postgres" in result["cpu_ms_per_turn"]["parallel"]
     assert "postgres" not in result["cpu_ms_per_turn"]["baseline"]
     assert set(result["vs_baseline"]) == {"overhead_p50", "overhead_p99", "cpu_per_turn"}
+    for system in ("baseline", "parallel"):  # every hop between stages takes the broker's time
+        hops = result["overhead_hops_ms"][system]
+        assert list(hops) == list(HOPS)
+        assert min(hops["to the headers"], hops["to the merge"], hops["merge to agent"]) > 0
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "round 1/2" in done.stderr
