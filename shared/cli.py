@@ -20,6 +20,7 @@ from shared.commands import providers as provider_commands
 from shared.commands import recovery as recovery_commands
 from shared.commands import rescore as rescore_commands
 from shared.commands import turns as turn_commands
+from shared.commands import web as web_commands
 from shared.commands.common import (
     BENCHMARKS,
     OPERATE,
@@ -46,6 +47,8 @@ class TopLevel(CommandGroup):
         "turn",
         "tenant",
         "kb",
+        "web",
+        "key",
         # INSPECT: what happened to turns
         "trace",
         "critical-path",
@@ -78,7 +81,13 @@ tenant_app = typer.Typer(
 app.add_typer(turn_commands.app, name="turn", rich_help_panel=START)
 app.add_typer(tenant_app, name="tenant", rich_help_panel=START)
 app.add_typer(kb_commands.app, name="kb", rich_help_panel=START)
-for module in (ops_commands, rescore_commands, provider_commands, recovery_commands):
+for module in (
+    ops_commands,
+    rescore_commands,
+    provider_commands,
+    recovery_commands,
+    web_commands,
+):
     module.register(app)
 
 

@@ -72,6 +72,7 @@ def endpoints(settings: Settings) -> list[Endpoint]:
     return [
         Endpoint("postgres", masked(settings.database_url or "-")),
         Endpoint("redis", masked(settings.redis_url or "-")),
+        Endpoint("api", f"http://{settings.web.host}:{settings.web.port}/ (OpenAPI at /docs)"),
         Endpoint("flower UI", f"http://{flower.ui_host}:{flower.ui_port}/"),
         Endpoint("flower metrics", f"http://{flower.metrics_host}:{flower.metrics_port}/metrics"),
         Endpoint(
