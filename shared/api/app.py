@@ -34,7 +34,7 @@ from shared.api.models import (
     TurnRequest,
 )
 from shared.api.problems import install_problem_handlers, problem_responses
-from shared.api.sse import SSE_MEDIA_TYPE, reply_events
+from shared.api.sse import SSE_EVENT_SCHEMA, SSE_MEDIA_TYPE, check_event_id, reply_events
 from shared.client import TurnView, enqueue_turn, get_turn
 from shared.config import get_settings
 from shared.db.api_keys import Caller
@@ -57,8 +57,26 @@ API_DESCRIPTION = (
 )
 AUTHED = (401, 429, 503)
 
-TurnId = Annotated[str, Path(description="The turn's id (a UUID)", max_length=100)]
+TurnId = Annotated[
+    str, Path(description="The turn's id (a UUID)", json_schema_extra={"format": "uuid"})
+]
 ConversationId = Annotated[str, Path(description="The caller's id of the conversation")]
+
+
+# OpenAPI links: where the id a created turn returns goes next (clients and fuzzers follow).
+TURN_LINKS: dict[str, Any] = {
+    name: {"operationId": operation, "parameters": {"turn_id": "$response.body#/turn_id"}}
+    for name, operation in (
+        ("turn", "read_turn"),
+        ("stream", "stream_reply"),
+        ("trace", "read_trace"),
+    )
+} | {
+    "conversation": {
+        "operationId": "read_conversation",
+        "parameters": {"conversation_id": "$response.body#/conversation_id"},
+    }
+}
 
 
 def links(turn_id: str) -> TurnLinks:
@@ -207,7 +225,11 @@ def create_app() -> FastAPI:
         "/v1/conversations/{conversation_id}/turns",
         status_code=202,
         response_model=TurnAccepted,
-        responses=problem_responses(*AUTHED, 409, 413, 422),
+        operation_id="create_turn",
+        responses={
+            202: {"description": "Accepted", "links": TURN_LINKS},
+            **problem_responses(*AUTHED, 409, 413, 422),
+        },
         tags=["turns"],
         summary="Send a message: accept a turn in the conversation",
     )
@@ -232,6 +254,7 @@ def create_app() -> FastAPI:
     @app.get(
         "/v1/turns/{turn_id}",
         response_model=TurnOut,
+        operation_id="read_turn",
         responses=problem_responses(*AUTHED, 404, 422),
         tags=["turns"],
         summary="A turn: status, agent, knowledge level, routing reason, reply, timings",
@@ -242,6 +265,7 @@ def create_app() -> FastAPI:
     @app.get(
         "/v1/turns/{turn_id}/trace",
         response_model=TraceOut,
+        operation_id="read_trace",
         responses=problem_responses(*AUTHED, 404, 422),
         tags=["turns"],
         summary="A turn's stages on one time axis",
@@ -252,11 +276,12 @@ def create_app() -> FastAPI:
     @app.get(
         "/v1/turns/{turn_id}/stream",
         response_class=StreamingResponse,
+        operation_id="stream_reply",
         responses={
             200: {
                 "description": "Server-sent events: token, restart, end (then the response "
                 "ends); `: heartbeat` comments while quiet",
-                "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}},
+                "content": {SSE_MEDIA_TYPE: {"schema": SSE_EVENT_SCHEMA}},
             },
             **problem_responses(*AUTHED, 404, 422),
         },
@@ -269,18 +294,24 @@ def create_app() -> FastAPI:
         turn_id: TurnId,
         last_event_id: Annotated[
             str | None,
-            Header(alias="Last-Event-ID", description="Resume after this event id"),
+            Header(
+                alias="Last-Event-ID",
+                description="Resume after this event id",
+                json_schema_extra={"pattern": ENTRY_ID.pattern},
+            ),
         ] = None,
         after: Annotated[
             str | None,
-            Query(description="Resume after this event id (for clients that cannot set headers)"),
+            Query(
+                description="Resume after this event id (for clients that cannot set headers)",
+                json_schema_extra={"pattern": ENTRY_ID.pattern},
+            ),
         ] = None,
     ) -> StreamingResponse:
         turn_id = _turn_id(turn_id)
-        cursor = last_event_id or after or "0"
-        if not ENTRY_ID.match(cursor):
-            field = "Last-Event-ID" if last_event_id else "after"
-            raise InvalidInput(field, f"{cursor[:40]!r} is not an event id of this stream")
+        cursor = check_event_id(
+            last_event_id or after or "0", field="Last-Event-ID" if last_event_id else "after"
+        )
         await run_in_threadpool(owned_view, caller, turn_id)
 
         async def turn_now() -> TurnView:
@@ -304,6 +335,7 @@ def create_app() -> FastAPI:
     @app.get(
         "/v1/conversations/{conversation_id}",
         response_model=ConversationOut,
+        operation_id="read_conversation",
         responses=problem_responses(*AUTHED, 404, 422),
         tags=["conversations"],
         summary="A conversation: its turns, memory and qualification status",

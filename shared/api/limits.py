@@ -2,7 +2,8 @@
 
 A declared ``Content-Length`` over the limit is refused at once; a body sent without one
 (chunked) is read up to the limit and refused as soon as it passes it. Either way the
-answer is a 413 problem naming the limit, and the route never runs.
+answer is a 413 problem naming the limit, and the route never runs. The refused body is read
+and dropped (up to 4 MiB) before the answer, so the client gets to read it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from shared.api.problems import chordline_problem
 from shared.errors import BodyTooLarge
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+DRAIN_BYTES = 4 * 1024 * 1024
 
 
 class BodyLimit:
@@ -65,5 +67,20 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int | None) -> None:
         response = chordline_problem(BodyTooLarge(size, self.limit), instance=scope.get("path"))
-        response.headers["Connection"] = "close"
+        if not await self._drained(receive):
+            response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+    async def _drained(self, receive: Receive) -> bool:
+        """Read and drop the rest of a refused body, up to DRAIN_BYTES: a server that closes
+        with unread bytes makes the kernel reset the connection, and the client may never
+        see the answer. False when the body went on past that (the connection is closed)."""
+        dropped = 0
+        while dropped <= DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TRANSIENT_RETRY_AFTER_S = 1
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 TITLES = {
     400: "Bad Request",
@@ -156,6 +157,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, "")
+        if exc.status_code == 400 and detail == FASTAPI_BODY_ERROR:  # e.g. not UTF-8
+            return problem(
+                422, "body: is not JSON in UTF-8", instance=request.url.path, field="body"
+            )
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such path: {request.url.path} (the API is under /v1, see /docs)"
         if exc.status_code == 405:

@@ -188,7 +188,13 @@ def test_bad_input_is_a_problem_naming_the_field_and_the_limit(
             content=b"{not json",
             headers={"Content-Type": "application/json"},
         )
-        assert_problem(not_json, 422)
+        assert_problem(not_json, 422, field="body")
+        not_utf8 = client.post(
+            "/v1/conversations/c1/turns",
+            content=b'{"message": "\xff\xfe"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert assert_problem(not_utf8, 422, field="body")["detail"] == "body: is not JSON in UTF-8"
         assert_problem(post_turn(client, "c1", "   "), 422, field="message")
         too_long = assert_problem(post_turn(client, "c1", "x" * 8001), 422, field="message")
         assert "the limit is 8000" in too_long["detail"]
@@ -211,6 +217,11 @@ def test_bad_input_is_a_problem_naming_the_field_and_the_limit(
         turn_id = post_turn(client, "c1", "hello").json()["turn_id"]
         resume = client.get(f"/v1/turns/{turn_id}/stream", headers={"Last-Event-ID": "abc"})
         assert_problem(resume, 422, field="Last-Event-ID")
+        beyond = client.get(  # the form of an entry id, but past what Redis can hold
+            f"/v1/turns/{turn_id}/stream", headers={"Last-Event-ID": "47496232698663744145-2"}
+        )
+        assert_problem(beyond, 422, field="Last-Event-ID")
+        assert_problem(client.get(f"/v1/turns/{turn_id}/stream?after=x"), 422, field="after")
         assert client.get("/v1/conversations/c1").json()["turns"][0]["id"] == turn_id
 
         unknown_route = client.get("/v2/turns")
