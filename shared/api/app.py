@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.auth import ApiCaller
@@ -33,6 +33,7 @@ from shared.api.models import (
     TurnOut,
     TurnRequest,
 )
+from shared.api.pages import install_pages
 from shared.api.problems import install_problem_handlers, problem_responses
 from shared.api.sse import SSE_EVENT_SCHEMA, SSE_MEDIA_TYPE, check_event_id, reply_events
 from shared.client import TurnView, enqueue_turn, get_turn
@@ -364,6 +365,11 @@ def create_app() -> FastAPI:
         body = Readiness(status="ready" if ready else "not ready", checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    install_pages(app)
     _document_problems(app)
     return app
 
