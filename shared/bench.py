@@ -23,9 +23,10 @@ import contextlib
 import functools
 import os
 import random
+import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,9 +45,9 @@ from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
 from shared.demo import DEMO_KB
 from shared.dispatch import flush_dispatch
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, TransientError
 from shared.kb.ingest import ingest_paths
-from shared.procfile import TURN_PROCESSES, ProcessGroup, running_workers
+from shared.procfile import TURN_PROCESSES, ProcessGroup, read_procfile, running_workers
 from shared.providers.registry import get_providers
 from shared.schemas import Topology
 from shared.stats import percentiles
@@ -71,7 +72,12 @@ MAX_ROUNDS = 100
 DRAIN_TIMEOUT_S = 120.0
 BASELINE = "baseline"
 TOPOLOGIES = (Topology.PARALLEL, Topology.SEQUENTIAL)
-SYSTEMS = (BASELINE, *(t.value for t in TOPOLOGIES))
+HTTP_SUFFIX = "-http"  # the same topology, its turns posted through the HTTP API
+SYSTEMS = (
+    BASELINE,
+    *(name for t in TOPOLOGIES for name in (t.value, f"{t.value}{HTTP_SUFFIX}")),
+)
+HTTP_RATE_LIMIT = 1_000_000  # the bench's key is never the limit
 
 
 def check_positive(field: str, value: float, *, limit: float) -> float:
@@ -308,6 +314,87 @@ def _chordline_systems(
     ]
 
 
+@dataclass(frozen=True)
+class WebUnderTest:
+    base: str
+    pid: int
+
+
+@contextlib.contextmanager
+def running_web(*, log_dir: Any) -> Iterator[WebUnderTest]:
+    """The Procfile's ``web`` on a free loopback port, until it answers /healthz."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    group = ProcessGroup(log_dir=log_dir)
+    env = {
+        **os.environ,
+        "CHORDLINE_WEB_HOST": "127.0.0.1",
+        "CHORDLINE_WEB_PORT": str(port),
+        "CHORDLINE_WEB_RATE_LIMIT": str(HTTP_RATE_LIMIT),
+    }
+    process = group.start("web", read_procfile()["web"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise TransientError(f"web exited with code {process.returncode}; see {log_dir}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TransientError(f"web did not answer on {base} within 60 s; see {log_dir}")
+            time.sleep(0.2)
+        yield WebUnderTest(base=base, pid=process.pid)
+    finally:
+        group.stop()
+
+
+def http_submit(client: Any, tag: str) -> Submit:
+    """POST each turn to the API, as a backend in another language would."""
+
+    def submit(index: int, message: str) -> str:
+        response = client.post(
+            f"/v1/conversations/bench-{tag}-{index}/turns", json={"message": message}
+        )
+        if response.status_code != 202:
+            raise TransientError(f"web answered {response.status_code}: {response.text[:300]}")
+        return str(response.json()["turn_id"])
+
+    return submit
+
+
+def _http_systems(client_systems: list[System], web: WebUnderTest) -> list[System]:
+    """Each client-path system again, its turns posted through the API with a key of its
+    tenant; the web process's CPU counts as its own kind."""
+    import httpx
+
+    from shared.db.api_keys import create_key
+
+    tenants = prepare_bench_tenants()
+    systems = []
+    for system in client_systems:
+        topology = Topology(system.name)
+        with session_scope() as session:
+            key = create_key(session, tenant_id=tenants[topology], label="bench").secret
+        client = httpx.Client(
+            base_url=web.base, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        systems.append(
+            System(
+                name=f"{system.name}{HTTP_SUFFIX}",
+                submit=http_submit(client, f"{uuid.uuid4().hex[:8]}-{system.name}-http"),
+                wait=system.wait,
+                ended=system.ended,
+                processes={**system.processes, "web": Processes((web.pid,))},
+            )
+        )
+    return systems
+
+
 def _baseline_system(group: ProcessGroup) -> System:
     bare_chord.forget_finished()
     servers = _server_kinds()
@@ -356,12 +443,15 @@ def run_bench(
     baseline: bool = False,
     rounds: int | None = None,
     topologies: tuple[Topology, ...] = TOPOLOGIES,
+    via_http: bool = False,
     progress: Console | None = None,
 ) -> BenchRun:
     """Every system gets the same arrivals. The schedule is cut into rounds, and the
     systems take turns round by round (each round in a rotated order, each system's turns
     drained before the next system starts), so that a machine whose speed drifts during
-    the run favours none of them."""
+    the run favours none of them. With ``via_http``, each topology also takes the same
+    arrivals posted through the HTTP API (a `web` process from the Procfile), as
+    ``<topology>-http``."""
     offsets = poisson_offsets(rate, duration_s, seed)  # checks the load before anything runs
     rounds = check_rounds(rounds if rounds is not None else default_rounds(duration_s))
     tag = uuid.uuid4().hex[:8]
@@ -370,6 +460,9 @@ def run_bench(
             running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV, log_dir=_log_dir())
         )
         systems = _chordline_systems(chordline, tag, topologies)
+        if via_http:
+            web = stack.enter_context(running_web(log_dir=_log_dir()))
+            systems += _http_systems(systems, web)
         if baseline:
             commands = bare_chord.worker_commands()
             bare = stack.enter_context(
@@ -427,7 +520,29 @@ def _bench_result(
     summary["cpu_ms_per_turn"] = cpu_ms
     if BASELINE in results and "parallel" in results:
         summary["vs_baseline"] = versus_baseline(summary)
+    over_http = {
+        name.removesuffix(HTTP_SUFFIX): http_versus_client(summary, name.removesuffix(HTTP_SUFFIX))
+        for name in results
+        if name.endswith(HTTP_SUFFIX) and name.removesuffix(HTTP_SUFFIX) in results
+    }
+    if over_http:
+        summary["http_vs_client"] = over_http
     return BenchRun(summary=summary, samples=samples)
+
+
+def http_versus_client(summary: dict[str, Any], topology: str) -> dict[str, float]:
+    """What posting through the API adds to the same turns sent with enqueue_turn, in the
+    same run: milliseconds of overhead (p50, p99) and of enqueueing (p99), CPU per turn."""
+    http, client = summary[f"{topology}{HTTP_SUFFIX}"], summary[topology]
+    cpu = summary["cpu_ms_per_turn"]
+    return {
+        "overhead_p50_ms": round(http["overhead_ms"]["p50"] - client["overhead_ms"]["p50"], 1),
+        "overhead_p99_ms": round(http["overhead_ms"]["p99"] - client["overhead_ms"]["p99"], 1),
+        "enqueue_p99_ms": round(http["enqueue_ms"]["p99"] - client["enqueue_ms"]["p99"], 1),
+        "cpu_ms_per_turn": round(
+            cpu[f"{topology}{HTTP_SUFFIX}"]["total"] - cpu[topology]["total"], 1
+        ),
+    }
 
 
 def check_rounds(rounds: int) -> int:
@@ -498,6 +613,13 @@ def print_bench_table(result: dict[str, Any], console: Console) -> None:
             f"saving of parallel over sequential (mean latency): measured "
             f"{result['measured_saving_ms']:,.1f} ms, ideal {result['ideal_saving_ms']:,.1f} ms"
         )
+    for topology, extra in result.get("http_vs_client", {}).items():
+        console.print(
+            f"{topology} through the HTTP API, over enqueue_turn: overhead p50 "
+            f"{extra['overhead_p50_ms']:+,.1f} ms, p99 {extra['overhead_p99_ms']:+,.1f} ms, "
+            f"enqueue p99 {extra['enqueue_p99_ms']:+,.1f} ms, CPU per turn "
+            f"{extra['cpu_ms_per_turn']:+,.1f} ms"
+        )
     if "vs_baseline" in result:
         vs = result["vs_baseline"]
         console.print(
@@ -506,7 +628,7 @@ def print_bench_table(result: dict[str, Any], console: Console) -> None:
         )
 
 
-CPU_KINDS = ("client", *TURN_PROCESSES, "postgres", "redis", "total")
+CPU_KINDS = ("client", "web", *TURN_PROCESSES, "postgres", "redis", "total")
 
 
 def cpu_table(cpu_ms: dict[str, dict[str, float]], systems: list[str]) -> Table:
@@ -520,7 +642,13 @@ def cpu_table(cpu_ms: dict[str, dict[str, float]], systems: list[str]) -> Table:
     return table
 
 
-PLOT_COLORS = {BASELINE: "#7f7f7f", "parallel": "#1f77b4", "sequential": "#ff7f0e"}
+PLOT_COLORS = {
+    BASELINE: "#7f7f7f",
+    "parallel": "#1f77b4",
+    "sequential": "#ff7f0e",
+    "parallel-http": "#17becf",
+    "sequential-http": "#d62728",
+}
 
 
 LOG_TICKS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)

@@ -310,6 +310,13 @@ def bench(
             "(default: one per 10 s of duration).",
         ),
     ] = None,
+    via: Annotated[
+        str,
+        typer.Option(
+            help="'client' (enqueue_turn in this process) or 'http' (also the same arrivals "
+            "posted through the HTTP API, as <topology>-http, beside the client path).",
+        ),
+    ] = "client",
 ) -> None:
     """Open-loop benchmark of both topologies, beside a bare Celery chord with --baseline.
 
@@ -325,6 +332,8 @@ def bench(
                 f"{name!r} is not one of {', '.join(known)}", param_hint="--topology"
             )
     chosen = tuple(Topology(name) for name in dict.fromkeys(topology or known))
+    if via not in ("client", "http"):
+        raise typer.BadParameter(f"{via!r} is not one of client, http", param_hint="--via")
     if plot is not None and plot.suffix.lower() != ".png":
         raise typer.BadParameter(f"{plot} does not end in .png", param_hint="--plot")
     if plot is not None and not plot.resolve().parent.is_dir():
@@ -337,6 +346,7 @@ def bench(
             baseline=baseline,
             rounds=rounds,
             topologies=chosen,
+            via_http=via == "http",
             progress=err,
         )
     if plot is not None:
