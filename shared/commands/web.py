@@ -8,7 +8,7 @@ import json
 import logging.config
 import socket
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -70,6 +70,16 @@ def web_services() -> Iterator[None]:
         yield
 
 
+def web_logging(level: str, fmt: str) -> dict[str, Any]:
+    """chordline's log format for uvicorn's own loggers too: one line per request."""
+    from shared.logs import logging_config
+
+    config = logging_config(level=level, fmt=fmt)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        config["loggers"][name] = {"level": level, "handlers": ["stderr"], "propagate": False}
+    return config
+
+
 def web(
     host: Annotated[
         str | None, typer.Option(help="Address to listen on (CHORDLINE_WEB_HOST).")
@@ -84,18 +94,17 @@ def web(
     import uvicorn
 
     from shared.api.app import create_app
-    from shared.logs import logging_config
 
     settings = get_settings()
     host = host or settings.web.host
     port = port or settings.web.port
     sock = listening_socket(host, port)
     with web_services():
-        logging.config.dictConfig(logging_config(level=settings.log_level, fmt=settings.log_format))
+        logging.config.dictConfig(web_logging(settings.log_level, settings.log_format))
         config = uvicorn.Config(
             create_app(),
             log_config=None,
-            access_log=False,
+            access_log=True,
             timeout_graceful_shutdown=5,
             proxy_headers=True,
         )

@@ -266,3 +266,12 @@ def test_health_readiness_and_the_openapi_schema(web: WebProcess) -> None:
     assert "application/problem+json" in post["responses"]["409"]["content"]
     assert "Problem" in schema["components"]["schemas"]
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_readiness_names_a_schema_behind_the_latest_migration(services: None) -> None:
+    from shared.api.app import readiness_checks, schema_heads
+
+    assert readiness_checks(schema_heads()) == {"postgres": "ok", "migrations": "ok", "redis": "ok"}
+    behind = readiness_checks({"9999"})
+    assert behind["postgres"] == "ok" and behind["redis"] == "ok"
+    assert behind["migrations"].endswith("the latest is 9999; run `chordline migrate`")
