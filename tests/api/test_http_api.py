@@ -275,3 +275,15 @@ def test_readiness_names_a_schema_behind_the_latest_migration(services: None) ->
     behind = readiness_checks({"9999"})
     assert behind["postgres"] == "ok" and behind["redis"] == "ok"
     assert behind["migrations"].endswith("the latest is 9999; run `chordline migrate`")
+
+
+def test_a_busy_conversation_under_the_reject_policy_is_a_409(web: WebProcess) -> None:
+    from tests.conftest import accept_unpublished_turn
+
+    tenant = new_tenant({"in_flight_policy": "reject"}, with_demo_kb=False)
+    accept_unpublished_turn(tenant, conversation="c-busy")  # in flight, never ends
+    with web.client(new_key(tenant)) as client:
+        busy = post_turn(client, "c-busy", "And the price?")
+        body = assert_problem(busy, 409, field="conversation")
+        assert body["detail"] == "conversation: 'c-busy' already has a turn in flight"
+        assert post_turn(client, "c-free", "And the price?").status_code == 202
