@@ -115,6 +115,22 @@ def moved_ports(embedded: EmbeddedServices) -> list[str]:
     return lines
 
 
+def demo_tenant_ready() -> str:
+    """On the embedded Postgres, the demo tenant with its knowledge base (unchanged documents
+    are skipped), so a fresh stack answers at once: `chordline key create --tenant demo`."""
+    from shared.demo import DEMO_TENANT, prepare_tenant
+    from shared.errors import ChordlineError
+
+    try:
+        report = prepare_tenant()
+    except ChordlineError as exc:
+        return f"{'demo tenant':<15} not set up: {exc}"
+    return (
+        f"{'demo tenant':<15} {DEMO_TENANT} ({report.documents} documents); "
+        f"an API key for it: chordline key create --tenant {DEMO_TENANT}"
+    )
+
+
 def announce_when_ready(
     *,
     say: Callable[[str], None],
@@ -155,6 +171,8 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
         settings = get_settings()
         for line in moved_ports(embedded):
             say(line)
+        if embedded.postgres is not None:
+            say(demo_tenant_ready())
         env = dict(os.environ)
         credentials, generated = flower_credentials(env)
         env["FLOWER_BASIC_AUTH"] = credentials

@@ -125,16 +125,17 @@ def test_chordline_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Pat
         )
         assert view["status"] == "completed", view
 
-        # the HTTP API it started: a key, a turn posted, its reply streamed; another
-        # tenant's key does not see it
+        # the HTTP API it started, on the demo tenant it set up: a key, a turn posted, its
+        # reply streamed, its page; another tenant's key does not see it
         assert f"http://127.0.0.1:{web_port}/" in text
-        key = chordline("key", "create", "--tenant", "acme", env=env).strip()
+        assert re.search(r"demo tenant +demo \(6 documents\)", text), text
+        key = chordline("key", "create", "--tenant", "demo", env=env).strip()
         chordline("tenant", "create", "globex", env=env)
         other = chordline("key", "create", "--tenant", "globex", env=env).strip()
         api = f"http://127.0.0.1:{web_port}"
         created = httpx.post(
             f"{api}/v1/conversations/c2/turns",
-            json={"message": "How do webhooks retry?"},
+            json={"message": "Does it have a REST API?"},
             headers={"Authorization": f"Bearer {key}"},
             timeout=30,
         )
@@ -152,6 +153,9 @@ def test_chordline_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Pat
             f"{api}/v1/turns/{turn_id}", headers={"Authorization": f"Bearer {other}"}
         )
         assert foreign.status_code == 404
+        page = httpx.get(f"{api}/turns/{turn_id}", headers={"Authorization": f"Bearer {key}"})
+        assert page.status_code == 200 and "id=waterfall" in page.text
+        assert 'data-stage="researcher"' in page.text and "ACCURATE" in page.text
 
         # Flower, through its gate, lists every queue the Procfile's workers consume
         request = urllib.request.Request(f"http://127.0.0.1:{ports['UI']}/broker")
