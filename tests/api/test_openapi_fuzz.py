@@ -26,7 +26,9 @@ CHECKS = (
 )
 
 
-def test_the_served_schema_holds_under_fuzzing(web: WebProcess, api_tenant: Tenant) -> None:
+def test_the_served_schema_holds_under_fuzzing(
+    web: WebProcess, api_tenant: Tenant, tmp_path: Path
+) -> None:
     report = ARTIFACTS / "schemathesis-junit.xml"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
@@ -58,6 +60,7 @@ def test_the_served_schema_holds_under_fuzzing(web: WebProcess, api_tenant: Tena
         text=True,
         timeout=170,
         check=False,
+        cwd=tmp_path,  # its own state folder goes there, not into the work tree
     )
     (ARTIFACTS / "schemathesis.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
