@@ -171,8 +171,6 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
         settings = get_settings()
         for line in moved_ports(embedded):
             say(line)
-        if embedded.postgres is not None:
-            say(demo_tenant_ready())
         env = dict(os.environ)
         credentials, generated = flower_credentials(env)
         env["FLOWER_BASIC_AUTH"] = credentials
@@ -188,6 +186,8 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
             say(f"{'flower login':<15} {credentials}  (generated: set FLOWER_BASIC_AUTH to choose)")
         else:
             say(f"{'flower login':<15} {credentials.split(':', 1)[0]} (from FLOWER_BASIC_AUTH)")
+        if embedded.postgres is not None:
+            say(demo_tenant_ready())
         targets_dir = settings.data_dir / "metrics"
         _clear_stale_targets(targets_dir)
         supervisor = Supervisor(
