@@ -533,18 +533,18 @@ def print_bench_table(result: dict[str, Any], console: Console) -> None:
             f"saving of parallel over sequential (mean latency): measured "
             f"{result['measured_saving_ms']:,.1f} ms, ideal {result['ideal_saving_ms']:,.1f} ms"
         )
+    if "vs_baseline" in result:
+        vs = result["vs_baseline"]
+        console.print(
+            f"parallel / baseline: overhead p50 x{vs['overhead_p50']:.2f}, "
+            f"p99 x{vs['overhead_p99']:.2f}, CPU per turn x{vs['cpu_per_turn']:.2f}"
+        )
     for topology, extra in result.get("http_vs_client", {}).items():
         console.print(
             f"{topology} through the HTTP API, over enqueue_turn: overhead p50 "
             f"{extra['overhead_p50_ms']:+,.1f} ms, p99 {extra['overhead_p99_ms']:+,.1f} ms, "
             f"enqueue p99 {extra['enqueue_p99_ms']:+,.1f} ms, CPU per turn "
             f"{extra['cpu_ms_per_turn']:+,.1f} ms"
-        )
-    if "vs_baseline" in result:
-        vs = result["vs_baseline"]
-        console.print(
-            f"parallel / baseline: overhead p50 x{vs['overhead_p50']:.2f}, "
-            f"p99 x{vs['overhead_p99']:.2f}, CPU per turn x{vs['cpu_per_turn']:.2f}"
         )
 
 
