@@ -72,7 +72,12 @@ MAX_ROUNDS = 100
 DRAIN_TIMEOUT_S = 120.0
 BASELINE = "baseline"
 TOPOLOGIES = (Topology.PARALLEL, Topology.SEQUENTIAL)
-SYSTEMS = (BASELINE, *(t.value for t in TOPOLOGIES))
+HTTP_SUFFIX = "-http"  # the same topology, its turns posted through the HTTP API
+SYSTEMS = (
+    BASELINE,
+    *(name for t in TOPOLOGIES for name in (t.value, f"{t.value}{HTTP_SUFFIX}")),
+)
+HTTP_RATE_LIMIT = 1_000_000  # the bench's key is never the limit
 
 
 def check_positive(field: str, value: float, *, limit: float) -> float:
@@ -360,12 +365,15 @@ def run_bench(
     baseline: bool = False,
     rounds: int | None = None,
     topologies: tuple[Topology, ...] = TOPOLOGIES,
+    via_http: bool = False,
     progress: Console | None = None,
 ) -> BenchRun:
     """Every system gets the same arrivals. The schedule is cut into rounds, and the
     systems take turns round by round (each round in a rotated order, each system's turns
     drained before the next system starts), so that a machine whose speed drifts during
-    the run favours none of them."""
+    the run favours none of them. With ``via_http``, each topology also takes the same
+    arrivals posted through the HTTP API (a `web` process from the Procfile), as
+    ``<topology>-http``."""
     offsets = poisson_offsets(rate, duration_s, seed)  # checks the load before anything runs
     rounds = check_rounds(rounds if rounds is not None else default_rounds(duration_s))
     tag = uuid.uuid4().hex[:8]
@@ -374,6 +382,11 @@ def run_bench(
             running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV, log_dir=_log_dir())
         )
         systems = _chordline_systems(chordline, tag, topologies)
+        if via_http:
+            from shared.bench_http import http_systems, running_web
+
+            web = stack.enter_context(running_web(log_dir=_log_dir()))
+            systems += http_systems(systems, web)
         if baseline:
             commands = bare_chord.worker_commands()
             bare = stack.enter_context(
@@ -438,7 +451,29 @@ def _bench_result(
     summary["cpu_ms_per_turn"] = cpu_ms
     if BASELINE in results and "parallel" in results:
         summary["vs_baseline"] = versus_baseline(summary)
+    over_http = {
+        name.removesuffix(HTTP_SUFFIX): http_versus_client(summary, name.removesuffix(HTTP_SUFFIX))
+        for name in results
+        if name.endswith(HTTP_SUFFIX) and name.removesuffix(HTTP_SUFFIX) in results
+    }
+    if over_http:
+        summary["http_vs_client"] = over_http
     return BenchRun(summary=summary, samples=samples)
+
+
+def http_versus_client(summary: dict[str, Any], topology: str) -> dict[str, float]:
+    """What posting through the API adds to the same turns sent with enqueue_turn, in the
+    same run: milliseconds of overhead (p50, p99) and of enqueueing (p99), CPU per turn."""
+    http, client = summary[f"{topology}{HTTP_SUFFIX}"], summary[topology]
+    cpu = summary["cpu_ms_per_turn"]
+    return {
+        "overhead_p50_ms": round(http["overhead_ms"]["p50"] - client["overhead_ms"]["p50"], 1),
+        "overhead_p99_ms": round(http["overhead_ms"]["p99"] - client["overhead_ms"]["p99"], 1),
+        "enqueue_p99_ms": round(http["enqueue_ms"]["p99"] - client["enqueue_ms"]["p99"], 1),
+        "cpu_ms_per_turn": round(
+            cpu[f"{topology}{HTTP_SUFFIX}"]["total"] - cpu[topology]["total"], 1
+        ),
+    }
 
 
 def check_rounds(rounds: int) -> int:
@@ -518,9 +553,16 @@ def print_bench_table(result: dict[str, Any], console: Console) -> None:
             f"parallel / baseline: overhead p50 x{vs['overhead_p50']:.2f}, "
             f"p99 x{vs['overhead_p99']:.2f}, CPU per turn x{vs['cpu_per_turn']:.2f}"
         )
+    for topology, extra in result.get("http_vs_client", {}).items():
+        console.print(
+            f"{topology} through the HTTP API, over enqueue_turn: overhead p50 "
+            f"{extra['overhead_p50_ms']:+,.1f} ms, p99 {extra['overhead_p99_ms']:+,.1f} ms, "
+            f"enqueue p99 {extra['enqueue_p99_ms']:+,.1f} ms, CPU per turn "
+            f"{extra['cpu_ms_per_turn']:+,.1f} ms"
+        )
 
 
-CPU_KINDS = ("client", *TURN_PROCESSES, "postgres", "redis", "total")
+CPU_KINDS = ("client", "web", *TURN_PROCESSES, "postgres", "redis", "total")
 
 
 def hops_table(baseline: dict[str, float], parallel: dict[str, float]) -> Table:
@@ -546,7 +588,13 @@ def cpu_table(cpu_ms: dict[str, dict[str, float]], systems: list[str]) -> Table:
     return table
 
 
-PLOT_COLORS = {BASELINE: "#7f7f7f", "parallel": "#1f77b4", "sequential": "#ff7f0e"}
+PLOT_COLORS = {
+    BASELINE: "#7f7f7f",
+    "parallel": "#1f77b4",
+    "sequential": "#ff7f0e",
+    "parallel-http": "#17becf",
+    "sequential-http": "#d62728",
+}
 
 
 LOG_TICKS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)

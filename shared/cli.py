@@ -20,6 +20,7 @@ from shared.commands import providers as provider_commands
 from shared.commands import recovery as recovery_commands
 from shared.commands import rescore as rescore_commands
 from shared.commands import turns as turn_commands
+from shared.commands import web as web_commands
 from shared.commands.common import (
     BENCHMARKS,
     OPERATE,
@@ -46,6 +47,8 @@ class TopLevel(CommandGroup):
         "turn",
         "tenant",
         "kb",
+        "web",
+        "key",
         # INSPECT: what happened to turns
         "trace",
         "critical-path",
@@ -78,7 +81,13 @@ tenant_app = typer.Typer(
 app.add_typer(turn_commands.app, name="turn", rich_help_panel=START)
 app.add_typer(tenant_app, name="tenant", rich_help_panel=START)
 app.add_typer(kb_commands.app, name="kb", rich_help_panel=START)
-for module in (ops_commands, rescore_commands, provider_commands, recovery_commands):
+for module in (
+    ops_commands,
+    rescore_commands,
+    provider_commands,
+    recovery_commands,
+    web_commands,
+):
     module.register(app)
 
 
@@ -301,6 +310,13 @@ def bench(
             "(default: one per 10 s of duration).",
         ),
     ] = None,
+    via: Annotated[
+        str,
+        typer.Option(
+            help="'client' (enqueue_turn in this process) or 'http' (also the same arrivals "
+            "posted through the HTTP API, as <topology>-http, beside the client path).",
+        ),
+    ] = "client",
 ) -> None:
     """Open-loop benchmark of both topologies, beside a bare Celery chord with --baseline.
 
@@ -316,6 +332,8 @@ def bench(
                 f"{name!r} is not one of {', '.join(known)}", param_hint="--topology"
             )
     chosen = tuple(Topology(name) for name in dict.fromkeys(topology or known))
+    if via not in ("client", "http"):
+        raise typer.BadParameter(f"{via!r} is not one of client, http", param_hint="--via")
     if plot is not None and plot.suffix.lower() != ".png":
         raise typer.BadParameter(f"{plot} does not end in .png", param_hint="--plot")
     if plot is not None and not plot.resolve().parent.is_dir():
@@ -328,6 +346,7 @@ def bench(
             baseline=baseline,
             rounds=rounds,
             topologies=chosen,
+            via_http=via == "http",
             progress=err,
         )
     if plot is not None:

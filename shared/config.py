@@ -371,6 +371,24 @@ class FlowerSettings(BaseSettings):
     metrics_port: int = Field(default=5556, ge=1, le=65535)
 
 
+class WebSettings(BaseSettings):
+    """The HTTP API (`chordline web`, shared/api/): where it listens and what it accepts."""
+
+    model_config = SettingsConfigDict(env_prefix="CHORDLINE_WEB_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # A POST's body: a message of CHORDLINE_TURN_MAX_MESSAGE_CHARS in UTF-8 fits with room.
+    max_body_bytes: int = Field(default=65_536, ge=1_024, le=16_777_216)
+    # Requests per API key per window, counted in Redis (shared by every web process).
+    rate_limit: int = Field(default=600, ge=1, le=1_000_000)
+    rate_window_s: int = Field(default=60, ge=1, le=3_600)
+    # An SSE comment line this often while a reply stream is quiet, so proxies keep it open.
+    heartbeat_s: float = Field(default=15.0, gt=0, le=300)
+    # A reply stream is closed after this long without its end (the client resumes it).
+    stream_timeout_s: float = Field(default=120.0, gt=0, le=3_600)
+
+
 class TelemetrySettings(BaseSettings):
     """OpenTelemetry spans per stage, off unless enabled (needs the `otel` extra)."""
 
@@ -407,6 +425,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     rescoring: RescoringSettings = Field(default_factory=RescoringSettings)
 
     @field_validator("database_url")

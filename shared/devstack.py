@@ -72,6 +72,7 @@ def endpoints(settings: Settings) -> list[Endpoint]:
     return [
         Endpoint("postgres", masked(settings.database_url or "-")),
         Endpoint("redis", masked(settings.redis_url or "-")),
+        Endpoint("api", f"http://{settings.web.host}:{settings.web.port}/ (OpenAPI at /docs)"),
         Endpoint("flower UI", f"http://{flower.ui_host}:{flower.ui_port}/"),
         Endpoint("flower metrics", f"http://{flower.metrics_host}:{flower.metrics_port}/metrics"),
         Endpoint(
@@ -112,6 +113,22 @@ def moved_ports(embedded: EmbeddedServices) -> list[str]:
                 f"program; now on {server.port} (kept for next time)"
             )
     return lines
+
+
+def demo_tenant_ready() -> str:
+    """On the embedded Postgres, the demo tenant with its knowledge base (unchanged documents
+    are skipped), so a fresh stack answers at once: `chordline key create --tenant demo`."""
+    from shared.demo import DEMO_TENANT, prepare_tenant
+    from shared.errors import ChordlineError
+
+    try:
+        report = prepare_tenant()
+    except ChordlineError as exc:
+        return f"{'demo tenant':<15} not set up: {exc}"
+    return (
+        f"{'demo tenant':<15} {DEMO_TENANT} ({report.documents} documents); "
+        f"an API key for it: chordline key create --tenant {DEMO_TENANT}"
+    )
 
 
 def announce_when_ready(
@@ -169,6 +186,8 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
             say(f"{'flower login':<15} {credentials}  (generated: set FLOWER_BASIC_AUTH to choose)")
         else:
             say(f"{'flower login':<15} {credentials.split(':', 1)[0]} (from FLOWER_BASIC_AUTH)")
+        if embedded.postgres is not None:
+            say(demo_tenant_ready())
         targets_dir = settings.data_dir / "metrics"
         _clear_stale_targets(targets_dir)
         supervisor = Supervisor(

@@ -55,8 +55,43 @@ class IdempotencyConflict(InvalidInput):
         )
 
 
+class ConversationBusy(InvalidInput):
+    """The conversation has a turn in flight and its tenant's policy rejects another."""
+
+    def __init__(self, conversation: str) -> None:
+        super().__init__("conversation", f"{conversation!r} already has a turn in flight")
+
+
 class TurnNotFound(PermanentError):
     """No such turn."""
+
+
+class ConversationNotFound(PermanentError):
+    """No such conversation."""
+
+
+class Unauthenticated(PermanentError):
+    """The request carries no API key, or one that is unknown or revoked."""
+
+
+class RateLimited(TransientError):
+    """An API key sent more requests than its limit allows in the current window."""
+
+    def __init__(self, message: str, *, retry_after_s: int, limit: int) -> None:
+        self.retry_after_s = retry_after_s
+        self.limit = limit
+        super().__init__(message)
+
+
+class BodyTooLarge(InvalidInput):
+    """A request body is larger than the service accepts."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        self.limit = limit
+        shown = "is larger" if size is None else f"is {size} bytes"
+        super().__init__(
+            "body", f"{shown}; the limit is {limit} bytes (CHORDLINE_WEB_MAX_BODY_BYTES)"
+        )
 
 
 class OwnershipViolation(PermanentError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -269,9 +270,19 @@ def _kind(raw: str) -> EventKind:
 
 def read_events(turn_id: str, *, after: str = "0", block_ms: int = 1000) -> list[StreamEvent]:
     """Entries after ``after`` (an entry id), waiting up to block_ms for the first one."""
-    reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = get_redis().xread(  # type: ignore[assignment]
+    reply: XreadReply = get_redis().xread(  # type: ignore[assignment]
         {stream_key(turn_id): after}, block=block_ms, count=500
     )
+    return events_of(reply)
+
+
+XreadReply = list[tuple[str, list[tuple[str, dict[str, str]]]]] | None
+# A reply stream's entry ids, as XADD makes them ("0" reads from the start).
+ENTRY_ID = re.compile(r"^(0|[0-9]{1,20}-[0-9]{1,20})$")
+
+
+def events_of(reply: XreadReply) -> list[StreamEvent]:
+    """The events of an XREAD reply (decoded), in order."""
     events: list[StreamEvent] = []
     for _key, entries in reply or []:
         for entry_id, fields in entries:

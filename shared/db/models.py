@@ -182,6 +182,20 @@ class TurnSpan(Base):
     tokens_out: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
+class ApiKey(Base):
+    """An HTTP API key of one tenant: only its SHA-256 is stored, beside a short public
+    prefix that names it in listings and logs."""
+
+    __tablename__ = "api_keys"
+
+    prefix: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class KbDocument(Base):
     __tablename__ = "kb_documents"
     __table_args__ = (UniqueConstraint("tenant_id", "source"),)

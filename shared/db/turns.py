@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from shared.db.direct import transaction_pipeline
 from shared.db.models import Conversation, Turn, TurnOutbox
 from shared.db.spans import INSERT_SPAN_FROM, SpanRecord, span_params
-from shared.errors import InvalidInput, OwnershipViolation, TurnNotFound
+from shared.errors import ConversationBusy, OwnershipViolation, TurnNotFound
 from shared.schemas import Stage, TurnStatus
 
 TURNS = cast(Table, Turn.__table__)
@@ -221,7 +221,7 @@ def accept_turn(
     with conn.transaction():  # a refusal must not keep the conversation's counter bump
         row = conn.execute(_ACCEPT_TURN, params).fetchone()
         if row is None or row[0] is None:
-            raise InvalidInput("conversation", f"{conversation!r} already has a turn in flight")
+            raise ConversationBusy(conversation)
     return AcceptedTurn(turn_id, TurnStatus(row[0]), topology)
 
 

@@ -86,3 +86,58 @@ def test_bench_with_baseline_prints_both_systems_with_cpu_and_draws_the_cdfs(
         assert min(hops["to the headers"], hops["to the merge"], hops["merge to agent"]) > 0
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "round 1/2" in done.stderr
+
+
+def test_bench_via_http_posts_the_same_arrivals_through_the_api_beside_the_client(
+    services: None,
+) -> None:
+    done = subprocess.run(
+        [
+            CHORDLINE,
+            "bench",
+            "--via",
+            "http",
+            "--topology",
+            "parallel",
+            "--rate",
+            "10",
+            "--duration",
+            "2",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=ROOT,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    client, http = result["parallel"], result["parallel-http"]
+    assert http["turns"] == client["turns"] > 0  # the same arrivals
+    assert http["errors"] == 0 and client["errors"] == 0
+    assert 0 < http["overhead_ms"]["p50"] <= http["overhead_ms"]["p99"]
+    assert "web" in result["cpu_ms_per_turn"]["parallel-http"]
+    assert "web" not in result["cpu_ms_per_turn"]["parallel"]
+    assert set(result["http_vs_client"]["parallel"]) == {
+        "overhead_p50_ms",
+        "overhead_p99_ms",
+        "enqueue_p99_ms",
+        "cpu_ms_per_turn",
+    }
+    assert "parallel-http" in done.stderr  # the rounds announce it
+
+
+def test_bench_refuses_an_unknown_via() -> None:
+    done = subprocess.run(
+        [CHORDLINE, "bench", "--via", "carrier-pigeon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2 and "'carrier-pigeon' is not one of client, http" in done.stderr

@@ -211,3 +211,38 @@ def test_the_image_runs_any_procfile_entry() -> None:
     assert "USER chordline" in dockerfile
     for needed in ("Procfile", "migrations", "shared", "workers"):
         assert re.search(rf"^COPY {needed} ", dockerfile, re.MULTILINE), needed
+
+
+def test_the_http_api_has_a_deployment_a_service_and_an_autoscaler() -> None:
+    (web,) = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "chordline-web"]
+    (container,) = containers(web)
+    assert container["args"] == ["web"] and read_procfile()["web"] == "chordline web"
+    env = {v["name"]: v for v in container["env"]}
+    assert env["CHORDLINE_WEB_HOST"]["value"] == "0.0.0.0"
+    port = int(env["CHORDLINE_WEB_PORT"]["value"])
+    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    labels = web["spec"]["template"]["metadata"]["labels"]
+
+    (service,) = [d for d in of_kind("Service") if d["metadata"]["name"] == "chordline-web"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+    (hpa,) = of_kind("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "chordline-web",
+    }
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert "chordline-web" not in {
+        d["spec"]["scaleTargetRef"]["name"] for d in of_kind("ScaledObject")
+    }
+
+    web_service = compose()["services"]["web"]
+    assert web_service["command"] == ["web"]
+    assert web_service["environment"]["CHORDLINE_WEB_HOST"] == "0.0.0.0"
+    assert web_service["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert "/readyz" in " ".join(web_service["healthcheck"]["test"])
+    assert "8000" in (DEPLOY / "Dockerfile").read_text().split("EXPOSE", 1)[1].splitlines()[0]

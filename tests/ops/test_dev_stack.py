@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -76,6 +77,7 @@ def test_chordline_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Pat
     data_dir = ROOT / ".chordline" / f"up-{os.getpid()}"
     shutil.rmtree(data_dir, ignore_errors=True)
     ports = {name: free_port() for name in ("UPSTREAM", "UI", "METRICS")}
+    web_port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -85,6 +87,7 @@ def test_chordline_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Pat
         {
             "CHORDLINE_DATA_DIR": str(data_dir),
             **{f"CHORDLINE_FLOWER_{name}_PORT": str(port) for name, port in ports.items()},
+            "CHORDLINE_WEB_PORT": str(web_port),
             "CHORDLINE_OTEL_ENABLED": "true",
             "CHORDLINE_OTEL_EXPORTER": "console",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
@@ -121,6 +124,38 @@ def test_chordline_up_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Pat
             )
         )
         assert view["status"] == "completed", view
+
+        # the HTTP API it started, on the demo tenant it set up: a key, a turn posted, its
+        # reply streamed, its page; another tenant's key does not see it
+        assert f"http://127.0.0.1:{web_port}/" in text
+        assert re.search(r"demo tenant +demo \(6 documents\)", text), text
+        key = chordline("key", "create", "--tenant", "demo", env=env).strip()
+        chordline("tenant", "create", "globex", env=env)
+        other = chordline("key", "create", "--tenant", "globex", env=env).strip()
+        api = f"http://127.0.0.1:{web_port}"
+        created = httpx.post(
+            f"{api}/v1/conversations/c2/turns",
+            json={"message": "Does it have a REST API?"},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert created.status_code == 202, created.text
+        turn_id = created.json()["turn_id"]
+        with httpx.stream(
+            "GET",
+            f"{api}/v1/turns/{turn_id}/stream",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        ) as stream:
+            events = [line for line in stream.iter_lines() if line.startswith("event:")]
+        assert "event: token" in events and events[-1] == "event: end"
+        foreign = httpx.get(
+            f"{api}/v1/turns/{turn_id}", headers={"Authorization": f"Bearer {other}"}
+        )
+        assert foreign.status_code == 404
+        page = httpx.get(f"{api}/turns/{turn_id}", headers={"Authorization": f"Bearer {key}"})
+        assert page.status_code == 200 and "id=waterfall" in page.text
+        assert 'data-stage="researcher"' in page.text and "ACCURATE" in page.text
 
         # Flower, through its gate, lists every queue the Procfile's workers consume
         request = urllib.request.Request(f"http://127.0.0.1:{ports['UI']}/broker")
