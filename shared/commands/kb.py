@@ -130,7 +130,7 @@ def kb_ingest(
     from shared.db.tenants import require_tenant
     from shared.errors import InvalidInput
     from shared.kb.documents import discover
-    from shared.kb.ingest import IngestReport
+    from shared.kb.ingest import IngestReport, knowledge_base_changed
     from shared.validation import check_slug
 
     check_slug("tenant", tenant)
@@ -145,6 +145,8 @@ def kb_ingest(
         found = discover(paths)
         report = IngestReport(rejected=found.rejected, skipped=found.skipped)
         _ingest_with_progress(found, tenant=tenant, queued=queue_available, report=report)
+        if report.changed:
+            knowledge_base_changed(tenant)
     report.seconds = time.perf_counter() - started
     _print_report(report)
     if report.rejected or report.failed or report.pending:
@@ -181,10 +183,13 @@ def kb_delete(
 ) -> None:
     """Delete one document, its chunks and their vectors."""
     from shared.db.session import session_scope
-    from shared.kb.ingest import delete_document
+    from shared.kb.ingest import delete_document, knowledge_base_changed
 
-    with needed_services(redis=False), session_scope() as session:
-        found = delete_document(session, tenant_id=tenant, source=source)
+    with needed_services(redis=False):
+        with session_scope() as session:
+            found = delete_document(session, tenant_id=tenant, source=source)
+        if found:
+            knowledge_base_changed(tenant)
     if not found:
         err.print(f"no document {escape(repr(source))} in tenant {escape(repr(tenant))}")
         raise typer.Exit(1)

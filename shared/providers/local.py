@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
 from shared.schemas import Agent, KbLevel, Orchestration, Phase, ResearchHit
-from shared.text import STOPWORDS, content_terms, count_tokens, stem, words
+from shared.text import STOPWORDS, content_terms, count_tokens, light_stem, stem, words
 
 # --------------------------------------------------------------------------- classifier
 
@@ -338,11 +338,13 @@ def _term_features(term: str) -> tuple[str, tuple[str, ...]]:
     return f"w:{term}", tuple(f"c:{padded[i : i + 3]}" for i in range(len(padded) - 2))
 
 
-_cached_stem = functools.lru_cache(maxsize=1 << 16)(stem)
+# The embedder's own stemmer: vectors stored for local-hash-384 were computed with it.
+_cached_stem = functools.lru_cache(maxsize=1 << 16)(light_stem)
 
 
 def _embedding_terms(text: str) -> list[str]:
-    """content_terms(text), with the stems of a vocabulary that repeats remembered."""
+    """The text's content words, light-stemmed, with the stems of a vocabulary that
+    repeats remembered."""
     return [_cached_stem(w) for w in words(text) if w not in STOPWORDS and len(w) > 1]
 
 
@@ -398,16 +400,19 @@ QUESTION_SCAFFOLDING = frozenset(_SCAFFOLDING_TEXT.split())
 
 @functools.lru_cache(maxsize=1 << 16)
 def _match_form(word: str) -> str:
-    """The stem, made a little more forgiving: "user's" ~ "users", "takes" ~ "take"."""
-    word = word.removesuffix("'s")
-    stemmed = stem(word)
-    return stemmed[:-1] if stemmed.endswith("e") and len(stemmed) > 3 else stemmed
+    """The Snowball stem, possessive dropped: "user's" ~ "users", "encrypted" ~ "encryption"."""
+    return stem(word.removesuffix("'s"))
 
 
 def _rerank_terms(text: str, *, question: bool) -> list[str]:
+    """Content terms in order; a hyphenated word counts as its parts ("sign-on" is "sign"),
+    so a passage that writes "sign-on" meets a question that writes "sign on"."""
     skip = QUESTION_SCAFFOLDING if question else frozenset()
     return [
-        _match_form(w) for w in words(text) if w not in STOPWORDS and w not in skip and len(w) > 1
+        _match_form(part)
+        for w in words(text)
+        for part in w.split("-")
+        if part not in STOPWORDS and part not in skip and len(part) > 1
     ]
 
 
