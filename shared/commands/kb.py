@@ -387,3 +387,80 @@ def kb_calibrate(
         print(json.dumps(report))
     else:
         _print_calibration(report)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_evaluation(report: dict[str, Any], thresholds: dict[str, float]) -> None:
+    levels = list(report["confusion"])
+    matrix = Table("labelled \\ predicted", *levels, "accuracy", title="knowledge levels")
+    for level in levels:
+        row = report["confusion"][level]
+        matrix.add_row(
+            level, *(str(row[p]) for p in levels), _figure(report["per_class_accuracy"][level])
+        )
+    console.print(matrix)
+    console.print(
+        f"balanced accuracy {_figure(report['balanced_accuracy'])}, ACCURATE recall "
+        f"{_figure(report['accurate_recall'])} (accurate >= {thresholds['accurate']}, "
+        f"partial >= {thresholds['partial']})",
+        highlight=False,
+    )
+    agents = list(report["routing"])
+    routing = Table("chosen by a person \\ routed", *agents, title="routing")
+    for agent in agents:
+        row = report["routing"][agent]
+        if sum(row.values()):
+            routing.add_row(agent, *(str(row[a]) for a in agents))
+    console.print(routing)
+    console.print(
+        f"routing accuracy {_figure(report['routing_accuracy'])}; MISSING sent to "
+        f"technical_consultant or support {_figure(report['missing_to_knowledge_bound'])}; "
+        f"described problems routed to support {_figure(report['problems_to_support'])}",
+        highlight=False,
+    )
+    for wrong in report["wrong"]:
+        console.print(
+            f"[dim]{wrong['level']:>8} -> {wrong['predicted_level']:<8} "
+            f"{wrong['top_score']:.3f}  {wrong['agent'] or '-'} -> {wrong['routed_agent']} "
+            f"({wrong['intent']} {wrong['confidence']:.2f})  {escape(wrong['question'])}[/]",
+            highlight=False,
+        )
+
+
+@app.command("eval")
+def kb_eval(
+    questions: Annotated[
+        Path,
+        typer.Option(
+            help="Labelled questions, one JSON object a line: question, level and the agent "
+            "a person would choose."
+        ),
+    ],
+    tenant: TenantOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure a tenant's knowledge levels and routing on labelled questions: confusion
+    matrix, per-class and balanced accuracy, and the routing table."""
+    from shared.db.session import session_scope
+    from shared.db.tenants import require_tenant
+    from shared.kb.calibration import load_questions
+    from shared.kb.evaluation import evaluate_question, evaluation_report
+    from shared.validation import check_slug
+
+    check_slug("tenant", tenant)
+    labelled = load_questions(questions)
+    with needed_services(redis=False):
+        with session_scope() as session:
+            settings = require_tenant(session, tenant)
+        results = [
+            evaluate_question(item, tenant_id=tenant, settings=settings) for item in labelled
+        ]
+    report = evaluation_report(results)
+    thresholds = settings.thresholds.model_dump()
+    if as_json:
+        print(json.dumps({**report, "thresholds": thresholds}))
+    else:
+        _print_evaluation(report, thresholds)
