@@ -106,10 +106,14 @@ class AgentReply(Frozen):
 
 
 class LevelThresholds(Frozen):
-    """Reranked-score cut-offs: top score >= accurate is ACCURATE, >= partial is PARTIAL."""
+    """Reranked-score cut-offs: top score >= accurate is ACCURATE, >= partial is PARTIAL.
+
+    A tenant's own calibration (after an ingest that changes its knowledge base) sets them,
+    unless ``pinned``: setting either threshold by hand pins both."""
 
     accurate: Confidence = 0.747
     partial: Confidence = 0.37
+    pinned: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> LevelThresholds:

@@ -147,8 +147,10 @@ def kb_ingest(
         _ingest_with_progress(found, tenant=tenant, queued=queue_available, report=report)
         if report.changed:
             knowledge_base_changed(tenant)
-    report.seconds = time.perf_counter() - started
-    _print_report(report)
+        report.seconds = time.perf_counter() - started
+        _print_report(report)
+        if report.changed:
+            _recalibrate(tenant)
     if report.rejected or report.failed or report.pending:
         raise typer.Exit(1)
 
@@ -190,6 +192,7 @@ def kb_delete(
             found = delete_document(session, tenant_id=tenant, source=source)
         if found:
             knowledge_base_changed(tenant)
+            _recalibrate(tenant)
     if not found:
         err.print(f"no document {escape(repr(source))} in tenant {escape(repr(tenant))}")
         raise typer.Exit(1)
@@ -353,6 +356,37 @@ def _print_calibration(report: dict[str, Any]) -> None:
         )
 
 
+def _calibration_line(report: dict[str, Any]) -> str:
+    fitted, used = report["fitted"], report["thresholds"]
+    accuracy = ", ".join(f"{k} {v:.2f}" for k, v in fitted["per_class_accuracy"].items())
+    counts = ", ".join(f"{v} {k}" for k, v in report["questions"].items())
+    if report["pinned"]:
+        return (
+            f"thresholds pinned at accurate {used['accurate']}, partial {used['partial']} "
+            f"(thresholds.pinned); calibration would set {fitted['accurate']} / "
+            f"{fitted['partial']} ({accuracy} on {counts} derived questions)"
+        )
+    return (
+        f"thresholds calibrated: accurate {used['accurate']}, partial {used['partial']} "
+        f"({accuracy} on {counts} questions derived from the documents, in "
+        f"{report['seconds']} s)"
+    )
+
+
+def _recalibrate(tenant: str) -> dict[str, Any] | None:
+    """The tenant's own calibration after its knowledge base changed; one line about it."""
+    from shared.errors import ChordlineError
+    from shared.kb.selfcalibration import calibrate_tenant
+
+    try:
+        report = calibrate_tenant(tenant)
+    except ChordlineError as exc:  # too few chunks, or the models failing: the ingest stands
+        err.print(f"thresholds left as they were: {escape(str(exc))}", soft_wrap=True)
+        return None
+    console.print(_calibration_line(report), highlight=False, soft_wrap=True)
+    return report
+
+
 @app.command("calibrate")
 def kb_calibrate(
     questions: Annotated[
@@ -364,20 +398,34 @@ def kb_calibrate(
         typer.Option(
             "--tenant",
             "-t",
-            help="Tenant whose knowledge base answers; the demo KB is "
-            "ingested into it when it is the default one.",
+            help="Tenant to calibrate on questions derived from its own documents (or, with "
+            "--questions, whose knowledge base answers them); by default the demo KB and "
+            "the labelled demo questions.",
         ),
     ] = CALIBRATION_TENANT,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Fit the knowledge-level thresholds on labelled questions; report accuracy per class."""
+    """Set a tenant's knowledge-level thresholds from questions derived from its documents,
+    or fit them on labelled questions and report accuracy per class."""
     from shared.kb.calibration import (
         DEFAULT_QUESTIONS,
         calibration_report,
         load_questions,
         score_questions,
     )
+    from shared.validation import check_slug
 
+    check_slug("tenant", tenant)
+    if questions is None and tenant != CALIBRATION_TENANT:
+        with needed_services(redis=False):
+            from shared.kb.selfcalibration import calibrate_tenant
+
+            report = calibrate_tenant(tenant)
+        if as_json:
+            print(json.dumps(report))
+        else:
+            console.print(_calibration_line(report), highlight=False, soft_wrap=True)
+        return
     labelled = load_questions(questions or DEFAULT_QUESTIONS)
     with needed_services(redis=False):
         settings = _calibration_settings(tenant)

@@ -105,13 +105,21 @@ class ScoredCandidates:
 
 
 def scored_candidates(
-    *, tenant_id: str, question: str, settings: TenantSettings, usage: Usage, deadline: float
+    *,
+    tenant_id: str,
+    question: str,
+    settings: TenantSettings,
+    usage: Usage,
+    deadline: float,
+    vector: list[float] | None = None,
 ) -> ScoredCandidates | None:
-    """One embedding and one search for the question; one rerank per part of it (a
-    question with one part, the usual case, is reranked once). None without candidates."""
+    """One embedding (unless ``vector`` is the question's, embedded in a batch) and one
+    search for the question; one rerank per part of it (a question with one part, the usual
+    case, is reranked once). None without candidates."""
     providers = get_providers()
     kb = get_settings().kb
-    vector = providers.embedder.embed([question], usage=usage, deadline=deadline)[0]
+    if vector is None:
+        vector = providers.embedder.embed([question], usage=usage, deadline=deadline)[0]
     with direct_connection() as conn:
         candidates = hybrid_search(
             conn,
