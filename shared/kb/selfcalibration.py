@@ -24,12 +24,13 @@ calibrate`` on labelled questions) become the tenant's, unless the tenant pinned
 (``thresholds.pinned``, set whenever ``thresholds.accurate`` or ``thresholds.partial`` is
 set by hand). The report is kept in ``tenants.calibration`` and printed.
 
-The derivation is deterministic for a given knowledge base (seeded by the tenant id), so
-ingesting the same documents again gives the same thresholds.
+The derivation is deterministic for a given knowledge base (seeded by its chunks' text), so
+the same documents give the same thresholds, in any tenant.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -110,7 +111,7 @@ def tenant_text(session: Session, tenant_id: str) -> TenantText:
     rows = session.execute(
         text(
             "SELECT heading, text, aliases FROM kb_chunks WHERE tenant_id = :t "
-            "ORDER BY document_id, ordinal"
+            "ORDER BY content_hash, heading, ordinal"  # by content: the same in any tenant
         ),
         {"t": tenant_id},
     ).all()
@@ -139,14 +140,14 @@ def _foreign(candidates: Sequence[str], kb: TenantText) -> list[str]:
     return kept
 
 
-def derive_questions(tenant_id: str, kb: TenantText) -> list[DerivedQuestion]:
+def derive_questions(kb: TenantText) -> list[DerivedQuestion]:
     """Questions the tenant's documents answer, half answer and do not answer."""
     if len(kb.chunks) < MIN_CHUNKS:
         raise TooFewChunks(
             f"the knowledge base holds {len(kb.chunks)} chunk(s); at least {MIN_CHUNKS} are "
             "needed to derive calibration questions"
         )
-    rng = random.Random(tenant_id)
+    rng = random.Random(hashlib.sha256("\n".join(kb.chunks).encode()).hexdigest())
     names = _foreign(_contrast_lines("names.txt"), kb)
     off_domain = _foreign(_contrast_lines("questions.txt"), kb)
     usable = [(c, d) for c in kb.chunks if len(d := _distinct_words(c, kb)) >= 3]
@@ -215,7 +216,7 @@ def calibrate_tenant(tenant_id: str) -> dict[str, Any]:
         settings = require_tenant(session, tenant_id)
         kb = tenant_text(session, tenant_id)
     started = time.perf_counter()
-    derived = derive_questions(tenant_id, kb)
+    derived = derive_questions(kb)
     scored = score_derived(derived, tenant_id=tenant_id, settings=settings)
     fitted = fit_thresholds(scored)
     pinned = settings.thresholds.pinned

@@ -33,9 +33,9 @@ def _kb() -> TenantText:
 
 def test_derived_questions_come_from_the_documents_and_from_outside_them() -> None:
     kb = _kb()
-    derived = derive_questions("acme", kb)
+    derived = derive_questions(kb)
     assert {q.level for q in derived} == set(KbLevel)
-    assert derived == derive_questions("acme", kb)  # the same documents, the same questions
+    assert derived == derive_questions(_kb())  # the same documents, the same questions
     for q in derived:
         outside = {stem(w) for w in words(q.question)} - kb.vocabulary - {"work", "doe"}
         if q.level is KbLevel.ACCURATE:  # every word of an answered question is the docs'
@@ -46,7 +46,7 @@ def test_derived_questions_come_from_the_documents_and_from_outside_them() -> No
 
 def test_too_small_a_knowledge_base_is_named_not_calibrated() -> None:
     with pytest.raises(InvalidInput, match=r"^knowledge base: .*holds 1 chunk"):
-        derive_questions("acme", TenantText.of(["# One\n\nOne short chunk."]))
+        derive_questions(TenantText.of(["# One\n\nOne short chunk."]))
 
 
 def _thresholds(tenant: str) -> tuple[float, float, bool]:
@@ -78,6 +78,10 @@ def test_an_ingest_that_changes_the_documents_sets_the_tenants_thresholds(servic
 
     as_json = chordline("kb", "calibrate", "--tenant", tenant, "--json")
     assert json.loads(as_json.stdout)["thresholds"] == {"accurate": accurate, "partial": partial}
+
+    other = new_tenant(with_demo_kb=False)  # the same documents in another tenant
+    chordline("kb", "ingest", str(OWN_KB), "--tenant", other, "--mode", "inline")
+    assert _thresholds(other) == (accurate, partial, False)
 
 
 @pytest.mark.integration
