@@ -1,7 +1,7 @@
 """Offline providers: deterministic, no network, no download.
 
-- ``LocalChatModel`` classifies a turn from the message and the conversation memory with
-  weighted cue phrases, and composes agent replies from the research hits.
+- ``LocalChatModel`` classifies a turn from the message and the conversation memory
+  (``shared/providers/intent.py``), and composes agent replies from the research hits.
 - ``LocalEmbedder`` hashes words, word pairs and character trigrams into 384 dimensions.
 - ``LocalReranker`` scores how much of the question's meaning a passage covers.
 """
@@ -15,212 +15,15 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
-from shared.schemas import Agent, KbLevel, Orchestration, Phase, ResearchHit
+from shared.providers.intent import classify
+from shared.schemas import Agent, KbLevel, Orchestration, ResearchHit
 from shared.text import STOPWORDS, content_terms, count_tokens, light_stem, stem, words
+from shared.turn.facts import discovery_question, remembered_facts
 
 # --------------------------------------------------------------------------- classifier
-
-
-@dataclass(frozen=True)
-class Intent:
-    name: str
-    phase: Phase
-    agent: Agent
-    cues: tuple[str, ...]
-
-
-# Highest priority first: a message asking for a human is a handoff even if it also
-# mentions an error.
-INTENTS: tuple[Intent, ...] = (
-    Intent(
-        "handoff",
-        Phase.HANDOFF,
-        Agent.ADAPTIVE_RESPONSE,
-        (
-            "human",
-            "real person",
-            "representative",
-            "someone from your team",
-            "call me",
-            "account manager",
-            "sales rep",
-            "talk to someone",
-            "speak to someone",
-            "speak with",
-        ),
-    ),
-    Intent(
-        "content_request",
-        Phase.CONTENT,
-        Agent.CONTENT_GENERATOR,
-        (
-            "write",
-            "draft",
-            "email",
-            "summary",
-            "summarize",
-            "summarise",
-            "one-pager",
-            "proposal",
-            "blog post",
-            "brief",
-            "deck",
-        ),
-    ),
-    Intent(
-        "support_issue",
-        Phase.SUPPORT,
-        Agent.SUPPORT,
-        (
-            "error",
-            "broken",
-            "not working",
-            "stopped",
-            "fails",
-            "failing",
-            "failed",
-            "bug",
-            "problem",
-            "can't",
-            "cannot",
-            "crash",
-            "outage",
-            "locked out",
-            "reset",
-            "troubleshoot",
-            "doesn't work",
-            "isn't working",
-        ),
-    ),
-    Intent(
-        "technical_question",
-        Phase.TECHNICAL_EVALUATION,
-        Agent.TECHNICAL_CONSULTANT,
-        (
-            "api",
-            "webhook",
-            "integrat",
-            "sso",
-            "saml",
-            "security",
-            "encrypt",
-            "deploy",
-            "on-prem",
-            "sdk",
-            "architecture",
-            "latency",
-            "rate limit",
-            "export",
-            "erp",
-            "sap",
-            "rfc",
-            "compliance",
-            "soc 2",
-            "gdpr",
-            "uptime",
-            "sla",
-            "scale",
-            "scaling",
-            "data residency",
-            "self-host",
-            "backup",
-        ),
-    ),
-    Intent(
-        "pricing",
-        Phase.QUALIFICATION,
-        Agent.DISCOVERY,
-        (
-            "price",
-            "pricing",
-            "cost",
-            "plan",
-            "trial",
-            "demo",
-            "licen",
-            "seats",
-            "budget",
-            "quote",
-            "discount",
-            "how much",
-        ),
-    ),
-    Intent(
-        "exploring",
-        Phase.DISCOVERY,
-        Agent.DISCOVERY,
-        (
-            "looking for",
-            "looking at",
-            "evaluating",
-            "interested",
-            "we run",
-            "we are",
-            "our team",
-            "we have",
-            "we use",
-            "compare",
-            "replace",
-            "options",
-            "hello",
-            "hi ",
-        ),
-    ),
-)
-OFF_TOPIC_CUES = ("weather", "joke", "football", "recipe", "movie", "horoscope")
-
-
-def _cue_hits(text: str, cues: Sequence[str]) -> int:
-    padded = f" {text} "
-    return sum(1 for cue in cues if cue in padded)
-
-
-def classify(context: ConversationContext) -> Orchestration:
-    """Phase, intent, proposed agent, confidence and handoff, from message and memory."""
-    text = " ".join(words(context.message))
-    if _cue_hits(text, OFF_TOPIC_CUES):
-        return Orchestration(
-            phase=Phase(context.memory.get("last_phase", Phase.DISCOVERY.value)),
-            intent="off_topic",
-            proposed_agent=Agent.ADAPTIVE_RESPONSE,
-            confidence=0.7,
-            handoff=False,
-        )
-    scored = [(intent, _cue_hits(text, intent.cues)) for intent in INTENTS]
-    matched = [(intent, hits) for intent, hits in scored if hits]
-    if not matched:
-        return _from_memory(context)
-    intent, hits = matched[0]
-    runner_up = max((h for i, h in matched[1:]), default=0)
-    confidence = min(0.95, 0.55 + 0.15 * hits - 0.05 * runner_up)
-    return Orchestration(
-        phase=intent.phase,
-        intent=intent.name,
-        proposed_agent=intent.agent,
-        confidence=round(max(confidence, 0.4), 2),
-        handoff=intent.name == "handoff",
-    )
-
-
-def _from_memory(context: ConversationContext) -> Orchestration:
-    """No cue in the message: continue where the conversation was, with low confidence."""
-    last_agent = context.memory.get("last_agent")
-    if last_agent in {Agent.TECHNICAL_CONSULTANT.value, Agent.SUPPORT.value, Agent.DISCOVERY.value}:
-        return Orchestration(
-            phase=Phase(context.memory.get("last_phase", Phase.DISCOVERY.value)),
-            intent="follow_up",
-            proposed_agent=Agent(last_agent),
-            confidence=0.45,
-        )
-    return Orchestration(
-        phase=Phase.DISCOVERY,
-        intent="unclear",
-        proposed_agent=Agent.ADAPTIVE_RESPONSE,
-        confidence=0.3,
-    )
+# The offline orchestrator lives in shared/providers/intent.py (``classify``).
 
 
 # --------------------------------------------------------------------------- responder
@@ -257,10 +60,8 @@ def compose_reply(request: ReplyRequest) -> str:
     agent = request.agent
     if agent is Agent.DISCOVERY:
         lead = " ".join(facts[:2]) or "Happy to help you find the right fit."
-        return (
-            f"{lead} To point you at the right setup: how many sites and people would use "
-            f"it, and what are you using today?"
-        )
+        known = remembered_facts(ctx.memory, ctx.message)  # never ask what was said
+        return f"{lead} {discovery_question(known)}"
     if agent is Agent.SUPPORT:
         steps = "\n".join(f"{i}. {fact}" for i, fact in enumerate(facts, 1))
         tail = (

@@ -16,9 +16,11 @@ from shared.db.spans import SpanRecord
 from shared.db.turns import Completion, TurnRecord, complete_turn
 from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import ReplyRequest, Usage
+from shared.providers.intent import furthest_phase
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, AgentReply, KbLevel, Research, Stage, TurnStatus
 from shared.streaming import ReplyStream, announce_end
+from shared.turn.facts import remembered_facts
 from shared.turn.researcher import run_researcher, stored_research
 from shared.turn.stage import (
     StageInputs,
@@ -74,7 +76,7 @@ def updated_memory(
         if hit.title not in topics:
             topics.append(hit.title)
     turns = memory.get("turns", 0)
-    return {
+    updated = {
         **memory,
         "turns": (turns if isinstance(turns, int) else 0) + 1,
         "last_agent": agent.value,
@@ -82,6 +84,11 @@ def updated_memory(
         "last_intent": turn.intent,
         "topics": topics[-8:],
     }
+    if furthest := furthest_phase(memory, turn.phase):
+        updated["furthest_phase"] = furthest
+    if facts := remembered_facts(memory, turn.message):
+        updated["facts"] = facts
+    return updated
 
 
 def _generate(

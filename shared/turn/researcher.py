@@ -14,7 +14,7 @@ from shared.kb.levels import level_of_parts, question_parts
 from shared.kb.search import Candidate, hybrid_search
 from shared.kb.stores import store_for
 from shared.providers.base import ConversationContext, Usage
-from shared.providers.local import classify
+from shared.providers.intent import classify
 from shared.providers.registry import get_providers
 from shared.providers.timing import operation
 from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings

@@ -1,0 +1,40 @@
+"""A sales conversation through the real workers: what the customer said about themselves
+is kept in memory, discovery does not ask for it again, and the phase moves forward."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from shared.client import enqueue_turn, wait_for_turn
+from shared.db.models import Conversation
+from shared.db.session import session_scope
+
+pytestmark = pytest.mark.integration
+
+
+def test_discovery_never_asks_twice_and_the_phase_moves_forward(workers: None, tenant: str) -> None:
+    messages = [
+        "Hi! We run three warehouses with 40 people and use spreadsheets today.",
+        "Does Halyard have a REST API and webhooks for stock changes?",
+        "How much does the Growth plan cost?",
+    ]
+    ids = [enqueue_turn(tenant, "remembers", m) for m in messages]
+    views = [wait_for_turn(i, timeout=90) for i in ids]
+    assert [v.status for v in views] == ["completed"] * 3
+    first, technical, pricing = views
+    assert first.next_agent == "discovery"
+    assert technical.next_agent == "technical_consultant"
+    assert pricing.next_agent == "discovery"
+    for view in (first, pricing):  # told in the first message: never asked
+        reply = (view.agent_response or "").lower()
+        assert "how many sites" not in reply and "using today" not in reply, reply
+    assert pricing.phase == "technical_evaluation"  # a pricing question does not go back
+    with session_scope() as session:
+        memory = session.scalars(
+            select(Conversation.contextual_memory).where(
+                Conversation.tenant_id == tenant, Conversation.external_id == "remembers"
+            )
+        ).one()
+    assert memory["facts"] == {"sites": 3, "people": 40, "current_tool": "spreadsheets"}
+    assert memory["furthest_phase"] == "technical_evaluation"
