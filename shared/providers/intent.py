@@ -248,6 +248,10 @@ PROBLEM_SIGNS: tuple[tuple[re.Pattern[str], float], ...] = (
         0.5,
     ),
 )
+# All the signs in one pattern, so a statement is scanned once; the group names which.
+ANY_PROBLEM_SIGN = re.compile(
+    "|".join(f"(?P<s{i}>{pattern.pattern})" for i, (pattern, _) in enumerate(PROBLEM_SIGNS))
+)
 QUESTION_START = re.compile(
     r"^\s*(?:how|what|which|where|when|who|why|is|are|does|do|can|could|will|would|should|"
     r"has|have|did)\b",
@@ -270,16 +274,29 @@ SALES_ORDER = (
 RANK = {phase: i for i, phase in enumerate(SALES_ORDER)}
 
 
-@functools.lru_cache(maxsize=256)
-def _cue_pattern(cues: tuple[str, ...]) -> re.Pattern[str]:
-    """Whole words and phrases, with their inflections ("webhook" meets "webhooks")."""
-    alternatives = "|".join(re.escape(cue) for cue in sorted(cues, key=len, reverse=True))
-    return re.compile(rf"(?<![\w-])(?:{alternatives})(?:s|es|d|ed|ing|ion|ions)?(?![\w-])")
+OFF_TOPIC = "off_topic"
+# Every cue once, with the intents (or off_topic) it speaks for.
+CUE_OWNERS: dict[str, frozenset[str]] = {}
+for _owner, _cues in [*((i.name, i.cues) for i in INTENTS), (OFF_TOPIC, OFF_TOPIC_CUES)]:
+    for _cue in _cues:
+        CUE_OWNERS[_cue] = CUE_OWNERS.get(_cue, frozenset()) | {_owner}
+# One pass over the message finds every cue: whole words and phrases, with their
+# inflections ("webhook" meets "webhooks").
+CUES = re.compile(
+    r"(?<![\w-])("
+    + "|".join(re.escape(cue) for cue in sorted(CUE_OWNERS, key=len, reverse=True))
+    + r")(?:s|es|d|ed|ing|ion|ions)?(?![\w-])"
+)
+_WORDS = re.compile(r"[a-z0-9][a-z0-9'\-]*")
 
 
-def cue_evidence(text: str, cues: tuple[str, ...]) -> float:
-    """One for each distinct cue the text holds."""
-    return float(len(set(_cue_pattern(cues).findall(text))))
+def cue_evidence(text: str) -> dict[str, float]:
+    """Per intent (and off_topic), one for each distinct cue of it the text holds."""
+    evidence: dict[str, float] = {}
+    for cue in set(CUES.findall(text)):
+        for owner in CUE_OWNERS[cue]:
+            evidence[owner] = evidence.get(owner, 0.0) + 1.0
+    return evidence
 
 
 def problem_evidence(text: str, *, question: bool) -> float:
@@ -289,13 +306,14 @@ def problem_evidence(text: str, *, question: bool) -> float:
     if question:
         negated, weight = PROBLEM_SIGNS[0]
         return 0.5 * weight if negated.search(text) else 0.0
-    signs = sum(weight for pattern, weight in PROBLEM_SIGNS if pattern.search(text))
+    found = {m.lastgroup for m in ANY_PROBLEM_SIGN.finditer(text)}
+    signs = sum(weight for i, (_, weight) in enumerate(PROBLEM_SIGNS) if f"s{i}" in found)
     return signs + 0.5 if signs else 0.0
 
 
 def _normalised(message: str) -> str:
     text = message.lower().replace("\u2019", "'")  # a typographic apostrophe
-    return " ".join(re.findall(r"[a-z0-9][a-z0-9'\-]*", text))
+    return " ".join(_WORDS.findall(text))
 
 
 def is_question(message: str) -> bool:
@@ -306,17 +324,24 @@ def is_question(message: str) -> bool:
     )
 
 
-def intent_evidence(message: str) -> list[tuple[Intent, float]]:
-    """Each intent with the evidence the message holds for it, best first (on a tie, the
-    intent listed first)."""
-    text, question = _normalised(message), is_question(message)
+@functools.lru_cache(maxsize=4096)
+def message_evidence(message: str) -> tuple[bool, tuple[tuple[Intent, float], ...]]:
+    """Whether the message is off topic, and each intent with the evidence the message
+    holds for it, best first (on a tie, the intent listed first). Kept per message: the same
+    messages come back (retries, re-drives, the researcher's gate)."""
+    text = _normalised(message)
+    cues = cue_evidence(text)
     scored = []
     for intent in INTENTS:
-        evidence = cue_evidence(text, intent.cues)
+        evidence = cues.get(intent.name, 0.0)
         if intent is SUPPORT:
-            evidence += problem_evidence(text, question=question)
+            evidence += problem_evidence(text, question=is_question(message))
         scored.append((intent, evidence))
-    return sorted(scored, key=lambda pair: -pair[1])
+    return OFF_TOPIC in cues, tuple(sorted(scored, key=lambda pair: -pair[1]))
+
+
+def intent_evidence(message: str) -> list[tuple[Intent, float]]:
+    return list(message_evidence(message)[1])
 
 
 def confidence_for(best: float, runner_up: float) -> float:
@@ -372,16 +397,15 @@ def _continued(context: ConversationContext) -> Orchestration:
 
 def classify(context: ConversationContext) -> Orchestration:
     """Phase, intent, proposed agent, confidence and handoff, from message and memory."""
-    text = _normalised(context.message)
     memory = context.memory
-    if cue_evidence(text, OFF_TOPIC_CUES):
+    off_topic, ranked = message_evidence(context.message)
+    if off_topic:
         return Orchestration(
             phase=_phase(memory.get("last_phase"), Phase.DISCOVERY),
             intent="off_topic",
             proposed_agent=Agent.ADAPTIVE_RESPONSE,
             confidence=0.7,
         )
-    ranked = intent_evidence(context.message)
     (intent, best), (_, runner_up) = ranked[0], ranked[1]
     if best <= 0:
         return _continued(context)
