@@ -93,6 +93,12 @@ def compose_reply(request: ReplyRequest) -> str:
         )
     if "off_topic" in request.routing_reason:
         return "I can only help with questions about our product, but I am happy to do that."
+    if request.kb_information_level is not KbLevel.MISSING and facts:
+        # the knowledge base does say something: never claim it has nothing
+        return (
+            f"Here is what our documentation says: {' '.join(facts[:2])} Could you tell me a "
+            "little more about what you need, so I can point you to the right answer?"
+        )
     return (
         "I do not have documented information on that, and I would rather not guess. "
         "I have noted your question and a specialist will follow up with a confirmed "

@@ -12,7 +12,7 @@ from shared.db.turns import TurnRecord
 from shared.providers.base import ConversationContext, ReplyRequest
 from shared.providers.intent import classify, confidence_for
 from shared.providers.local import compose_reply
-from shared.schemas import Agent, KbLevel, Phase
+from shared.schemas import Agent, KbLevel, Phase, ResearchHit
 from shared.turn.agents import updated_memory
 from shared.turn.facts import facts_in
 
@@ -122,3 +122,31 @@ def test_discovery_never_asks_for_a_fact_memory_holds() -> None:
     ).lower()
     assert "how many" not in reply and "using today" not in reply
     assert "when would you like" in reply  # it asks for what it does not know yet
+
+
+@pytest.mark.parametrize("level", [KbLevel.PARTIAL, KbLevel.ACCURATE])
+def test_adaptive_response_never_says_the_knowledge_base_has_nothing_when_it_has(
+    level: KbLevel,
+) -> None:
+    hit = ResearchHit(
+        chunk_id=1,
+        document_id="d",
+        title="Troubleshooting",
+        text="Sync pending: check-ins wait on the phone until the connection is back.",
+        score=0.5,
+    )
+    request = ReplyRequest(
+        agent=Agent.ADAPTIVE_RESPONSE,
+        context=ctx("The app shows Sync pending"),
+        hits=[hit],
+        kb_information_level=level,
+        routing_reason="orchestrator confidence 0.30 below 0.35: adaptive_response asks",
+        model="local",
+    )
+    reply = compose_reply(request)
+    assert "do not have documented information" not in reply
+    assert "check-ins wait on the phone" in reply
+    missing = compose_reply(
+        ReplyRequest(**{**request.__dict__, "kb_information_level": KbLevel.MISSING})
+    )
+    assert "do not have documented information" in missing
