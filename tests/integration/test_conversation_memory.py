@@ -3,12 +3,15 @@ is kept in memory, discovery does not ask for it again, and the phase moves forw
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 
 from shared.client import enqueue_turn, wait_for_turn
 from shared.db.models import Conversation
 from shared.db.session import session_scope
+from tests.kb.conftest import chordline
 
 pytestmark = pytest.mark.integration
 
@@ -38,3 +41,14 @@ def test_discovery_never_asks_twice_and_the_phase_moves_forward(workers: None, t
         ).one()
     assert memory["facts"] == {"sites": 3, "people": 40, "current_tool": "spreadsheets"}
     assert memory["furthest_phase"] == "technical_evaluation"
+
+    shown = chordline("conversation", "show", "remembers", "--tenant", tenant, "--json")
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["memory"]["facts"] == memory["facts"]
+    assert [t["agent"] for t in record["turns"]] == [v.next_agent for v in views]
+    printed = chordline("conversation", "show", "remembers", "--tenant", tenant)
+    assert "using today" in printed.stdout and "spreadsheets" in printed.stdout
+    unknown = chordline("conversation", "show", "nope", "--tenant", tenant)
+    assert unknown.returncode == 2
+    assert f"conversation: tenant '{tenant}' has no conversation 'nope'" in unknown.stderr
