@@ -5,6 +5,10 @@ documents define ("single sign-on (SSO)"): "SSO" for a chunk that says only "sin
 sign-on", and the other way round. The full-text vector includes them, so a question in
 either spelling finds the chunk; it is computed at ingest, never per question.
 
+Recomputing the full-text vector rewrites kb_chunks and rebuilds its GIN index. Chunks
+stored before get their aliases at the tenant's next ingest that changes its documents, or
+on `chordline kb calibrate --tenant T`.
+
 tenants.calibration holds the report of the tenant's last threshold calibration (when,
 on how many derived questions, the thresholds it set and their accuracy on them).
 

@@ -418,8 +418,10 @@ def kb_calibrate(
     check_slug("tenant", tenant)
     if questions is None and tenant != CALIBRATION_TENANT:
         with needed_services(redis=False):
+            from shared.kb.ingest import knowledge_base_changed
             from shared.kb.selfcalibration import calibrate_tenant
 
+            knowledge_base_changed(tenant)  # acronym aliases too (documents stored before)
             report = calibrate_tenant(tenant)
         if as_json:
             print(json.dumps(report))

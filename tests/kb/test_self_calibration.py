@@ -100,3 +100,30 @@ def test_thresholds_set_by_hand_are_pinned_until_unpinned(services: None) -> Non
     result = chordline("kb", "calibrate", "--tenant", tenant)
     assert "thresholds calibrated" in result.stdout
     assert _thresholds(tenant) == calibrated
+
+
+@pytest.mark.integration
+def test_calibrate_gives_chunks_stored_before_their_acronym_aliases(services: None) -> None:
+    from sqlalchemy import text
+
+    tenant = new_tenant(with_demo_kb=False)
+    chordline("kb", "ingest", str(OWN_KB), "--tenant", tenant, "--mode", "inline")
+
+    def aliases() -> list[str]:
+        with session_scope() as session:
+            return list(
+                session.execute(
+                    text("SELECT aliases FROM kb_chunks WHERE tenant_id = :t ORDER BY id"),
+                    {"t": tenant},
+                ).scalars()
+            )
+
+    stored = aliases()
+    assert "SSO" in stored and "single sign on" in stored
+    with session_scope() as session:  # as chunks stored before the aliases existed
+        session.execute(
+            text("UPDATE kb_chunks SET aliases = '' WHERE tenant_id = :t"), {"t": tenant}
+        )
+    result = chordline("kb", "calibrate", "--tenant", tenant)
+    assert result.returncode == 0, result.stderr
+    assert aliases() == stored
