@@ -29,34 +29,55 @@ from shared.turn.facts import discovery_question, remembered_facts
 # --------------------------------------------------------------------------- responder
 
 
+# A sentence that leans on the one before it ("It keeps invoices...") reads as a fragment
+# on its own.
+_LEANS_BACK = re.compile(
+    r"^(?:it|its|this|these|that|those|they|their|them|he|she|such|also|then)\b", re.IGNORECASE
+)
+
+
 @functools.lru_cache(maxsize=4096)
 def _sentences_and_terms(passage: str) -> tuple[tuple[str, frozenset[str]], ...]:
-    """A passage's sentences of 20 characters or more, each with its content terms: the
-    same knowledge-base chunks come back for many turns, so each is analysed once."""
+    """A passage's whole sentences (20 characters or more, ending as a sentence ends, not
+    leaning on the one before), each with its content terms: the same knowledge-base chunks
+    come back for many turns, so each is analysed once."""
     found = []
     for sentence in re.split(r"(?<=[.!?])\s+", passage.replace("\n", " ")):
         sentence = sentence.strip(" -*#")
-        if len(sentence) >= 20:
+        if len(sentence) >= 20 and sentence[-1] in ".!?" and not _LEANS_BACK.match(sentence):
             found.append((sentence, frozenset(content_terms(sentence))))
     return tuple(found)
 
 
-def _best_sentences(hits: Sequence[ResearchHit], question: str, limit: int) -> list[str]:
+def _body(hit: ResearchHit) -> str:
+    """The hit's text without the heading path it starts with ("Security > Encryption: ")."""
+    head, sep, rest = hit.text.partition(": ")
+    return rest if sep and head.startswith(hit.title) and "\n" not in head else hit.text
+
+
+def _best_sentences(
+    hits: Sequence[ResearchHit], question: str, limit: int
+) -> list[tuple[str, str]]:
+    """The sentences of the top hits that share most with the question, each with its
+    document's title; a sentence that shares nothing with it is used only when none does."""
     wanted = set(content_terms(question))
-    sentences: list[tuple[float, int, str]] = []
+    sentences: list[tuple[float, int, str, str]] = []
     for rank, hit in enumerate(hits[:3]):
-        for sentence, terms in _sentences_and_terms(hit.text):
+        for sentence, terms in _sentences_and_terms(_body(hit)):
             overlap = len(wanted & terms)
-            sentences.append((overlap - 0.1 * rank, -len(sentences), sentence))
+            sentences.append((overlap - 0.1 * rank, -len(sentences), sentence, hit.title))
     sentences.sort(reverse=True)
-    return [s for _, _, s in sentences[:limit]]
+    relevant = [(s, title) for score, _, s, title in sentences if score > 0]
+    return (relevant or [(s, title) for _, _, s, title in sentences[:1]])[:limit]
 
 
 def compose_reply(request: ReplyRequest) -> str:
     """The offline agents: a reply in each agent's manner, grounded in the hits."""
     ctx, hits = request.context, request.hits
-    facts = _best_sentences(hits, ctx.message, 3)
-    sources = ", ".join(dict.fromkeys(h.title for h in hits[:2]))
+    used = _best_sentences(hits, ctx.message, 3)
+    facts = [sentence for sentence, _ in used]
+    titles = ", ".join(dict.fromkeys(title for _, title in used[:2]))
+    sources = f" (Source: {titles}.)" if titles else ""
     agent = request.agent
     if agent is Agent.DISCOVERY:
         lead = " ".join(facts[:2]) or "Happy to help you find the right fit."
@@ -73,11 +94,11 @@ def compose_reply(request: ReplyRequest) -> str:
         )
         return (
             f"Sorry about the trouble. Here is what usually fixes it:\n{steps}\n"
-            f"(Source: {sources}.){tail}"
+            f"{sources.strip()}{tail}"
         )
     if agent is Agent.TECHNICAL_CONSULTANT:
         body = " ".join(facts) or "Let me check the details with our engineers."
-        return f"{body} (Source: {sources}.) Want me to go deeper on any part of that?"
+        return f"{body}{sources} Want me to go deeper on any part of that?"
     if agent is Agent.CONTENT_GENERATOR:
         topics = ", ".join(ctx.memory.get("topics", [])[-4:]) or "your evaluation"
         bullet_lines = "\n".join(f"- {fact}" for fact in facts[:3])

@@ -150,3 +150,34 @@ def test_adaptive_response_never_says_the_knowledge_base_has_nothing_when_it_has
         ReplyRequest(**{**request.__dict__, "kb_information_level": KbLevel.MISSING})
     )
     assert "do not have documented information" in missing
+
+
+def _hit(title: str, text: str) -> ResearchHit:
+    return ResearchHit(chunk_id=1, document_id="d", title=title, text=text, score=0.9)
+
+
+def test_offline_replies_read_as_sentences_from_the_documents() -> None:
+    hits = [
+        _hit(
+            "Security",
+            "Security > Encryption: We use AES-256 encryption for data at rest and TLS 1.3 in "
+            "transit. It also covers backups, which are taken every night.",
+        ),
+        _hit(
+            "Integrations", "Integrations > Accounting: Tallyway connects to Xero and QuickBooks."
+        ),
+    ]
+    reply = compose_reply(
+        ReplyRequest(
+            agent=Agent.TECHNICAL_CONSULTANT,
+            context=ctx("Is my data encrypted at rest?"),
+            hits=hits,
+            kb_information_level=KbLevel.ACCURATE,
+            routing_reason="technical_consultant as proposed",
+            model="local",
+        )
+    )
+    assert reply.startswith("We use AES-256 encryption for data at rest")  # no breadcrumb
+    assert " > " not in reply and "It also covers" not in reply  # no fragment leaning back
+    assert "Xero" not in reply  # nothing that has no bearing on the question
+    assert "(Source: Security.)" in reply
