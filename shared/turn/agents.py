@@ -91,6 +91,12 @@ def updated_memory(
     return updated
 
 
+def memory_fields_written(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    """The conversation memory's fields a turn changed, as the trace lists them
+    (``memory.facts``, ``memory.furthest_phase``...)."""
+    return [f"memory.{key}" for key in sorted(after) if before.get(key) != after[key]]
+
+
 def _generate(
     *, turn: TurnRecord, request: ReplyRequest, stream: ReplyStream, usage: Usage, deadline: float
 ) -> AgentReply:
@@ -173,8 +179,14 @@ def _commit_reply(
         "completed_at": time.time(),
         "status": TurnStatus.COMPLETED.value,
     }
+    before = inputs.context.memory
+    memory = updated_memory(before, turn, agent, research)
+    qualification = next_qualification(inputs.context.qualification_status, turn.phase)
     finished = finish_span(
-        span, usage=usage, fields=sorted(values), outcome="fallback" if reply.fallback else "ok"
+        span,
+        usage=usage,
+        fields=sorted(values) + memory_fields_written(before, memory),
+        outcome="fallback" if reply.fallback else "ok",
     )
     with direct_connection() as conn:
         return complete_turn(
@@ -184,9 +196,7 @@ def _commit_reply(
             values=values,
             span=finished,
             usage=usage.as_dict(),
-            memory=updated_memory(inputs.context.memory, turn, agent, research),
-            qualification_status=next_qualification(
-                inputs.context.qualification_status, turn.phase
-            ),
+            memory=memory,
+            qualification_status=qualification,
             stage_deadline_s=get_settings().turn.stage_deadline_s,
         )

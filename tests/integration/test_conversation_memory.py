@@ -11,6 +11,7 @@ from sqlalchemy import select
 from shared.client import enqueue_turn, wait_for_turn
 from shared.db.models import Conversation
 from shared.db.session import session_scope
+from shared.db.spans import spans_of
 from tests.kb.conftest import chordline
 
 pytestmark = pytest.mark.integration
@@ -41,6 +42,14 @@ def test_discovery_never_asks_twice_and_the_phase_moves_forward(workers: None, t
         ).one()
     assert memory["facts"] == {"sites": 3, "people": 40, "current_tool": "spreadsheets"}
     assert memory["furthest_phase"] == "technical_evaluation"
+    with session_scope() as session:  # the trace lists the memory fields each turn wrote
+        written = [
+            next(s for s in spans_of(session, v.id) if s.stage == "agent").fields_written
+            for v in views
+        ]
+    assert "memory.facts" in written[0] and "agent_response" in written[0]
+    assert "memory.facts" not in written[1]  # nothing new about the customer
+    assert "memory.last_agent" in written[1]  # discovery, then technical_consultant
 
     shown = chordline("conversation", "show", "remembers", "--tenant", tenant, "--json")
     assert shown.returncode == 0, shown.stderr
