@@ -17,11 +17,14 @@ app = typer.Typer(
 )
 
 FACT_LABELS = {
+    "company": "company",
     "sites": "sites",
     "people": "people",
     "current_tool": "using today",
     "budget": "budget",
     "timeline": "timeline",
+    "needs": "needs",
+    "decision_makers": "decides",
 }
 
 
@@ -80,7 +83,8 @@ def _print(record: dict[str, Any]) -> None:
         ),
     )
     for key, label in FACT_LABELS.items():
-        summary.add_row(label, Text(str(facts.get(key, "-"))))
+        value = facts.get(key, "-")
+        summary.add_row(label, Text(", ".join(value) if isinstance(value, list) else str(value)))
     summary.add_row("topics", Text(", ".join(memory.get("topics") or []) or "-"))
     console.print(summary)
     turns = Table("#", "phase", "agent", "kb level", "status", "message")

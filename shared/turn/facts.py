@@ -1,9 +1,10 @@
 """Facts about the customer, kept in the conversation's memory so nobody asks twice.
 
 The agent stage reads them from each message with patterns (offline, no model call) and
-merges them into ``memory["facts"]``: how many sites and how many people, the tool in use
-today, the budget and the timeline. A later message that states a fact again replaces it.
-The discovery agent asks only for what is not known yet.
+merges them into ``memory["facts"]``, the conversation's qualification record: the company,
+how many sites and how many people, the tool in use today, what they need, the budget, the
+timeline and who decides. A later message that states a fact again replaces it (who decides
+and what they need accumulate). The discovery agent asks only for what is not known yet.
 """
 
 from __future__ import annotations
@@ -64,6 +65,25 @@ TIMELINE = re.compile(
 )
 
 
+COMPANY = re.compile(
+    r"\b(?i:I'm|I am|we're|we are|this is \w+)\s+(?:[a-z]+\s+){0,3}(?i:at|from|with)\s+"
+    r"([A-Z][\w&.-]*(?:\s+[A-Z][\w&.-]*){0,2})"
+    r"|\b(?i:at)\s+([A-Z][\w&.-]*(?:\s+[A-Z][\w&.-]*){0,2}),?\s+(?i:we)\b"
+)
+DECIDERS = re.compile(
+    r"\b(?:our|my|the)\s+(CFO|CTO|CEO|COO|CIO|CISO|IT team|finance team|procurement|board|"
+    r"(?:IT |operations |finance )?manager|(?:IT |operations |finance )?director|"
+    r"head of [a-z]+)\b",
+    re.IGNORECASE,
+)
+NEEDS = re.compile(
+    r"\b(?:we need|we want|we must have|we are looking for|we're looking for|looking for)\s+"
+    r"(?!(?:it|them|this|that|you|to know)\b)"  # "we want it live by Q3" is a timeline
+    r"((?:[\w'-]+\s*){1,6}?)(?=[,.;!?]|\s+(?:and|but|so|because|that)\b|$)",
+    re.IGNORECASE,
+)
+
+
 def _count(raw: str) -> int | None:
     word = raw.lower()
     if word in NUMBER_WORDS:
@@ -85,14 +105,27 @@ def facts_in(message: str) -> dict[str, Any]:
         facts["budget"] = budget.group(1).strip()
     if timeline := TIMELINE.search(message):
         facts["timeline"] = timeline.group(1).strip()
+    if company := COMPANY.search(message):
+        facts["company"] = (company.group(1) or company.group(2)).strip(" .,")
+    if deciders := DECIDERS.findall(message):
+        facts["decision_makers"] = list(dict.fromkeys(d.strip() for d in deciders))
+    if needs := NEEDS.findall(message):
+        facts["needs"] = list(dict.fromkeys(n.strip() for n in needs))
     return facts
+
+
+ACCUMULATING = ("decision_makers", "needs")
 
 
 def remembered_facts(memory: dict[str, Any], message: str) -> dict[str, Any]:
     """The facts memory holds, with those of this message merged in."""
     earlier = memory.get("facts")
     known = dict(earlier) if isinstance(earlier, dict) else {}
-    return {**known, **facts_in(message)}
+    new = facts_in(message)
+    for key in ACCUMULATING:
+        if key in new and isinstance(known.get(key), list):
+            new[key] = list(dict.fromkeys([*known[key], *new[key]]))
+    return {**known, **new}
 
 
 # What discovery asks for, in order, and how.
@@ -103,6 +136,7 @@ QUESTIONS = (
     (("current_tool",), "what are you using today"),
     (("timeline",), "when would you like to have it running"),
     (("budget",), "what budget do you have in mind"),
+    (("decision_makers",), "who else will weigh in on the decision"),
 )
 
 

@@ -181,3 +181,33 @@ def test_offline_replies_read_as_sentences_from_the_documents() -> None:
     assert " > " not in reply and "It also covers" not in reply  # no fragment leaning back
     assert "Xero" not in reply  # nothing that has no bearing on the question
     assert "(Source: Security.)" in reply
+
+
+def test_the_qualification_record_holds_company_needs_and_who_decides() -> None:
+    memory = updated_memory(
+        {},
+        _turn(
+            "Hi, I am the ops lead at Brightwater Logistics and we need barcode scanning "
+            "for returns.",
+            "discovery",
+        ),
+        Agent.DISCOVERY,
+        None,
+    )
+    memory = updated_memory(
+        memory,
+        _turn("We run 12 stores; our CFO and the IT team will decide by Q3.", "qualification"),
+        Agent.DISCOVERY,
+        None,
+    )
+    assert memory["facts"] == {
+        "company": "Brightwater Logistics",
+        "needs": ["barcode scanning for returns"],
+        "sites": 12,
+        "decision_makers": ["CFO", "IT team"],
+        "timeline": "by Q3",
+    }
+    more = updated_memory(
+        memory, _turn("Our finance director signs off too.", "qualification"), Agent.DISCOVERY, None
+    )
+    assert more["facts"]["decision_makers"] == ["CFO", "IT team", "finance director"]
