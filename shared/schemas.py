@@ -92,6 +92,8 @@ class Research(Frozen):
     kb_information_level: KbLevel
     retrieval_failed: bool = False
     reason: str | None = None
+    # A question asking several things: each part and its top score (graded part by part).
+    parts: list[tuple[str, float]] = Field(default_factory=list)
 
 
 class RoutingDecision(Frozen):

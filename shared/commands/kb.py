@@ -246,6 +246,8 @@ def kb_search(
             escape(hit.text[:160].replace("\n", " ")),
         )
     console.print(table)
+    for part, top in result.parts:  # a question asking several things, graded per part
+        console.print(f"part {escape(repr(part))}: top score {top:.3f}", highlight=False)
     console.print(
         f"kb_information_level: [bold]{result.kb_information_level.value}[/] (top score "
         f"{max((h.score for h in result.hits), default=0.0):.3f}; accurate >= "

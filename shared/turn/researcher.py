@@ -53,9 +53,11 @@ def research_question(
     )
     if scored is None:
         return Research(hits=[], kb_information_level=KbLevel.MISSING, reason="no candidates")
+    tops = scored.part_tops
     return Research(
         hits=scored.hits(settings.top_k),
-        kb_information_level=level_of_parts(scored.part_tops, settings.thresholds),
+        kb_information_level=level_of_parts(tops, settings.thresholds),
+        parts=list(zip(scored.parts, tops, strict=True)) if len(tops) > 1 else [],
     )
 
 
@@ -66,6 +68,7 @@ class ScoredCandidates:
 
     candidates: list[Candidate]
     part_scores: list[list[float]]  # per part, per candidate
+    parts: list[str]
 
     @property
     def part_tops(self) -> list[float]:
@@ -134,6 +137,7 @@ def scored_candidates(
     if not candidates:
         return None
     passages = [c.passage for c in candidates]
+    parts = question_parts(question)
     part_scores = [
         providers.reranker.rerank(
             query=part,
@@ -142,9 +146,9 @@ def scored_candidates(
             usage=usage,
             deadline=deadline,
         )
-        for part in question_parts(question)
+        for part in parts
     ]
-    return ScoredCandidates(candidates, part_scores)
+    return ScoredCandidates(candidates, part_scores, parts)
 
 
 def _gate_skips(turn: TurnRecord, settings: TenantSettings) -> bool:

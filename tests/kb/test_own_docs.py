@@ -3,6 +3,7 @@ levels follow what the documents say, with the default thresholds and the offlin
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -110,3 +111,20 @@ def test_the_same_passage_never_fills_two_result_slots(services: None, tmp_path:
     ingest_paths([tmp_path / "a", tmp_path / "b"], tenant_id=tenant_id, embedder=LocalEmbedder())
     texts = [h.text for h in ask(tenant_id, "Is my data encrypted at rest?").hits]
     assert texts and len(texts) == len(set(texts)), texts
+
+
+@pytest.mark.integration
+def test_search_shows_how_each_part_of_a_two_part_question_scored(own_tenant: str) -> None:
+    from tests.kb.conftest import chordline
+
+    question = "Does it integrate with Xero and with Sage?"
+    result = chordline("kb", "search", question, "--tenant", own_tenant, "--json")
+    assert result.returncode == 0, result.stderr
+    research = json.loads(result.stdout)
+    [(first, xero), (second, sage)] = research["parts"]
+    assert (first, second) == ("Does it integrate with Xero", "with Sage?")
+    assert xero > sage and research["kb_information_level"] == "PARTIAL"
+    printed = chordline("kb", "search", question, "--tenant", own_tenant)
+    assert "part 'with Sage?': top score" in printed.stdout
+    single = chordline("kb", "search", "Does it integrate with Xero?", "-t", own_tenant, "--json")
+    assert json.loads(single.stdout)["parts"] == []
