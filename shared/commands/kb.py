@@ -473,6 +473,13 @@ def _print_evaluation(report: dict[str, Any], thresholds: dict[str, float]) -> N
         f"described problems routed to support {_figure(report['problems_to_support'])}",
         highlight=False,
     )
+    console.print(
+        "orchestrator, where a person chose a specialist: proposed that agent "
+        f"{_figure(report['proposal_accuracy'])}, mean confidence "
+        f"{_figure(report['mean_confidence_right'])} when right, "
+        f"{_figure(report['mean_confidence_wrong'])} when not",
+        highlight=False,
+    )
     for wrong in report["wrong"]:
         console.print(
             f"[dim]{wrong['level']:>8} -> {wrong['predicted_level']:<8} "

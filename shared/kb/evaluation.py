@@ -34,6 +34,7 @@ class Evaluated:
     routed_agent: Agent
     intent: str
     confidence: float
+    proposed_agent: Agent | None = None
 
 
 def evaluate_question(
@@ -68,6 +69,7 @@ def evaluate_question(
         routed_agent=decision.next_agent,
         intent=orchestration.intent,
         confidence=orchestration.confidence,
+        proposed_agent=orchestration.proposed_agent,
     )
 
 
@@ -92,6 +94,11 @@ def evaluation_report(results: Sequence[Evaluated]) -> dict[str, Any]:
         assert r.agent is not None
         routing[r.agent.value][r.routed_agent.value] += 1
     missing = [r for r in results if r.level is KbLevel.MISSING]
+    # The orchestrator's own call, where a person chose a specialist (adaptive_response is
+    # also the merge's choice when the knowledge base has nothing, whatever was proposed).
+    specialist = [r for r in routed if r.agent is not Agent.ADAPTIVE_RESPONSE]
+    right = [r.confidence for r in specialist if r.proposed_agent is r.agent]
+    wrong = [r.confidence for r in specialist if r.proposed_agent is not r.agent]
     problems = [r for r in routed if r.agent is Agent.SUPPORT]
     return {
         "questions": {level: sum(confusion[level].values()) for level in levels},
@@ -104,6 +111,10 @@ def evaluation_report(results: Sequence[Evaluated]) -> dict[str, Any]:
         "missing_to_knowledge_bound": _share(
             sum(r.routed_agent in KNOWLEDGE_BOUND for r in missing), len(missing)
         ),
+        # does the orchestrator's confidence mean something: higher when its proposal is right
+        "proposal_accuracy": _share(len(right), len(specialist)),
+        "mean_confidence_right": round(sum(right) / len(right), 3) if right else None,
+        "mean_confidence_wrong": round(sum(wrong) / len(wrong), 3) if wrong else None,
         "problems_to_support": _share(
             sum(r.routed_agent is Agent.SUPPORT for r in problems), len(problems)
         ),

@@ -46,27 +46,40 @@ def test_an_unknown_agent_label_is_refused_naming_the_line(tmp_path: Path) -> No
         load_questions(path)
 
 
-def _evaluated(level: KbLevel, predicted: KbLevel, agent: Agent, routed: Agent) -> Evaluated:
-    return Evaluated("q", level, predicted, 0.5, agent, routed, "x", 0.5)
+def _evaluated(
+    level: KbLevel,
+    predicted: KbLevel,
+    agent: Agent,
+    routed: Agent,
+    confidence: float = 0.5,
+    proposed: Agent | None = None,
+) -> Evaluated:
+    return Evaluated("q", level, predicted, 0.5, agent, routed, "x", confidence, proposed or routed)
 
 
 def test_the_report_counts_what_it_says() -> None:
     a, p, m = KbLevel.ACCURATE, KbLevel.PARTIAL, KbLevel.MISSING
     results = [
-        _evaluated(a, a, Agent.SUPPORT, Agent.SUPPORT),
-        _evaluated(a, p, Agent.SUPPORT, Agent.ADAPTIVE_RESPONSE),
+        _evaluated(a, a, Agent.SUPPORT, Agent.SUPPORT, 0.9),
+        _evaluated(a, p, Agent.SUPPORT, Agent.ADAPTIVE_RESPONSE, 0.8, Agent.SUPPORT),
+        _evaluated(a, a, Agent.DISCOVERY, Agent.TECHNICAL_CONSULTANT, 0.35),
         _evaluated(p, p, Agent.DISCOVERY, Agent.DISCOVERY),
         _evaluated(m, m, Agent.ADAPTIVE_RESPONSE, Agent.ADAPTIVE_RESPONSE),
         _evaluated(m, p, Agent.ADAPTIVE_RESPONSE, Agent.TECHNICAL_CONSULTANT),
     ]
     report = evaluation_report(results)
-    assert report["confusion"]["ACCURATE"] == {"ACCURATE": 1, "PARTIAL": 1, "MISSING": 0}
-    assert report["per_class_accuracy"] == {"ACCURATE": 0.5, "PARTIAL": 1.0, "MISSING": 0.5}
-    assert report["balanced_accuracy"] == pytest.approx((0.5 + 1.0 + 0.5) / 3, abs=1e-3)
+    assert report["confusion"]["ACCURATE"] == {"ACCURATE": 2, "PARTIAL": 1, "MISSING": 0}
+    assert report["per_class_accuracy"] == {"ACCURATE": 0.667, "PARTIAL": 1.0, "MISSING": 0.5}
+    assert report["balanced_accuracy"] == pytest.approx((0.667 + 1.0 + 0.5) / 3, abs=1e-3)
     assert report["missing_to_knowledge_bound"] == 0.5
     assert report["problems_to_support"] == 0.5
     assert report["routing"]["support"]["adaptive_response"] == 1
-    assert report["routing_accuracy"] == 0.6
+    assert report["routing_accuracy"] == 0.5
+    # the orchestrator's own call where a person chose a specialist: the support question it
+    # proposed right (the merge then chose adaptive_response at MISSING) counts as right
+    assert report["proposal_accuracy"] == 0.75
+    assert report["mean_confidence_right"] == pytest.approx((0.9 + 0.8 + 0.5) / 3, abs=1e-3)
+    assert report["mean_confidence_wrong"] == pytest.approx(0.35, abs=1e-3)
 
 
 @pytest.mark.integration
