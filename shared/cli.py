@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from shared.commands import conversations as conversation_commands
 from shared.commands import kb as kb_commands
 from shared.commands import ops as ops_commands
 from shared.commands import providers as provider_commands
@@ -47,6 +48,7 @@ class TopLevel(CommandGroup):
         "turn",
         "tenant",
         "kb",
+        "conversation",
         "web",
         "key",
         # INSPECT: what happened to turns
@@ -81,6 +83,7 @@ tenant_app = typer.Typer(
 app.add_typer(turn_commands.app, name="turn", rich_help_panel=START)
 app.add_typer(tenant_app, name="tenant", rich_help_panel=START)
 app.add_typer(kb_commands.app, name="kb", rich_help_panel=START)
+conversation_commands.register(app)
 for module in (
     ops_commands,
     rescore_commands,

@@ -92,6 +92,8 @@ class Research(Frozen):
     kb_information_level: KbLevel
     retrieval_failed: bool = False
     reason: str | None = None
+    # A question asking several things: each part and its top score (graded part by part).
+    parts: list[tuple[str, float]] = Field(default_factory=list)
 
 
 class RoutingDecision(Frozen):
@@ -106,10 +108,14 @@ class AgentReply(Frozen):
 
 
 class LevelThresholds(Frozen):
-    """Reranked-score cut-offs: top score >= accurate is ACCURATE, >= partial is PARTIAL."""
+    """Reranked-score cut-offs: top score >= accurate is ACCURATE, >= partial is PARTIAL.
+
+    A tenant's own calibration (after an ingest that changes its knowledge base) sets them,
+    unless ``pinned``: setting either threshold by hand pins both."""
 
     accurate: Confidence = 0.747
     partial: Confidence = 0.37
+    pinned: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> LevelThresholds:

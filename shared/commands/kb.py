@@ -130,7 +130,7 @@ def kb_ingest(
     from shared.db.tenants import require_tenant
     from shared.errors import InvalidInput
     from shared.kb.documents import discover
-    from shared.kb.ingest import IngestReport
+    from shared.kb.ingest import IngestReport, knowledge_base_changed
     from shared.validation import check_slug
 
     check_slug("tenant", tenant)
@@ -145,8 +145,12 @@ def kb_ingest(
         found = discover(paths)
         report = IngestReport(rejected=found.rejected, skipped=found.skipped)
         _ingest_with_progress(found, tenant=tenant, queued=queue_available, report=report)
-    report.seconds = time.perf_counter() - started
-    _print_report(report)
+        if report.changed:
+            knowledge_base_changed(tenant)
+        report.seconds = time.perf_counter() - started
+        _print_report(report)
+        if report.changed:
+            _recalibrate(tenant)
     if report.rejected or report.failed or report.pending:
         raise typer.Exit(1)
 
@@ -181,10 +185,14 @@ def kb_delete(
 ) -> None:
     """Delete one document, its chunks and their vectors."""
     from shared.db.session import session_scope
-    from shared.kb.ingest import delete_document
+    from shared.kb.ingest import delete_document, knowledge_base_changed
 
-    with needed_services(redis=False), session_scope() as session:
-        found = delete_document(session, tenant_id=tenant, source=source)
+    with needed_services(redis=False):
+        with session_scope() as session:
+            found = delete_document(session, tenant_id=tenant, source=source)
+        if found:
+            knowledge_base_changed(tenant)
+            _recalibrate(tenant)
     if not found:
         err.print(f"no document {escape(repr(source))} in tenant {escape(repr(tenant))}")
         raise typer.Exit(1)
@@ -238,6 +246,8 @@ def kb_search(
             escape(hit.text[:160].replace("\n", " ")),
         )
     console.print(table)
+    for part, top in result.parts:  # a question asking several things, graded per part
+        console.print(f"part {escape(repr(part))}: top score {top:.3f}", highlight=False)
     console.print(
         f"kb_information_level: [bold]{result.kb_information_level.value}[/] (top score "
         f"{max((h.score for h in result.hits), default=0.0):.3f}; accurate >= "
@@ -348,6 +358,37 @@ def _print_calibration(report: dict[str, Any]) -> None:
         )
 
 
+def _calibration_line(report: dict[str, Any]) -> str:
+    fitted, used = report["fitted"], report["thresholds"]
+    accuracy = ", ".join(f"{k} {v:.2f}" for k, v in fitted["per_class_accuracy"].items())
+    counts = ", ".join(f"{v} {k}" for k, v in report["questions"].items())
+    if report["pinned"]:
+        return (
+            f"thresholds pinned at accurate {used['accurate']}, partial {used['partial']} "
+            f"(thresholds.pinned); calibration would set {fitted['accurate']} / "
+            f"{fitted['partial']} ({accuracy} on {counts} derived questions)"
+        )
+    return (
+        f"thresholds calibrated: accurate {used['accurate']}, partial {used['partial']} "
+        f"({accuracy} on {counts} questions derived from the documents, in "
+        f"{report['seconds']} s)"
+    )
+
+
+def _recalibrate(tenant: str) -> dict[str, Any] | None:
+    """The tenant's own calibration after its knowledge base changed; one line about it."""
+    from shared.errors import ChordlineError
+    from shared.kb.selfcalibration import calibrate_tenant
+
+    try:
+        report = calibrate_tenant(tenant)
+    except ChordlineError as exc:  # too few chunks, or the models failing: the ingest stands
+        err.print(f"thresholds left as they were: {escape(str(exc))}", soft_wrap=True)
+        return None
+    console.print(_calibration_line(report), highlight=False, soft_wrap=True)
+    return report
+
+
 @app.command("calibrate")
 def kb_calibrate(
     questions: Annotated[
@@ -359,20 +400,36 @@ def kb_calibrate(
         typer.Option(
             "--tenant",
             "-t",
-            help="Tenant whose knowledge base answers; the demo KB is "
-            "ingested into it when it is the default one.",
+            help="Tenant to calibrate on questions derived from its own documents (or, with "
+            "--questions, whose knowledge base answers them); by default the demo KB and "
+            "the labelled demo questions.",
         ),
     ] = CALIBRATION_TENANT,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Fit the knowledge-level thresholds on labelled questions; report accuracy per class."""
+    """Set a tenant's knowledge-level thresholds from questions derived from its documents,
+    or fit them on labelled questions and report accuracy per class."""
     from shared.kb.calibration import (
         DEFAULT_QUESTIONS,
         calibration_report,
         load_questions,
         score_questions,
     )
+    from shared.validation import check_slug
 
+    check_slug("tenant", tenant)
+    if questions is None and tenant != CALIBRATION_TENANT:
+        with needed_services(redis=False):
+            from shared.kb.ingest import knowledge_base_changed
+            from shared.kb.selfcalibration import calibrate_tenant
+
+            knowledge_base_changed(tenant)  # acronym aliases too (documents stored before)
+            report = calibrate_tenant(tenant)
+        if as_json:
+            print(json.dumps(report))
+        else:
+            console.print(_calibration_line(report), highlight=False, soft_wrap=True)
+        return
     labelled = load_questions(questions or DEFAULT_QUESTIONS)
     with needed_services(redis=False):
         settings = _calibration_settings(tenant)
@@ -382,3 +439,87 @@ def kb_calibrate(
         print(json.dumps(report))
     else:
         _print_calibration(report)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_evaluation(report: dict[str, Any], thresholds: dict[str, float]) -> None:
+    levels = list(report["confusion"])
+    matrix = Table("labelled \\ predicted", *levels, "accuracy", title="knowledge levels")
+    for level in levels:
+        row = report["confusion"][level]
+        matrix.add_row(
+            level, *(str(row[p]) for p in levels), _figure(report["per_class_accuracy"][level])
+        )
+    console.print(matrix)
+    console.print(
+        f"balanced accuracy {_figure(report['balanced_accuracy'])}, ACCURATE recall "
+        f"{_figure(report['accurate_recall'])} (accurate >= {thresholds['accurate']}, "
+        f"partial >= {thresholds['partial']})",
+        highlight=False,
+    )
+    agents = list(report["routing"])
+    routing = Table("chosen by a person \\ routed", *agents, title="routing")
+    for agent in agents:
+        row = report["routing"][agent]
+        if sum(row.values()):
+            routing.add_row(agent, *(str(row[a]) for a in agents))
+    console.print(routing)
+    console.print(
+        f"routing accuracy {_figure(report['routing_accuracy'])}; MISSING sent to "
+        f"technical_consultant or support {_figure(report['missing_to_knowledge_bound'])}; "
+        f"described problems routed to support {_figure(report['problems_to_support'])}",
+        highlight=False,
+    )
+    console.print(
+        "orchestrator, where a person chose a specialist: proposed that agent "
+        f"{_figure(report['proposal_accuracy'])}, mean confidence "
+        f"{_figure(report['mean_confidence_right'])} when right, "
+        f"{_figure(report['mean_confidence_wrong'])} when not",
+        highlight=False,
+    )
+    for wrong in report["wrong"]:
+        console.print(
+            f"[dim]{wrong['level']:>8} -> {wrong['predicted_level']:<8} "
+            f"{wrong['top_score']:.3f}  {wrong['agent'] or '-'} -> {wrong['routed_agent']} "
+            f"({wrong['intent']} {wrong['confidence']:.2f})  {escape(wrong['question'])}[/]",
+            highlight=False,
+        )
+
+
+@app.command("eval")
+def kb_eval(
+    questions: Annotated[
+        Path,
+        typer.Option(
+            help="Labelled questions, one JSON object a line: question, level and the agent "
+            "a person would choose."
+        ),
+    ],
+    tenant: TenantOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure a tenant's knowledge levels and routing on labelled questions: confusion
+    matrix, per-class and balanced accuracy, and the routing table."""
+    from shared.db.session import session_scope
+    from shared.db.tenants import require_tenant
+    from shared.kb.calibration import load_questions
+    from shared.kb.evaluation import evaluate_question, evaluation_report
+    from shared.validation import check_slug
+
+    check_slug("tenant", tenant)
+    labelled = load_questions(questions)
+    with needed_services(redis=False):
+        with session_scope() as session:
+            settings = require_tenant(session, tenant)
+        results = [
+            evaluate_question(item, tenant_id=tenant, settings=settings) for item in labelled
+        ]
+    report = evaluation_report(results)
+    thresholds = settings.thresholds.model_dump()
+    if as_json:
+        print(json.dumps({**report, "thresholds": thresholds}))
+    else:
+        _print_evaluation(report, thresholds)

@@ -51,6 +51,8 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200))
     settings: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = _now()
+    # The report of the tenant's last threshold calibration (shared/kb/selfcalibration.py).
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class Conversation(Base):
@@ -229,8 +231,13 @@ class KbChunk(Base):
     heading: Mapped[str] = mapped_column(String(500), server_default="")
     text: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(64))
+    # The other spelling of each acronym the tenant's documents define (shared/kb/acronyms.py)
+    aliases: Mapped[str] = mapped_column(Text, server_default="")
     tsv: Mapped[Any] = mapped_column(
-        TSVECTOR, Computed("to_tsvector('english', heading || ' ' || text)", persisted=True)
+        TSVECTOR,
+        Computed(
+            "to_tsvector('english', heading || ' ' || text || ' ' || aliases)", persisted=True
+        ),
     )
 
 

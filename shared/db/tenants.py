@@ -188,9 +188,16 @@ def require_tenant(session: Session, tenant_id: str) -> TenantSettings:
     return tenant_settings(session, tenant_id)
 
 
+PINNING = frozenset({"thresholds.accurate", "thresholds.partial"})
+
+
 def update_tenant_settings(
     session: Session, tenant_id: str, overrides: dict[str, Any]
 ) -> TenantSettings:
+    """Apply dotted-key overrides a person gave. Thresholds set by hand are pinned (the
+    tenant's own calibration leaves them alone) unless ``thresholds.pinned`` is given too."""
+    if PINNING & overrides.keys() and "thresholds.pinned" not in overrides:
+        overrides = {**overrides, "thresholds.pinned": True}
     updated = apply_overrides(require_tenant(session, tenant_id), overrides)
     session.execute(
         update(Tenant)

@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidInput
-from shared.kb.levels import level_for
+from shared.kb.levels import level_for, level_of_parts
 from shared.providers.base import Usage
-from shared.schemas import KbLevel, LevelThresholds, TenantSettings
+from shared.schemas import Agent, KbLevel, LevelThresholds, TenantSettings
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "tests" / "data" / "kb_questions.jsonl"
 CV_FOLDS = 5
 MIN_QUESTIONS = 2  # fitting with one held out needs at least one question left to fit on
 LEVELS = tuple(level.value for level in KbLevel)
+AGENTS = tuple(agent.value for agent in Agent)
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,23 @@ class LabelledQuestion:
     question: str
     level: KbLevel
     evidence: str
+    agent: Agent | None = None  # the agent a person would choose (``kb eval``)
 
 
 @dataclass(frozen=True)
 class ScoredQuestion:
+    """A labelled question's top reranked score, and the top score of each of its parts
+    when it asks more than one thing (graded part by part, as the researcher grades it)."""
+
     question: str
     level: KbLevel
     top_score: float
+    part_tops: tuple[float, ...] = ()
+
+    def predicted(self, thresholds: LevelThresholds) -> KbLevel:
+        if len(self.part_tops) > 1:
+            return level_of_parts(self.part_tops, thresholds)
+        return level_for([self.top_score], thresholds)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -79,7 +90,12 @@ def _labelled(line: str) -> LabelledQuestion:
     level = raw.get("level")
     if level not in LEVELS:  # compared with ==, so a list or an object is refused, not hashed
         raise ValueError(f'"level" must be one of {", ".join(LEVELS)}, got {level!r}')
-    return LabelledQuestion(question, KbLevel(level), evidence)
+    agent = raw.get("agent")
+    if agent is not None and agent not in AGENTS:
+        raise ValueError(f'"agent" must be one of {", ".join(AGENTS)}, got {agent!r}')
+    return LabelledQuestion(
+        question, KbLevel(level), evidence, Agent(agent) if agent is not None else None
+    )
 
 
 def check_enough(count: int) -> None:
@@ -111,20 +127,21 @@ def load_questions(path: Path) -> list[LabelledQuestion]:
 def score_questions(
     questions: Sequence[LabelledQuestion], *, tenant_id: str, settings: TenantSettings
 ) -> list[ScoredQuestion]:
-    """The top reranked score of each question, searched as the researcher searches."""
-    from shared.turn.researcher import research_question
+    """The top reranked score of each question (and of each of its parts), searched as the
+    researcher searches."""
+    from shared.turn.researcher import scored_candidates
 
     scored = []
     for item in questions:
-        research = research_question(
+        found = scored_candidates(
             tenant_id=tenant_id,
             question=item.question,
             settings=settings,
             usage=Usage(),
             deadline=time.time() + 30,
         )
-        top = max((hit.score for hit in research.hits), default=0.0)
-        scored.append(ScoredQuestion(item.question, item.level, top))
+        tops = tuple(found.part_tops) if found is not None else (0.0,)
+        scored.append(ScoredQuestion(item.question, item.level, max(tops), tops))
     return scored
 
 
@@ -134,7 +151,7 @@ def per_class_accuracy(
     accuracy = {}
     for level in KbLevel:
         members = [s for s in scored if s.level is level]
-        hits = sum(level_for([s.top_score], thresholds) is level for s in members)
+        hits = sum(s.predicted(thresholds) is level for s in members)
         accuracy[level.value] = round(hits / len(members), 3) if members else 0.0
     return accuracy
 
@@ -148,17 +165,21 @@ def confusion(scored: Sequence[ScoredQuestion], thresholds: LevelThresholds) -> 
     """labelled level -> predicted level -> count."""
     matrix = {a.value: {p.value: 0 for p in KbLevel} for a in KbLevel}
     for s in scored:
-        matrix[s.level.value][level_for([s.top_score], thresholds).value] += 1
+        matrix[s.level.value][s.predicted(thresholds).value] += 1
     return matrix
 
 
+def _scores(s: ScoredQuestion) -> tuple[float, ...]:
+    return s.part_tops or (s.top_score,)
+
+
 def _margin(scored: Sequence[ScoredQuestion], cuts: Sequence[float]) -> float:
-    return min(abs(s.top_score - cut) for s in scored for cut in cuts)
+    return min(abs(score - cut) for s in scored for score in _scores(s) for cut in cuts)
 
 
 def fit_thresholds(scored: Sequence[ScoredQuestion]) -> LevelThresholds:
     """The thresholds with the best balanced accuracy, widest margin on ties, 3 decimals."""
-    values = sorted({s.top_score for s in scored} | {0.0, 1.0})
+    values = sorted({score for s in scored for score in _scores(s)} | {0.0, 1.0})
     cuts = [round((a + b) / 2, 4) for a, b in itertools.pairwise(values)]
     best: tuple[float, float, LevelThresholds] | None = None
     for partial, accurate in itertools.combinations_with_replacement(cuts, 2):
@@ -169,9 +190,7 @@ def fit_thresholds(scored: Sequence[ScoredQuestion]) -> LevelThresholds:
     assert best is not None
     fitted = best[2]
     rounded = LevelThresholds(accurate=round(fitted.accurate, 3), partial=round(fitted.partial, 3))
-    same = all(
-        level_for([s.top_score], rounded) is level_for([s.top_score], fitted) for s in scored
-    )
+    same = all(s.predicted(rounded) is s.predicted(fitted) for s in scored)
     return rounded if same else fitted
 
 
@@ -186,7 +205,7 @@ def cross_validated_accuracy(
         training = [s for i, s in enumerate(ordered) if i % folds != fold]  # by position: a
         # question asked twice is two questions, one of which may be held out
         thresholds = fit_thresholds(training)
-        predictions += [(s, level_for([s.top_score], thresholds)) for s in held_out]
+        predictions += [(s, s.predicted(thresholds)) for s in held_out]
     accuracy = {}
     for level in KbLevel:
         members = [(s, p) for s, p in predictions if s.level is level]
@@ -218,10 +237,10 @@ def calibration_report(scored: Sequence[ScoredQuestion]) -> dict[str, Any]:
             {
                 "question": s.question,
                 "label": s.level.value,
-                "predicted": level_for([s.top_score], defaults).value,
+                "predicted": s.predicted(defaults).value,
                 "top_score": s.top_score,
             }
             for s in scored
-            if level_for([s.top_score], defaults) is not s.level
+            if s.predicted(defaults) is not s.level
         ],
     }

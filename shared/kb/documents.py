@@ -45,7 +45,7 @@ class RejectedDocument(ValueError):
 
 @dataclass(frozen=True)
 class DocumentSource:
-    source: str  # the path as the user gave it; the document's identity within the tenant
+    source: str  # the normalised absolute path; the document's identity within the tenant
     path: Path
 
     @property
@@ -98,9 +98,11 @@ class Discovery:
     skipped: list[Rejected] = field(default_factory=list)  # other file types found in folders
 
 
-def source_name(path: Path) -> str:
-    """A document's identity within its tenant: its path as given, without ./ or //."""
-    return os.path.normpath(path)
+def source_name(path: Path | str) -> str:
+    """A document's identity within its tenant: its absolute path, normalised (without ./,
+    .. or //), so the same file named relatively and absolutely is one document. Symbolic
+    links are not followed: a link is a document of its own name."""
+    return os.path.normpath(os.path.abspath(path))
 
 
 def discover(paths: Iterable[Path]) -> Discovery:

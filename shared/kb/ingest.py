@@ -1,6 +1,6 @@
 """Store documents in a tenant's knowledge base.
 
-A document is identified by its source (its path, as given); its content hash decides what
+A document is identified by its source (its normalised absolute path); its content hash decides what
 happens. The same content again changes nothing; the same content that the current
 embedding model has not embedded yet gets vectors for the chunks it already has; changed
 content replaces the document's chunks. Chunking and embedding run outside any transaction,
@@ -44,6 +44,7 @@ from shared.db.models import KbChunk, KbDocument
 from shared.db.session import session_scope
 from shared.db.tenants import require_tenant
 from shared.errors import ChordlineError, ProviderError
+from shared.kb.acronyms import refresh_aliases
 from shared.kb.chunking import Chunk, chunk_document, document_title
 from shared.kb.documents import (
     DocumentSource,
@@ -53,6 +54,7 @@ from shared.kb.documents import (
     Rejection,
     discover,
     read_document,
+    source_name,
 )
 from shared.kb.stores import (
     STORES,
@@ -117,6 +119,11 @@ class IngestReport:
     seconds: float = 0.0
     mode: str = "inline"
     pending: int = 0  # queued documents whose outcome had not come back when we stopped waiting
+
+    @property
+    def changed(self) -> bool:
+        """Whether the tenant's documents changed (added or replaced)."""
+        return bool(self.added or self.replaced)
 
     @property
     def documents(self) -> int:
@@ -537,8 +544,17 @@ def ingest_paths(
         report=report,
         on_progress=on_progress,
     )
+    if report.changed:
+        knowledge_base_changed(tenant_id)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def knowledge_base_changed(tenant_id: str) -> None:
+    """What follows a change of the tenant's documents: the acronym aliases of its chunks
+    are recomputed from the definitions in all of them."""
+    with session_scope() as session:
+        refresh_aliases(session, tenant_id)
 
 
 # --------------------------------------------------------------------------- listing
@@ -570,10 +586,15 @@ def embedded_models(session: Session, tenant_id: str) -> dict[uuid.UUID, list[st
 
 
 def delete_document(session: Session, *, tenant_id: str, source: str) -> bool:
+    """Delete the document named as ``kb list`` shows it, or by any path to its file
+    (relative or absolute: it is normalised as ingestion normalises it)."""
     require_tenant(session, tenant_id)
     result = session.execute(
         delete(KbDocument)
-        .where(KbDocument.tenant_id == tenant_id, KbDocument.source == source)
+        .where(
+            KbDocument.tenant_id == tenant_id,
+            KbDocument.source.in_({source, source_name(source)}),
+        )
         .returning(KbDocument.id)
     )
     return result.first() is not None

@@ -67,6 +67,13 @@ class Candidate:
     rrf_score: float
     vector_rank: int | None
     text_rank: int | None
+    aliases: str = ""  # the other spelling of acronyms it uses (shared/kb/acronyms.py)
+
+    @property
+    def passage(self) -> str:
+        """What the reranker reads: the heading path, the text and the aliases."""
+        tail = f"\n({self.aliases})" if self.aliases else ""
+        return f"{self.heading}\n{self.text}{tail}"
 
 
 class TenantSizes:
@@ -306,7 +313,7 @@ def hybrid_sql(store: VectorStore, *, plan: SearchPlan) -> str:
             FROM semantic s FULL OUTER JOIN keyword k ON s.chunk_id = k.chunk_id
         )
         SELECT c.id, c.document_id, d.title, c.heading, c.text,
-               f.score, f.vector_rank, f.text_rank
+               f.score, f.vector_rank, f.text_rank, c.aliases
         FROM fused f
         JOIN kb_chunks c ON c.id = f.chunk_id
         JOIN kb_documents d ON d.id = c.document_id
@@ -354,6 +361,7 @@ def hybrid_search(
             float(r.score),
             r.vector_rank,
             r.text_rank,
+            r.aliases,
         )
         for r in rows
     ]

@@ -1,7 +1,7 @@
 """Offline providers: deterministic, no network, no download.
 
-- ``LocalChatModel`` classifies a turn from the message and the conversation memory with
-  weighted cue phrases, and composes agent replies from the research hits.
+- ``LocalChatModel`` classifies a turn from the message and the conversation memory
+  (``shared/providers/intent.py``), and composes agent replies from the research hits.
 - ``LocalEmbedder`` hashes words, word pairs and character trigrams into 384 dimensions.
 - ``LocalReranker`` scores how much of the question's meaning a passage covers.
 """
@@ -15,252 +15,74 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
-from shared.schemas import Agent, KbLevel, Orchestration, Phase, ResearchHit
-from shared.text import STOPWORDS, content_terms, count_tokens, stem, words
+from shared.providers.intent import classify
+from shared.schemas import Agent, KbLevel, Orchestration, ResearchHit
+from shared.text import STOPWORDS, content_terms, count_tokens, light_stem, stem, words
+from shared.turn.facts import discovery_question, remembered_facts
 
 # --------------------------------------------------------------------------- classifier
-
-
-@dataclass(frozen=True)
-class Intent:
-    name: str
-    phase: Phase
-    agent: Agent
-    cues: tuple[str, ...]
-
-
-# Highest priority first: a message asking for a human is a handoff even if it also
-# mentions an error.
-INTENTS: tuple[Intent, ...] = (
-    Intent(
-        "handoff",
-        Phase.HANDOFF,
-        Agent.ADAPTIVE_RESPONSE,
-        (
-            "human",
-            "real person",
-            "representative",
-            "someone from your team",
-            "call me",
-            "account manager",
-            "sales rep",
-            "talk to someone",
-            "speak to someone",
-            "speak with",
-        ),
-    ),
-    Intent(
-        "content_request",
-        Phase.CONTENT,
-        Agent.CONTENT_GENERATOR,
-        (
-            "write",
-            "draft",
-            "email",
-            "summary",
-            "summarize",
-            "summarise",
-            "one-pager",
-            "proposal",
-            "blog post",
-            "brief",
-            "deck",
-        ),
-    ),
-    Intent(
-        "support_issue",
-        Phase.SUPPORT,
-        Agent.SUPPORT,
-        (
-            "error",
-            "broken",
-            "not working",
-            "stopped",
-            "fails",
-            "failing",
-            "failed",
-            "bug",
-            "problem",
-            "can't",
-            "cannot",
-            "crash",
-            "outage",
-            "locked out",
-            "reset",
-            "troubleshoot",
-            "doesn't work",
-            "isn't working",
-        ),
-    ),
-    Intent(
-        "technical_question",
-        Phase.TECHNICAL_EVALUATION,
-        Agent.TECHNICAL_CONSULTANT,
-        (
-            "api",
-            "webhook",
-            "integrat",
-            "sso",
-            "saml",
-            "security",
-            "encrypt",
-            "deploy",
-            "on-prem",
-            "sdk",
-            "architecture",
-            "latency",
-            "rate limit",
-            "export",
-            "erp",
-            "sap",
-            "rfc",
-            "compliance",
-            "soc 2",
-            "gdpr",
-            "uptime",
-            "sla",
-            "scale",
-            "scaling",
-            "data residency",
-            "self-host",
-            "backup",
-        ),
-    ),
-    Intent(
-        "pricing",
-        Phase.QUALIFICATION,
-        Agent.DISCOVERY,
-        (
-            "price",
-            "pricing",
-            "cost",
-            "plan",
-            "trial",
-            "demo",
-            "licen",
-            "seats",
-            "budget",
-            "quote",
-            "discount",
-            "how much",
-        ),
-    ),
-    Intent(
-        "exploring",
-        Phase.DISCOVERY,
-        Agent.DISCOVERY,
-        (
-            "looking for",
-            "looking at",
-            "evaluating",
-            "interested",
-            "we run",
-            "we are",
-            "our team",
-            "we have",
-            "we use",
-            "compare",
-            "replace",
-            "options",
-            "hello",
-            "hi ",
-        ),
-    ),
-)
-OFF_TOPIC_CUES = ("weather", "joke", "football", "recipe", "movie", "horoscope")
-
-
-def _cue_hits(text: str, cues: Sequence[str]) -> int:
-    padded = f" {text} "
-    return sum(1 for cue in cues if cue in padded)
-
-
-def classify(context: ConversationContext) -> Orchestration:
-    """Phase, intent, proposed agent, confidence and handoff, from message and memory."""
-    text = " ".join(words(context.message))
-    if _cue_hits(text, OFF_TOPIC_CUES):
-        return Orchestration(
-            phase=Phase(context.memory.get("last_phase", Phase.DISCOVERY.value)),
-            intent="off_topic",
-            proposed_agent=Agent.ADAPTIVE_RESPONSE,
-            confidence=0.7,
-            handoff=False,
-        )
-    scored = [(intent, _cue_hits(text, intent.cues)) for intent in INTENTS]
-    matched = [(intent, hits) for intent, hits in scored if hits]
-    if not matched:
-        return _from_memory(context)
-    intent, hits = matched[0]
-    runner_up = max((h for i, h in matched[1:]), default=0)
-    confidence = min(0.95, 0.55 + 0.15 * hits - 0.05 * runner_up)
-    return Orchestration(
-        phase=intent.phase,
-        intent=intent.name,
-        proposed_agent=intent.agent,
-        confidence=round(max(confidence, 0.4), 2),
-        handoff=intent.name == "handoff",
-    )
-
-
-def _from_memory(context: ConversationContext) -> Orchestration:
-    """No cue in the message: continue where the conversation was, with low confidence."""
-    last_agent = context.memory.get("last_agent")
-    if last_agent in {Agent.TECHNICAL_CONSULTANT.value, Agent.SUPPORT.value, Agent.DISCOVERY.value}:
-        return Orchestration(
-            phase=Phase(context.memory.get("last_phase", Phase.DISCOVERY.value)),
-            intent="follow_up",
-            proposed_agent=Agent(last_agent),
-            confidence=0.45,
-        )
-    return Orchestration(
-        phase=Phase.DISCOVERY,
-        intent="unclear",
-        proposed_agent=Agent.ADAPTIVE_RESPONSE,
-        confidence=0.3,
-    )
+# The offline orchestrator lives in shared/providers/intent.py (``classify``).
 
 
 # --------------------------------------------------------------------------- responder
 
 
+# A sentence that leans on the one before it ("It keeps invoices...") reads as a fragment
+# on its own.
+_LEANS_BACK = re.compile(
+    r"^(?:it|its|this|these|that|those|they|their|them|he|she|such|also|then)\b", re.IGNORECASE
+)
+
+
 @functools.lru_cache(maxsize=4096)
 def _sentences_and_terms(passage: str) -> tuple[tuple[str, frozenset[str]], ...]:
-    """A passage's sentences of 20 characters or more, each with its content terms: the
-    same knowledge-base chunks come back for many turns, so each is analysed once."""
+    """A passage's whole sentences (20 characters or more, ending as a sentence ends, not
+    leaning on the one before), each with its content terms: the same knowledge-base chunks
+    come back for many turns, so each is analysed once."""
     found = []
     for sentence in re.split(r"(?<=[.!?])\s+", passage.replace("\n", " ")):
         sentence = sentence.strip(" -*#")
-        if len(sentence) >= 20:
+        if len(sentence) >= 20 and sentence[-1] in ".!?" and not _LEANS_BACK.match(sentence):
             found.append((sentence, frozenset(content_terms(sentence))))
     return tuple(found)
 
 
-def _best_sentences(hits: Sequence[ResearchHit], question: str, limit: int) -> list[str]:
+def _body(hit: ResearchHit) -> str:
+    """The hit's text without the heading path it starts with ("Security > Encryption: ")."""
+    head, sep, rest = hit.text.partition(": ")
+    return rest if sep and head.startswith(hit.title) and "\n" not in head else hit.text
+
+
+def _best_sentences(
+    hits: Sequence[ResearchHit], question: str, limit: int
+) -> list[tuple[str, str]]:
+    """The sentences of the top hits that share most with the question, each with its
+    document's title; a sentence that shares nothing with it is used only when none does."""
     wanted = set(content_terms(question))
-    sentences: list[tuple[float, int, str]] = []
+    sentences: list[tuple[float, int, str, str]] = []
     for rank, hit in enumerate(hits[:3]):
-        for sentence, terms in _sentences_and_terms(hit.text):
+        for sentence, terms in _sentences_and_terms(_body(hit)):
             overlap = len(wanted & terms)
-            sentences.append((overlap - 0.1 * rank, -len(sentences), sentence))
+            sentences.append((overlap - 0.1 * rank, -len(sentences), sentence, hit.title))
     sentences.sort(reverse=True)
-    return [s for _, _, s in sentences[:limit]]
+    relevant = [(s, title) for score, _, s, title in sentences if score > 0]
+    return (relevant or [(s, title) for _, _, s, title in sentences[:1]])[:limit]
 
 
 def compose_reply(request: ReplyRequest) -> str:
     """The offline agents: a reply in each agent's manner, grounded in the hits."""
     ctx, hits = request.context, request.hits
-    facts = _best_sentences(hits, ctx.message, 3)
-    sources = ", ".join(dict.fromkeys(h.title for h in hits[:2]))
+    used = _best_sentences(hits, ctx.message, 3)
+    facts = [sentence for sentence, _ in used]
+    titles = ", ".join(dict.fromkeys(title for _, title in used[:2]))
+    sources = f" (Source: {titles}.)" if titles else ""
     agent = request.agent
     if agent is Agent.DISCOVERY:
         lead = " ".join(facts[:2]) or "Happy to help you find the right fit."
-        return (
-            f"{lead} To point you at the right setup: how many sites and people would use "
-            f"it, and what are you using today?"
-        )
+        known = remembered_facts(ctx.memory, ctx.message)  # never ask what was said
+        return f"{lead} {discovery_question(known)}"
     if agent is Agent.SUPPORT:
         steps = "\n".join(f"{i}. {fact}" for i, fact in enumerate(facts, 1))
         tail = (
@@ -272,11 +94,11 @@ def compose_reply(request: ReplyRequest) -> str:
         )
         return (
             f"Sorry about the trouble. Here is what usually fixes it:\n{steps}\n"
-            f"(Source: {sources}.){tail}"
+            f"{sources.strip()}{tail}"
         )
     if agent is Agent.TECHNICAL_CONSULTANT:
         body = " ".join(facts) or "Let me check the details with our engineers."
-        return f"{body} (Source: {sources}.) Want me to go deeper on any part of that?"
+        return f"{body}{sources} Want me to go deeper on any part of that?"
     if agent is Agent.CONTENT_GENERATOR:
         topics = ", ".join(ctx.memory.get("topics", [])[-4:]) or "your evaluation"
         bullet_lines = "\n".join(f"- {fact}" for fact in facts[:3])
@@ -292,6 +114,12 @@ def compose_reply(request: ReplyRequest) -> str:
         )
     if "off_topic" in request.routing_reason:
         return "I can only help with questions about our product, but I am happy to do that."
+    if request.kb_information_level is not KbLevel.MISSING and facts:
+        # the knowledge base does say something: never claim it has nothing
+        return (
+            f"Here is what our documentation says: {' '.join(facts[:2])} Could you tell me a "
+            "little more about what you need, so I can point you to the right answer?"
+        )
     return (
         "I do not have documented information on that, and I would rather not guess. "
         "I have noted your question and a specialist will follow up with a confirmed "
@@ -338,11 +166,13 @@ def _term_features(term: str) -> tuple[str, tuple[str, ...]]:
     return f"w:{term}", tuple(f"c:{padded[i : i + 3]}" for i in range(len(padded) - 2))
 
 
-_cached_stem = functools.lru_cache(maxsize=1 << 16)(stem)
+# The embedder's own stemmer: vectors stored for local-hash-384 were computed with it.
+_cached_stem = functools.lru_cache(maxsize=1 << 16)(light_stem)
 
 
 def _embedding_terms(text: str) -> list[str]:
-    """content_terms(text), with the stems of a vocabulary that repeats remembered."""
+    """The text's content words, light-stemmed, with the stems of a vocabulary that
+    repeats remembered."""
     return [_cached_stem(w) for w in words(text) if w not in STOPWORDS and len(w) > 1]
 
 
@@ -398,16 +228,19 @@ QUESTION_SCAFFOLDING = frozenset(_SCAFFOLDING_TEXT.split())
 
 @functools.lru_cache(maxsize=1 << 16)
 def _match_form(word: str) -> str:
-    """The stem, made a little more forgiving: "user's" ~ "users", "takes" ~ "take"."""
-    word = word.removesuffix("'s")
-    stemmed = stem(word)
-    return stemmed[:-1] if stemmed.endswith("e") and len(stemmed) > 3 else stemmed
+    """The Snowball stem, possessive dropped: "user's" ~ "users", "encrypted" ~ "encryption"."""
+    return stem(word.removesuffix("'s"))
 
 
 def _rerank_terms(text: str, *, question: bool) -> list[str]:
+    """Content terms in order; a hyphenated word counts as its parts ("sign-on" is "sign"),
+    so a passage that writes "sign-on" meets a question that writes "sign on"."""
     skip = QUESTION_SCAFFOLDING if question else frozenset()
     return [
-        _match_form(w) for w in words(text) if w not in STOPWORDS and w not in skip and len(w) > 1
+        _match_form(part)
+        for w in words(text)
+        for part in w.split("-")
+        if part not in STOPWORDS and part not in skip and len(part) > 1
     ]
 
 

@@ -18,7 +18,7 @@ from shared.config import get_settings
 from shared.db.models import Turn
 from shared.errors import ChordlineError
 from shared.providers.base import ConversationContext, Usage
-from shared.providers.local import classify
+from shared.providers.intent import classify
 from shared.providers.registry import get_providers
 from shared.schemas import (
     KbLevel,

@@ -26,7 +26,7 @@ from shared.db.tenants import require_tenant
 from shared.demo import SCRIPT
 from shared.errors import InvalidInput
 from shared.providers.base import ConversationContext, Usage
-from shared.providers.local import classify
+from shared.providers.intent import classify
 from shared.schemas import Orchestration, Research, RoutingDecision, TurnStatus
 from shared.turn.researcher import research_question
 from shared.turn.routing import route_turn

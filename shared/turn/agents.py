@@ -16,9 +16,11 @@ from shared.db.spans import SpanRecord
 from shared.db.turns import Completion, TurnRecord, complete_turn
 from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import ReplyRequest, Usage
+from shared.providers.intent import furthest_phase
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, AgentReply, KbLevel, Research, Stage, TurnStatus
 from shared.streaming import ReplyStream, announce_end
+from shared.turn.facts import remembered_facts
 from shared.turn.researcher import run_researcher, stored_research
 from shared.turn.stage import (
     StageInputs,
@@ -74,7 +76,7 @@ def updated_memory(
         if hit.title not in topics:
             topics.append(hit.title)
     turns = memory.get("turns", 0)
-    return {
+    updated = {
         **memory,
         "turns": (turns if isinstance(turns, int) else 0) + 1,
         "last_agent": agent.value,
@@ -82,6 +84,17 @@ def updated_memory(
         "last_intent": turn.intent,
         "topics": topics[-8:],
     }
+    if furthest := furthest_phase(memory, turn.phase):
+        updated["furthest_phase"] = furthest
+    if facts := remembered_facts(memory, turn.message):
+        updated["facts"] = facts
+    return updated
+
+
+def memory_fields_written(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    """The conversation memory's fields a turn changed, as the trace lists them
+    (``memory.facts``, ``memory.furthest_phase``...)."""
+    return [f"memory.{key}" for key in sorted(after) if before.get(key) != after[key]]
 
 
 def _generate(
@@ -169,8 +182,14 @@ def _commit_reply(
         "completed_at": time.time(),
         "status": TurnStatus.COMPLETED.value,
     }
+    before = inputs.context.memory
+    memory = updated_memory(before, turn, agent, research)
+    qualification = next_qualification(inputs.context.qualification_status, turn.phase)
     finished = finish_span(
-        span, usage=usage, fields=sorted(values), outcome="fallback" if reply.fallback else "ok"
+        span,
+        usage=usage,
+        fields=sorted(values) + memory_fields_written(before, memory),
+        outcome="fallback" if reply.fallback else "ok",
     )
     with direct_connection() as conn:
         return complete_turn(
@@ -180,9 +199,7 @@ def _commit_reply(
             values=values,
             span=finished,
             usage=usage.as_dict(),
-            memory=updated_memory(inputs.context.memory, turn, agent, research),
-            qualification_status=next_qualification(
-                inputs.context.qualification_status, turn.phase
-            ),
+            memory=memory,
+            qualification_status=qualification,
             stage_deadline_s=get_settings().turn.stage_deadline_s,
         )

@@ -95,7 +95,16 @@ def test_the_help_lists_what_a_person_does_first_and_wraps_at_80_columns() -> No
     assert list(listed)[1:] == ["Start here", "Look into turns", "Operate", "Benchmarks"]
     assert listed["Benchmarks"] == ["bench", "bench-recovery"]
     assert set(commands) >= {"trace", "critical-path", "rescore", "usage", "doctor", "migrate"}
-    for args in ([], ["turn"], ["tenant"], ["kb"], ["rescore"], ["trace"], ["up"]):
+    for args in (
+        [],
+        ["turn"],
+        ["tenant"],
+        ["kb"],
+        ["conversation"],
+        ["rescore"],
+        ["trace"],
+        ["up"],
+    ):
         shown = chordline(*args, "--help")
         assert shown.returncode == 0, shown.stderr
         assert all(len(line) <= 80 for line in shown.stdout.splitlines())

@@ -66,7 +66,10 @@ def test_tenant_set_with_a_bad_value_names_the_setting_and_writes_nothing(
 
     ok = chordline("tenant", "set", tenant, "thresholds.accurate=0.8")
     assert ok.returncode == 0, ok.stderr
-    assert stored_settings(tenant) == {**(before or {}), "thresholds": {"accurate": 0.8}}
+    assert stored_settings(tenant) == {
+        **(before or {}),
+        "thresholds": {"accurate": 0.8, "pinned": True},  # set by hand: pinned
+    }
 
 
 @pytest.mark.integration

@@ -1,0 +1,155 @@
+"""Facts about the customer, kept in the conversation's memory so nobody asks twice.
+
+The agent stage reads them from each message with patterns (offline, no model call) and
+merges them into ``memory["facts"]``, the conversation's qualification record: the company,
+how many sites and how many people, the tool in use today, what they need, the budget, the
+timeline and who decides. A later message that states a fact again replaces it (who decides
+and what they need accumulate). The discovery agent asks only for what is not known yet.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+NUMBER_WORDS = {
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "twelve": 12,
+    "fifteen": 15,
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "hundred": 100,
+    "a dozen": 12,
+}
+_NUMBER = r"(\d[\d,]*|" + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True)) + r")"
+SITES = re.compile(
+    rf"\b{_NUMBER}\s+(?:\w+\s+)?(sites?|warehouses?|locations?|offices?|buildings?|stores?|"
+    r"branches|branch|clinics?|plants?|depots?|campuses)\b",
+    re.IGNORECASE,
+)
+PEOPLE = re.compile(
+    rf"\b{_NUMBER}\s+(?:\w+\s+)?(people|employees|users|staff|seats|agents|members|"
+    r"colleagues|workers|pickers|drivers|technicians)\b",
+    re.IGNORECASE,
+)
+CURRENT_TOOL = re.compile(
+    r"\b(?:(?:we|and)(?:'re| are)? (?:currently |still )?(?:use|using|on|run(?:ning)? on)|"
+    r"(?:currently|today) (?:we )?(?:use|using|on)|replace our|replacing our|switch(?:ing)? "
+    r"from|move away from|moving away from|migrat(?:e|ing) from)\s+"
+    r"((?:[A-Za-z0-9][\w.&/-]*)(?:\s+(?!(?:and|but|to|for|with|today|now|currently|at|in|"
+    r"which|that|so|because)\b)[A-Za-z0-9][\w.&/-]*){0,2})",
+    re.IGNORECASE,
+)
+BUDGET = re.compile(
+    r"\b(?:budget (?:is |of |around |about )?|up to |spend )"
+    r"((?:[$€£]\s?)?\d[\d,.]*\s?(?:k|m|usd|eur|gbp|dollars|euros)?(?:\s?(?:a|per) "
+    r"(?:year|month))?)",
+    re.IGNORECASE,
+)
+TIMELINE = re.compile(
+    r"\b((?:by|before|within|in) (?:the )?(?:end of )?(?:q[1-4]|next (?:week|month|quarter|"
+    r"year)|\d+ (?:weeks?|months?)|january|february|march|april|may|june|july|august|"
+    r"september|october|november|december|this (?:month|quarter|year)))\b",
+    re.IGNORECASE,
+)
+
+
+COMPANY = re.compile(
+    r"\b(?i:I'm|I am|we're|we are|this is \w+)\s+(?:[a-z]+\s+){0,3}(?i:at|from|with)\s+"
+    r"([A-Z][\w&.-]*(?:\s+[A-Z][\w&.-]*){0,2})"
+    r"|\b(?i:at)\s+([A-Z][\w&.-]*(?:\s+[A-Z][\w&.-]*){0,2}),?\s+(?i:we)\b"
+)
+DECIDERS = re.compile(
+    r"\b(?:our|my|the)\s+(CFO|CTO|CEO|COO|CIO|CISO|IT team|finance team|procurement|board|"
+    r"(?:IT |operations |finance )?manager|(?:IT |operations |finance )?director|"
+    r"head of [a-z]+)\b",
+    re.IGNORECASE,
+)
+NEEDS = re.compile(
+    r"\b(?:we need|we want|we must have|we are looking for|we're looking for|looking for)\s+"
+    r"(?!(?:it|them|this|that|you|to know)\b)"  # "we want it live by Q3" is a timeline
+    r"((?:[\w'-]+\s*){1,6}?)(?=[,.;!?]|\s+(?:and|but|so|because|that)\b|$)",
+    re.IGNORECASE,
+)
+
+
+def _count(raw: str) -> int | None:
+    word = raw.lower()
+    if word in NUMBER_WORDS:
+        return NUMBER_WORDS[word]
+    digits = word.replace(",", "")
+    return int(digits) if digits.isdigit() else None
+
+
+def facts_in(message: str) -> dict[str, Any]:
+    """The facts a message states about the customer."""
+    facts: dict[str, Any] = {}
+    if (sites := SITES.search(message)) and (count := _count(sites.group(1))) is not None:
+        facts["sites"] = count
+    if (people := PEOPLE.search(message)) and (count := _count(people.group(1))) is not None:
+        facts["people"] = count
+    if tool := CURRENT_TOOL.search(message):
+        facts["current_tool"] = tool.group(1).strip(" .,;:!?")
+    if budget := BUDGET.search(message):
+        facts["budget"] = budget.group(1).strip()
+    if timeline := TIMELINE.search(message):
+        facts["timeline"] = timeline.group(1).strip()
+    if company := COMPANY.search(message):
+        facts["company"] = (company.group(1) or company.group(2)).strip(" .,")
+    if deciders := DECIDERS.findall(message):
+        facts["decision_makers"] = list(dict.fromkeys(d.strip() for d in deciders))
+    if needs := NEEDS.findall(message):
+        facts["needs"] = list(dict.fromkeys(n.strip() for n in needs))
+    return facts
+
+
+ACCUMULATING = ("decision_makers", "needs")
+
+
+def remembered_facts(memory: dict[str, Any], message: str) -> dict[str, Any]:
+    """The facts memory holds, with those of this message merged in."""
+    earlier = memory.get("facts")
+    known = dict(earlier) if isinstance(earlier, dict) else {}
+    new = facts_in(message)
+    for key in ACCUMULATING:
+        if key in new and isinstance(known.get(key), list):
+            new[key] = list(dict.fromkeys([*known[key], *new[key]]))
+    return {**known, **new}
+
+
+# What discovery asks for, in order, and how.
+QUESTIONS = (
+    (("sites", "people"), "how many sites and people would use it"),
+    (("sites",), "how many sites would use it"),
+    (("people",), "how many people would use it"),
+    (("current_tool",), "what are you using today"),
+    (("timeline",), "when would you like to have it running"),
+    (("budget",), "what budget do you have in mind"),
+    (("decision_makers",), "who else will weigh in on the decision"),
+)
+
+
+def discovery_question(facts: dict[str, Any]) -> str:
+    """The next one or two things to ask, without any the customer already said."""
+    wanted: list[str] = []
+    asked: set[str] = set()
+    for keys, question in QUESTIONS:
+        if all(k not in facts and k not in asked for k in keys):
+            wanted.append(question)
+            asked.update(keys)
+        if len(wanted) == 2:
+            break
+    if not wanted:
+        return "Shall I set up a trial with that in mind?"
+    return f"To point you at the right setup: {' and '.join(wanted)}?"

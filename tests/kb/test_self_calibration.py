@@ -1,0 +1,129 @@
+"""Tenants calibrate themselves: after `kb ingest` changes their documents, and on `kb
+calibrate --tenant T`, from questions derived from their own chunks and contrasting
+material; thresholds set by hand are pinned."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from shared.db.session import session_scope
+from shared.db.tenants import tenant_settings
+from shared.errors import InvalidInput
+from shared.kb.selfcalibration import (
+    TenantText,
+    derive_questions,
+    stored_calibration,
+)
+from shared.schemas import KbLevel
+from shared.text import stem, words
+from tests.conftest import new_tenant
+from tests.kb.conftest import chordline
+
+OWN_KB = Path(__file__).resolve().parents[1] / "data" / "own_kb"
+CALIBRATED = re.compile(r"thresholds calibrated: accurate ([0-9.]+), partial ([0-9.]+) \(")
+
+
+def _kb() -> TenantText:
+    return TenantText.of([p.read_text() for p in sorted(OWN_KB.glob("*.md"))] * 2)
+
+
+def test_derived_questions_come_from_the_documents_and_from_outside_them() -> None:
+    kb = _kb()
+    derived = derive_questions(kb)
+    assert {q.level for q in derived} == set(KbLevel)
+    assert derived == derive_questions(_kb())  # the same documents, the same questions
+    for q in derived:
+        outside = {stem(w) for w in words(q.question)} - kb.vocabulary - {"work", "doe"}
+        if q.level is KbLevel.ACCURATE:  # every word of an answered question is the docs'
+            assert not outside - {"how"}, q.question
+        else:  # a half-answered or unanswered one asks about something they never mention
+            assert outside, q.question
+
+
+def test_too_small_a_knowledge_base_is_named_not_calibrated() -> None:
+    with pytest.raises(InvalidInput, match=r"^knowledge base: .*holds 1 chunk"):
+        derive_questions(TenantText.of(["# One\n\nOne short chunk."]))
+
+
+def _thresholds(tenant: str) -> tuple[float, float, bool]:
+    with session_scope() as session:
+        t = tenant_settings(session, tenant).thresholds
+    return t.accurate, t.partial, t.pinned
+
+
+@pytest.mark.integration
+def test_an_ingest_that_changes_the_documents_sets_the_tenants_thresholds(services: None) -> None:
+    tenant = new_tenant(with_demo_kb=False)
+    before = _thresholds(tenant)
+    result = chordline("kb", "ingest", str(OWN_KB), "--tenant", tenant, "--mode", "inline")
+    assert result.returncode == 0, result.stderr
+    found = CALIBRATED.search(result.stdout)
+    assert found, result.stdout
+    accurate, partial = float(found.group(1)), float(found.group(2))
+    assert _thresholds(tenant) == (accurate, partial, False) != before
+    with session_scope() as session:
+        report = stored_calibration(session, tenant)
+    assert report is not None and report["thresholds"] == {
+        "accurate": accurate,
+        "partial": partial,
+    }
+    assert sum(report["questions"].values()) >= 40
+
+    again = chordline("kb", "ingest", str(OWN_KB), "--tenant", tenant, "--mode", "inline")
+    assert "calibrated" not in again.stdout  # nothing changed, nothing recalibrated
+
+    as_json = chordline("kb", "calibrate", "--tenant", tenant, "--json")
+    assert json.loads(as_json.stdout)["thresholds"] == {"accurate": accurate, "partial": partial}
+
+    other = new_tenant(with_demo_kb=False)  # the same documents in another tenant
+    chordline("kb", "ingest", str(OWN_KB), "--tenant", other, "--mode", "inline")
+    assert _thresholds(other) == (accurate, partial, False)
+
+
+@pytest.mark.integration
+def test_thresholds_set_by_hand_are_pinned_until_unpinned(services: None) -> None:
+    tenant = new_tenant(with_demo_kb=False)
+    chordline("kb", "ingest", str(OWN_KB), "--tenant", tenant, "--mode", "inline")
+    calibrated = _thresholds(tenant)
+    pinned = chordline("tenant", "set", tenant, "thresholds.accurate=0.9", "thresholds.partial=0.2")
+    assert pinned.returncode == 0, pinned.stderr
+    result = chordline("kb", "calibrate", "--tenant", tenant)
+    assert result.returncode == 0, result.stderr
+    assert "thresholds pinned at accurate 0.9, partial 0.2" in result.stdout
+    assert _thresholds(tenant) == (0.9, 0.2, True)
+
+    chordline("tenant", "set", tenant, "thresholds.pinned=false")
+    result = chordline("kb", "calibrate", "--tenant", tenant)
+    assert "thresholds calibrated" in result.stdout
+    assert _thresholds(tenant) == calibrated
+
+
+@pytest.mark.integration
+def test_calibrate_gives_chunks_stored_before_their_acronym_aliases(services: None) -> None:
+    from sqlalchemy import text
+
+    tenant = new_tenant(with_demo_kb=False)
+    chordline("kb", "ingest", str(OWN_KB), "--tenant", tenant, "--mode", "inline")
+
+    def aliases() -> list[str]:
+        with session_scope() as session:
+            return list(
+                session.execute(
+                    text("SELECT aliases FROM kb_chunks WHERE tenant_id = :t ORDER BY id"),
+                    {"t": tenant},
+                ).scalars()
+            )
+
+    stored = aliases()
+    assert "SSO" in stored and "single sign on" in stored
+    with session_scope() as session:  # as chunks stored before the aliases existed
+        session.execute(
+            text("UPDATE kb_chunks SET aliases = '' WHERE tenant_id = :t"), {"t": tenant}
+        )
+    result = chordline("kb", "calibrate", "--tenant", tenant)
+    assert result.returncode == 0, result.stderr
+    assert aliases() == stored

@@ -1,0 +1,213 @@
+"""The offline orchestrator reads intent without exact keywords, gives a confidence that
+follows the evidence, moves the phase forward, and memory keeps facts about the customer."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from shared.db.turns import TurnRecord
+from shared.providers.base import ConversationContext, ReplyRequest
+from shared.providers.intent import classify, confidence_for
+from shared.providers.local import compose_reply
+from shared.schemas import Agent, KbLevel, Phase, ResearchHit
+from shared.turn.agents import updated_memory
+from shared.turn.facts import facts_in
+
+
+def ctx(message: str, memory: dict[str, Any] | None = None) -> ConversationContext:
+    return ConversationContext(
+        tenant_id="t", message=message, qualification_status="unknown", memory=memory or {}
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Since this morning the app keeps showing Sync pending and check-ins are not uploading",
+        "When I tap the check-in button nothing happens.",
+        "Nobody on the night shift got a reminder this week.",
+        "The dashboard has been stuck on loading since yesterday.",
+        "Our invoices no longer show up in the accounting system.",
+    ],
+)
+def test_a_described_problem_is_a_support_turn(message: str) -> None:
+    result = classify(ctx(message))
+    assert result.proposed_agent is Agent.SUPPORT, result
+    assert result.confidence >= 0.5  # the merge keeps it (above 0.35)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "How long do you keep booking history?",
+        "What happens to a booking when nobody checks in?",
+        "Does it integrate with Xero?",
+    ],
+)
+def test_a_question_that_mentions_no_problem_is_not_a_support_turn(message: str) -> None:
+    assert classify(ctx(message)).proposed_agent is not Agent.SUPPORT
+
+
+def test_a_product_question_without_a_cue_goes_to_the_technical_consultant() -> None:
+    result = classify(ctx("How quickly does a booking show up on the map?"))
+    assert (result.proposed_agent, result.intent) == (
+        Agent.TECHNICAL_CONSULTANT,
+        "product_question",
+    )
+    assert 0.35 < result.confidence < 0.6
+
+
+def test_confidence_follows_the_evidence() -> None:
+    assert confidence_for(0, 0) < 0.35  # nothing to go on: ask
+    assert confidence_for(1, 1) == 0.35  # a tie decides nothing
+    assert confidence_for(1, 0) < confidence_for(2, 0) < confidence_for(3, 0) <= 0.95
+    assert confidence_for(2, 1) < confidence_for(2, 0)
+    pure = classify(ctx("Do you have a REST API, webhooks and an SDK?")).confidence
+    mixed = classify(ctx("Do you have a REST API, and what does the plan cost?")).confidence
+    assert mixed < pure
+
+
+def test_the_phase_moves_forward_unless_the_customer_goes_back() -> None:
+    evaluating = {"last_phase": "technical_evaluation", "furthest_phase": "technical_evaluation"}
+    pricing = classify(ctx("How much does the Growth plan cost?", evaluating))
+    assert pricing.proposed_agent is Agent.DISCOVERY
+    assert pricing.phase is Phase.TECHNICAL_EVALUATION  # not back to qualification
+    back = classify(ctx("Let's go back to pricing: how much is the Growth plan?", evaluating))
+    assert back.phase is Phase.QUALIFICATION
+    after_support = {"last_phase": "support", "furthest_phase": "technical_evaluation"}
+    assert classify(ctx("Do you have webhooks?", after_support)).phase is (
+        Phase.TECHNICAL_EVALUATION
+    )
+    after_adaptive = {"last_phase": "qualification", "last_agent": "adaptive_response"}
+    assert classify(ctx("hmm ok", after_adaptive)).phase is Phase.QUALIFICATION
+
+
+def test_facts_about_the_customer_are_read_from_what_they_say() -> None:
+    assert facts_in("We run three warehouses with 40 people and we use spreadsheets today.") == {
+        "sites": 3,
+        "people": 40,
+        "current_tool": "spreadsheets",
+    }
+    assert facts_in("Our budget is $20k a year and we want it live by Q3.") == {
+        "budget": "$20k a year",
+        "timeline": "by Q3",
+    }
+
+
+def _turn(message: str, phase: str) -> TurnRecord:
+    return cast(TurnRecord, SimpleNamespace(message=message, phase=phase, intent="x"))
+
+
+def test_discovery_never_asks_for_a_fact_memory_holds() -> None:
+    memory = updated_memory(
+        {},
+        _turn("Hi, we run three warehouses with 40 people and use spreadsheets.", "discovery"),
+        Agent.DISCOVERY,
+        None,
+    )
+    assert memory["facts"] == {"sites": 3, "people": 40, "current_tool": "spreadsheets"}
+    assert memory["furthest_phase"] == "discovery"
+    reply = compose_reply(
+        ReplyRequest(
+            agent=Agent.DISCOVERY,
+            context=ctx("How much does the Growth plan cost?", memory),
+            hits=[],
+            kb_information_level=KbLevel.ACCURATE,
+            routing_reason="discovery as proposed",
+            model="local",
+        )
+    ).lower()
+    assert "how many" not in reply and "using today" not in reply
+    assert "when would you like" in reply  # it asks for what it does not know yet
+
+
+@pytest.mark.parametrize("level", [KbLevel.PARTIAL, KbLevel.ACCURATE])
+def test_adaptive_response_never_says_the_knowledge_base_has_nothing_when_it_has(
+    level: KbLevel,
+) -> None:
+    hit = ResearchHit(
+        chunk_id=1,
+        document_id="d",
+        title="Troubleshooting",
+        text="Sync pending: check-ins wait on the phone until the connection is back.",
+        score=0.5,
+    )
+    request = ReplyRequest(
+        agent=Agent.ADAPTIVE_RESPONSE,
+        context=ctx("The app shows Sync pending"),
+        hits=[hit],
+        kb_information_level=level,
+        routing_reason="orchestrator confidence 0.30 below 0.35: adaptive_response asks",
+        model="local",
+    )
+    reply = compose_reply(request)
+    assert "do not have documented information" not in reply
+    assert "check-ins wait on the phone" in reply
+    missing = compose_reply(
+        ReplyRequest(**{**request.__dict__, "kb_information_level": KbLevel.MISSING})
+    )
+    assert "do not have documented information" in missing
+
+
+def _hit(title: str, text: str) -> ResearchHit:
+    return ResearchHit(chunk_id=1, document_id="d", title=title, text=text, score=0.9)
+
+
+def test_offline_replies_read_as_sentences_from_the_documents() -> None:
+    hits = [
+        _hit(
+            "Security",
+            "Security > Encryption: We use AES-256 encryption for data at rest and TLS 1.3 in "
+            "transit. It also covers backups, which are taken every night.",
+        ),
+        _hit(
+            "Integrations", "Integrations > Accounting: Tallyway connects to Xero and QuickBooks."
+        ),
+    ]
+    reply = compose_reply(
+        ReplyRequest(
+            agent=Agent.TECHNICAL_CONSULTANT,
+            context=ctx("Is my data encrypted at rest?"),
+            hits=hits,
+            kb_information_level=KbLevel.ACCURATE,
+            routing_reason="technical_consultant as proposed",
+            model="local",
+        )
+    )
+    assert reply.startswith("We use AES-256 encryption for data at rest")  # no breadcrumb
+    assert " > " not in reply and "It also covers" not in reply  # no fragment leaning back
+    assert "Xero" not in reply  # nothing that has no bearing on the question
+    assert "(Source: Security.)" in reply
+
+
+def test_the_qualification_record_holds_company_needs_and_who_decides() -> None:
+    memory = updated_memory(
+        {},
+        _turn(
+            "Hi, I am the ops lead at Brightwater Logistics and we need barcode scanning "
+            "for returns.",
+            "discovery",
+        ),
+        Agent.DISCOVERY,
+        None,
+    )
+    memory = updated_memory(
+        memory,
+        _turn("We run 12 stores; our CFO and the IT team will decide by Q3.", "qualification"),
+        Agent.DISCOVERY,
+        None,
+    )
+    assert memory["facts"] == {
+        "company": "Brightwater Logistics",
+        "needs": ["barcode scanning for returns"],
+        "sites": 12,
+        "decision_makers": ["CFO", "IT team"],
+        "timeline": "by Q3",
+    }
+    more = updated_memory(
+        memory, _turn("Our finance director signs off too.", "qualification"), Agent.DISCOVERY, None
+    )
+    assert more["facts"]["decision_makers"] == ["CFO", "IT team", "finance director"]
