@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+from shared.admission import end_in_redis, let_go
 from shared.config import get_settings
 from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
@@ -86,13 +87,17 @@ def updated_memory(
 
 def _generate(
     *, turn: TurnRecord, request: ReplyRequest, stream: ReplyStream, usage: Usage, deadline: float
-) -> AgentReply:
+) -> AgentReply | None:
+    """The reply, streamed; None when the turn was cancelled meanwhile (the agent stops at
+    the batch of tokens after the cancellation, and commits nothing)."""
     tokens: list[str] = []
     try:
         ensure_budget_left(deadline, Stage.AGENT)
         for token in get_providers().chat.stream_reply(
             request=request, usage=usage, deadline=deadline
         ):
+            if stream.cancelled:
+                return None
             stream.token(token)
             tokens.append(token)
         return AgentReply(text="".join(tokens))
@@ -131,10 +136,16 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
     reply = _generate(
         turn=turn,
         request=request,
-        stream=ReplyStream(turn_id),
+        stream=ReplyStream(turn_id, watch_cancel=inputs.settings.in_flight_policy == "interrupt"),
         usage=usage,
         deadline=inputs.deadline,
     )
+    if reply is None:
+        log.info(
+            "agent stopped: turn cancelled",
+            extra={"action": "agent_cancelled", "turn_id": turn_id, "tenant_id": turn.tenant_id},
+        )
+        return Completion(ended=False, next_turn=None)
     completion = _commit_reply(
         inputs=inputs,
         agent=agent,
@@ -144,7 +155,14 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
         span=span,
     )
     if completion.ended:  # otherwise whoever ended the turn first announced it
-        announce_end(turn_id, TurnStatus.COMPLETED.value)
+        released = end_in_redis(
+            turn_id,
+            TurnStatus.COMPLETED.value,
+            tenant=turn.tenant_id,
+            policy=inputs.settings.admission,
+        )
+        if released is not None and (released.promoted or released.wait_s):
+            let_go(turn.tenant_id, released)
     return completion
 
 

@@ -7,7 +7,7 @@ import time
 
 from shared.config import get_settings
 from shared.db.direct import direct_connection
-from shared.db.turns import TurnRecord
+from shared.db.turns import TurnRecord, stage_message
 from shared.errors import ChordlineError
 from shared.kb.levels import level_for
 from shared.kb.search import hybrid_search
@@ -93,7 +93,10 @@ def _gate_skips(turn: TurnRecord, settings: TenantSettings) -> bool:
         return False
     cheap = classify(
         ConversationContext(
-            tenant_id=turn.tenant_id, message=turn.message, qualification_status="", memory={}
+            tenant_id=turn.tenant_id,
+            message=stage_message(turn),
+            qualification_status="",
+            memory={},
         )
     )
     return cheap.intent in GATE_SKIPS
@@ -120,7 +123,7 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
             with operation():  # retrieval is one operation for the latency it is given
                 result = research_question(
                     tenant_id=turn.tenant_id,
-                    question=turn.message,
+                    question=stage_message(turn),
                     settings=settings,
                     usage=usage,
                     deadline=deadline,
