@@ -48,7 +48,7 @@ from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.procfile import TURN_PROCESSES, ProcessGroup, running_workers
 from shared.providers.registry import get_providers
-from shared.schemas import Topology
+from shared.schemas import TERMINAL_STATUSES, Topology
 from shared.stats import percentiles
 
 QUESTIONS = (
@@ -163,7 +163,7 @@ def wait_until_ended(turn_ids: list[str], timeout_s: float) -> None:
         with session_scope() as session:
             open_turns = session.scalar(
                 select(Turn.id)
-                .where(Turn.id.in_(ids), Turn.status.notin_(["completed", "failed"]))
+                .where(Turn.id.in_(ids), Turn.status.notin_([s.value for s in TERMINAL_STATUSES]))
                 .limit(1)
             )
         if open_turns is None:
@@ -339,7 +339,7 @@ def segments(offsets: list[float], rounds: int) -> list[list[float]]:
     return [[o - i * span / rounds for o in part] for i, part in enumerate(parts)]
 
 
-def _log_dir() -> Any:
+def bench_log_dir() -> Any:
     return get_settings().data_dir / "logs" / "bench"
 
 
@@ -367,7 +367,7 @@ def run_bench(
     tag = uuid.uuid4().hex[:8]
     with contextlib.ExitStack() as stack:
         chordline = stack.enter_context(
-            running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV, log_dir=_log_dir())
+            running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV, log_dir=bench_log_dir())
         )
         systems = _chordline_systems(chordline, tag, topologies)
         if baseline:
@@ -377,7 +377,7 @@ def run_bench(
                     list(commands),
                     commands=commands,
                     env_overrides=SIMULATED_ENV,
-                    log_dir=_log_dir(),
+                    log_dir=bench_log_dir(),
                 )
             )
             systems.insert(0, _baseline_system(bare))
