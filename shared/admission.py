@@ -419,6 +419,24 @@ def let_go(tenant: str, released: Released | None) -> list[str]:
     return published
 
 
+def let_go_safely(tenant: str, released: Released | None) -> None:
+    """``let_go`` after a turn has ended: a failure here must not fail (and retry) the task
+    that ended it; the relay lets the held turns go within seconds."""
+    if released is None or not (released.promoted or released.wait_s):
+        return
+    try:
+        let_go(tenant, released)
+    except Exception as exc:
+        log.warning(
+            "held turns not let go; the relay will",
+            extra={
+                "action": "held_release_failed",
+                "tenant_id": tenant,
+                "reason": type(exc).__name__,
+            },
+        )
+
+
 _timers: dict[str, threading.Timer] = {}
 _timers_lock = threading.Lock()
 

@@ -22,7 +22,7 @@ from shared.admission import (
     admit,
     end_in_redis,
     forget,
-    let_go,
+    let_go_safely,
     limited,
     schedule_release,
 )
@@ -211,18 +211,7 @@ def _end_interrupted(interrupted: Interruption, *, by: str, policy: Admission) -
         policy=policy,
         cancel_reason=reason,
     )
-    if released is not None and (released.promoted or released.wait_s):
-        try:
-            let_go(interrupted.tenant_id, released)
-        except Exception as exc:  # the relay lets them go
-            log.warning(
-                "held turns not let go",
-                extra={
-                    "action": "held_release_failed",
-                    "tenant_id": interrupted.tenant_id,
-                    "reason": type(exc).__name__,
-                },
-            )
+    let_go_safely(interrupted.tenant_id, released)
 
 
 def interrupt_reason(turn_id: str) -> str:

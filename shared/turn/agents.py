@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from shared.admission import end_in_redis, let_go
+from shared.admission import end_in_redis, let_go_safely
 from shared.config import get_settings
 from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
@@ -161,8 +161,7 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
             tenant=turn.tenant_id,
             policy=inputs.settings.admission,
         )
-        if released is not None and (released.promoted or released.wait_s):
-            let_go(turn.tenant_id, released)
+        let_go_safely(turn.tenant_id, released)
     return completion
 
 

@@ -15,7 +15,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from shared.admission import drop_ended_from_in_flight, end_in_redis, let_go, release
+from shared.admission import (
+    drop_ended_from_in_flight,
+    end_in_redis,
+    let_go,
+    let_go_safely,
+    release,
+)
 from shared.config import get_settings
 from shared.contract import MERGE_TASK
 from shared.counts import counted
@@ -92,7 +98,7 @@ def end_turn_failed(turn_id: str, reason: str) -> TurnEnding:
             },
         )
         policy = _admission_of(turn.tenant_id)
-        let_go(
+        let_go_safely(
             turn.tenant_id,
             end_in_redis(turn_id, TurnStatus.FAILED.value, tenant=turn.tenant_id, policy=policy),
         )
@@ -141,9 +147,20 @@ def release_held_turns() -> HeldReport:
                 waiting.append((turn_id, accepted_at))
         if not waiting:
             continue
-        drop_ended_from_in_flight(tenant_id)
-        released = release(tenant_id, policy, held=waiting)
-        let_go(tenant_id, released)
+        try:
+            drop_ended_from_in_flight(tenant_id)
+            released = release(tenant_id, policy, held=waiting)
+            let_go(tenant_id, released)
+        except Exception as exc:  # this tenant's turns wait for the next relay; not the others'
+            log.warning(
+                "held turns not let go",
+                extra={
+                    "action": "held_release_failed",
+                    "tenant_id": tenant_id,
+                    "reason": type(exc).__name__,
+                },
+            )
+            continue
         report.released += len(released.promoted)
     return report
 
