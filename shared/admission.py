@@ -41,6 +41,7 @@ from shared.streaming import queue_cancel, queue_end
 
 log = logging.getLogger(__name__)
 
+FLEET_SETTING = "CHORDLINE_TURN_FLEET_MAX_IN_FLIGHT"
 # How long a tenant's refusal tells the caller to wait when its in-flight cap is the limit:
 # turns take seconds, so a slot frees within about a second at any useful cap.
 IN_FLIGHT_RETRY_S = 1.0
@@ -51,19 +52,27 @@ MAX_PROMOTED = 100  # turns one release promotes at most
 
 
 def in_flight_key(tenant: str) -> str:
-    return f"chordline:admission:{{{tenant}}}:in-flight"
+    return f"chordline:admission:tenant:{tenant}:in-flight"
 
 
 def bucket_key(tenant: str) -> str:
-    return f"chordline:admission:{{{tenant}}}:bucket"
+    return f"chordline:admission:tenant:{tenant}:bucket"
 
 
 def held_key(tenant: str) -> str:
-    return f"chordline:admission:{{{tenant}}}:held"
+    return f"chordline:admission:tenant:{tenant}:held"
+
+
+FLEET_KEY = "chordline:admission:fleet:in-flight"  # every tenant's admitted turns
+ACTIVE_KEY = "chordline:admission:fleet:tenants"  # tenants with turns in flight
 
 
 def keys(tenant: str) -> list[str]:
-    return [in_flight_key(tenant), bucket_key(tenant), held_key(tenant)]
+    return [in_flight_key(tenant), bucket_key(tenant), held_key(tenant), FLEET_KEY, ACTIVE_KEY]
+
+
+def fleet_cap() -> int:
+    return get_settings().turn.fleet_max_in_flight or 0
 
 
 def turn_lifetime_s() -> float:
@@ -77,11 +86,32 @@ def turn_lifetime_s() -> float:
 
 
 def limited(policy: Admission) -> bool:
-    return policy.max_in_flight is not None or policy.turns_per_s is not None
+    """Whether the tenant's turns go through admission: it has a limit, or the fleet has."""
+    return policy.max_in_flight is not None or policy.turns_per_s is not None or fleet_cap() > 0
 
 
-# The token bucket, as both scripts read it: ``tokens`` after refilling to now.
+# The token bucket, as both scripts read it: ``tokens`` after refilling to now. And the
+# fleet's share: with a fleet cap, a tenant is over its share once the fleet is full and the
+# tenant has at least cap / (tenants with turns in flight) of them.
 _BUCKET = """
+local function over_fair_share(fleet_cap, tenant, in_flight, now)
+  if fleet_cap <= 0 then return false, 0, 0 end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  local fleet = redis.call('ZCARD', KEYS[4])
+  if fleet < fleet_cap then return false, fleet, 0 end
+  local active = redis.call('ZCARD', KEYS[5])
+  if not redis.call('ZSCORE', KEYS[5], tenant) then active = active + 1 end
+  local share = math.max(1, math.floor(fleet_cap / active))
+  return in_flight >= share, fleet, share
+end
+local function count_in_fleet(fleet_cap, tenant, id, expires)
+  if fleet_cap <= 0 then return end
+  redis.call('ZADD', KEYS[4], expires, id)
+  redis.call('ZADD', KEYS[5], 'GT', expires, tenant)
+  redis.call('EXPIRE', KEYS[4], 3600)
+  redis.call('EXPIRE', KEYS[5], 3600)
+end
 local function bucket_tokens(key, now, rate, burst)
   local state = redis.call('HMGET', key, 'tokens', 'ts')
   local tokens = tonumber(state[1]) or burst
@@ -94,10 +124,10 @@ local function save_bucket(key, now, rate, burst, tokens)
 end
 """
 
-# KEYS: in-flight, bucket, held. ARGV: turn id, order score (acceptance time), in-flight
-# cap (0: none), rate per second (0: none), burst, lifetime s, hold (1/0), hold limit,
-# hold ttl s. Returns {outcome, limit, wait s, in flight, held}; outcome is admitted, held
-# or refused; limit names what was reached.
+# KEYS: see ``keys``. ARGV: turn id, order score (acceptance time), in-flight cap (0: none),
+# rate per second (0: none), burst, lifetime s, hold (1/0), hold limit, hold ttl s, retry
+# hint for a cap, fleet cap (0: none), tenant. Returns {outcome, limit, wait s, in flight,
+# held, fleet, share}; outcome is admitted, held or refused; limit names what was reached.
 _ADMIT = (
     _BUCKET
     + """
@@ -107,15 +137,20 @@ local id = ARGV[1]
 local cap, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local lifetime, hold, hold_limit = tonumber(ARGV[6]), ARGV[7] == '1', tonumber(ARGV[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], id) then return {'admitted', '', '0', '0', '0'} end
-if redis.call('ZSCORE', KEYS[3], id) then return {'held', '', '0', '0', '0'} end
+if redis.call('ZSCORE', KEYS[1], id) then return {'admitted', '', '0', '0', '0', '0', '0'} end
+if redis.call('ZSCORE', KEYS[3], id) then return {'held', '', '0', '0', '0', '0', '0'} end
 local in_flight = redis.call('ZCARD', KEYS[1])
 local held = redis.call('ZCARD', KEYS[3])
+local fleet_cap, tenant = tonumber(ARGV[11]), ARGV[12]
+local over_share, fleet, share = over_fair_share(fleet_cap, tenant, in_flight, now)
 local limit, wait, tokens = '', 0, 0
 if hold and held > 0 then
   limit = 'queue'
 elseif cap > 0 and in_flight >= cap then
   limit = 'max_in_flight'
+  wait = tonumber(ARGV[10])
+elseif over_share then
+  limit = 'fleet'
   wait = tonumber(ARGV[10])
 elseif rate > 0 then
   tokens = bucket_tokens(KEYS[2], now, rate, burst)
@@ -128,23 +163,25 @@ if limit == '' then
   if rate > 0 then save_bucket(KEYS[2], now, rate, burst, tokens - 1) end
   redis.call('ZADD', KEYS[1], now + lifetime, id)
   redis.call('EXPIRE', KEYS[1], math.ceil(lifetime) + 60)
-  return {'admitted', '', '0', tostring(in_flight + 1), tostring(held)}
+  count_in_fleet(fleet_cap, tenant, id, now + lifetime)
+  return {'admitted', '', '0', tostring(in_flight + 1), tostring(held), '0', '0'}
 end
 if hold and held < hold_limit then
   redis.call('ZADD', KEYS[3], ARGV[2], id)
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[9]))
-  return {'held', limit, tostring(wait), tostring(in_flight), tostring(held + 1)}
+  return {'held', limit, tostring(wait), tostring(in_flight), tostring(held + 1), '0', '0'}
 end
 if hold then
   limit = 'hold_limit'
   if rate > 0 then wait = math.max(wait, held / rate) else wait = math.max(wait, 1) end
 end
-return {'refused', limit, tostring(wait), tostring(in_flight), tostring(held)}
+return {'refused', limit, tostring(wait), tostring(in_flight), tostring(held), tostring(fleet),
+        tostring(share)}
 """
 )
 
-# KEYS: in-flight, bucket, held. ARGV: ended turn id ('' for none), cap, rate, burst,
-# lifetime s, most to promote, sync (1/0), grace s, then with sync the tenant's held turns
+# KEYS: see ``keys``. ARGV: ended turn id ('' for none), cap, rate, burst, lifetime s, most
+# to promote, sync (1/0), grace s, fleet cap, tenant, then with sync the tenant's held turns
 # as Postgres has them, oldest first, as id and score pairs.
 # Frees the ended turn's slot, and moves the oldest held turns that now fit into the
 # in-flight set. Returns {wait s, promoted ids...}: wait is how long until the bucket lets
@@ -156,15 +193,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local cap, rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local lifetime, most = tonumber(ARGV[5]), tonumber(ARGV[6])
+local fleet_cap, tenant = tonumber(ARGV[9]), ARGV[10]
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[5], tenant) end
 local promoted = {}
 if ARGV[7] == '1' then
   local listed = {}
-  for i = 9, #ARGV, 2 do
+  for i = 11, #ARGV, 2 do
     local id = ARGV[i]
     listed[id] = true
     if redis.call('ZSCORE', KEYS[1], id) then
@@ -184,7 +224,9 @@ if rate > 0 then tokens = bucket_tokens(KEYS[2], now, rate, burst) end
 while #promoted < most do
   local first = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if not first then break end
-  if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then break end
+  local in_flight = redis.call('ZCARD', KEYS[1])
+  if cap > 0 and in_flight >= cap then break end
+  if over_fair_share(fleet_cap, tenant, in_flight, now) then break end
   if rate > 0 then
     if tokens < 1 then
       wait = (1 - tokens) / rate
@@ -195,6 +237,7 @@ while #promoted < most do
   end
   redis.call('ZREM', KEYS[3], first)
   redis.call('ZADD', KEYS[1], now + lifetime, first)
+  count_in_fleet(fleet_cap, tenant, first, now + lifetime)
   table.insert(promoted, first)
 end
 if took then save_bucket(KEYS[2], now, rate, burst, tokens) end
@@ -226,7 +269,7 @@ def admit(tenant: str, turn_id: str, policy: Admission, *, order: float) -> Admi
 
     Raises AdmissionRefused (retry_after_s set) when the tenant is over a limit and its
     policy refuses, or its held turns are at ``hold_limit``."""
-    outcome, limit, wait, in_flight, held = _script(get_redis(), _ADMIT)(
+    outcome, limit, wait, in_flight, held, fleet, share = _script(get_redis(), _ADMIT)(
         keys=keys(tenant),
         args=[
             turn_id,
@@ -239,6 +282,8 @@ def admit(tenant: str, turn_id: str, policy: Admission, *, order: float) -> Admi
             policy.hold_limit,
             math.ceil(policy.hold_max_s * 2 + 60),
             IN_FLIGHT_RETRY_S,
+            fleet_cap(),
+            tenant,
         ],
     )
     wait_s = float(wait)
@@ -246,13 +291,27 @@ def admit(tenant: str, turn_id: str, policy: Admission, *, order: float) -> Admi
         return Admitted(held=False)
     if outcome == "held":
         return Admitted(held=True, wait_s=wait_s)
-    raise _refusal(tenant, policy, limit, wait_s=wait_s, in_flight=int(in_flight), held=int(held))
+    raise _refusal(
+        tenant,
+        policy,
+        limit,
+        wait_s=wait_s,
+        counts=(int(in_flight), int(held), int(fleet), int(share)),
+    )
 
 
 def _refusal(
-    tenant: str, policy: Admission, limit: str, *, wait_s: float, in_flight: int, held: int
+    tenant: str, policy: Admission, limit: str, *, wait_s: float, counts: tuple[int, int, int, int]
 ) -> AdmissionRefused:
+    in_flight, held, fleet, share = counts
     retry = max(0.1, wait_s)
+    if limit == "fleet":
+        return AdmissionRefused(
+            FLEET_SETTING,
+            f"the fleet has {fleet} turns in flight, its limit, and tenant {tenant} has "
+            f"{in_flight}, its fair share ({share})",
+            retry_after_s=retry,
+        )
     if limit == "max_in_flight":
         problem = f"tenant {tenant} has {in_flight} turns in flight, its limit"
     elif limit == "turns_per_s":
@@ -292,6 +351,7 @@ class Released:
 
 
 def release_args(
+    tenant: str,
     policy: Admission,
     ended_turn: str = "",
     *,
@@ -306,6 +366,8 @@ def release_args(
         MAX_PROMOTED,
         1 if held is not None else 0,
         HELD_GRACE_S,
+        fleet_cap(),
+        tenant,
     ]
     for turn_id, order in held or []:
         args.extend([turn_id, repr(order)])
@@ -315,7 +377,8 @@ def release_args(
 def queue_release(pipe: Any, tenant: str, policy: Admission, ended_turn: str) -> None:
     """Add the release of an ended turn's slot to a pipeline (EVAL: a script in a redis-py
     pipeline would otherwise cost a SCRIPT EXISTS round trip of its own)."""
-    pipe.eval(_RELEASE, 3, *keys(tenant), *release_args(policy, ended_turn))
+    tenant_keys = keys(tenant)
+    pipe.eval(_RELEASE, len(tenant_keys), *tenant_keys, *release_args(tenant, policy, ended_turn))
 
 
 def released_from(reply: Any) -> Released:
@@ -334,7 +397,7 @@ def release(
     ``held`` (the tenant's held turns as Postgres has them), the held set follows Postgres
     first, and held turns admitted before a crash are returned for promotion again."""
     reply = _script(get_redis(), _RELEASE)(
-        keys=keys(tenant), args=release_args(policy, ended_turn, held=held)
+        keys=keys(tenant), args=release_args(tenant, policy, ended_turn, held=held)
     )
     return released_from(reply)
 

@@ -40,6 +40,10 @@ class TurnSettings(BaseSettings):
     # enqueue_turn reads a tenant's topology and in-flight policy at most this often per
     # process: a settings change made in another process applies within this time.
     tenant_settings_ttl_s: float = Field(default=2.0, ge=0, le=300)
+    # Turns in flight the whole fleet takes before it admits a tenant only up to its fair
+    # share (this / tenants with turns in flight): a flooding tenant cannot crowd the others
+    # out. None: no fleet limit, only each tenant's own (shared/admission.py).
+    fleet_max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class DatabaseSettings(BaseSettings):

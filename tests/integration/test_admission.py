@@ -3,14 +3,17 @@ refused or held, and held turns that survive a crash half way through their rele
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
 
-from shared.admission import admit, held_key, in_flight_key, release
+from shared.admission import ACTIVE_KEY, FLEET_KEY, admit, held_key, in_flight_key, release
 from shared.client import enqueue_turn, wait_for_turn
+from shared.config import reset_settings
 from shared.db.direct import direct_connection
 from shared.db.models import Turn, TurnOutbox
 from shared.db.session import session_scope
@@ -218,3 +221,56 @@ def test_a_refusal_beyond_the_hold_limit_names_it(services: None) -> None:
         f"admission.hold_limit: tenant {tenant} already holds 2 turns over its limits"
     )
     assert _turn_count(tenant) == 0
+
+
+@pytest.fixture
+def fleet_of_four(services: None) -> Iterator[None]:
+    """A fleet that takes four turns in flight before it admits tenants by fair share."""
+    get_redis().delete(FLEET_KEY, ACTIVE_KEY)
+    os.environ["CHORDLINE_TURN_FLEET_MAX_IN_FLIGHT"] = "4"
+    reset_settings()
+    try:
+        yield
+    finally:
+        del os.environ["CHORDLINE_TURN_FLEET_MAX_IN_FLIGHT"]
+        reset_settings()
+        get_redis().delete(FLEET_KEY, ACTIVE_KEY)
+
+
+def test_a_full_fleet_admits_each_tenant_up_to_its_fair_share(fleet_of_four: None) -> None:
+    unlimited = Admission(max_in_flight=None, turns_per_s=None)
+    noisy = new_tenant(
+        {"admission": {"max_in_flight": None, "turns_per_s": None}}, with_demo_kb=False
+    )
+    quiet = new_tenant(
+        {"admission": {"max_in_flight": None, "turns_per_s": None}}, with_demo_kb=False
+    )
+
+    def admit_one(tenant: str) -> str:
+        turn_id = str(uuid.uuid4())
+        admit(tenant, turn_id, unlimited, order=time.time())
+        return turn_id
+
+    flood = [admit_one(noisy) for _ in range(4)]  # the fleet is empty: all of it
+    with pytest.raises(AdmissionRefused) as refused:
+        enqueue_turn(noisy, "c1", QUESTION)
+    assert str(refused.value).startswith(
+        "CHORDLINE_TURN_FLEET_MAX_IN_FLIGHT: the fleet has 4 turns in flight, its limit, and "
+        f"tenant {noisy} has 4, its fair share (4); nothing was written or enqueued"
+    )
+    # the fleet is full, but the quiet tenant has none of it: its share is 4 / 2 tenants
+    admit_one(quiet)
+    admit_one(quiet)
+    with pytest.raises(AdmissionRefused):
+        admit_one(quiet)  # two: its share
+    with pytest.raises(AdmissionRefused):
+        admit_one(noisy)
+    # a noisy turn ends: the noisy tenant still holds more than its share of a full fleet
+    release(noisy, unlimited, ended_turn=flood[0])
+    with pytest.raises(AdmissionRefused):
+        admit_one(noisy)
+    # the quiet tenant's turns end: it no longer counts, and the noisy one may take the room
+    for turn_id in get_redis().zrange(in_flight_key(quiet), 0, -1):
+        release(quiet, unlimited, ended_turn=str(turn_id))
+    admit_one(noisy)
+    assert _turn_count(noisy) == 0  # admitted ids only: the refusal wrote nothing
