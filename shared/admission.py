@@ -309,7 +309,7 @@ def _refusal(
         return AdmissionRefused(
             FLEET_SETTING,
             f"the fleet has {fleet} turns in flight, its limit, and tenant {tenant} has "
-            f"{in_flight}, its fair share ({share})",
+            f"{in_flight}, at or over its fair share ({share})",
             retry_after_s=retry,
         )
     if limit == "max_in_flight":

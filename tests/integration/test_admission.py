@@ -256,7 +256,7 @@ def test_a_full_fleet_admits_each_tenant_up_to_its_fair_share(fleet_of_four: Non
         enqueue_turn(noisy, "c1", QUESTION)
     assert str(refused.value).startswith(
         "CHORDLINE_TURN_FLEET_MAX_IN_FLIGHT: the fleet has 4 turns in flight, its limit, and "
-        f"tenant {noisy} has 4, its fair share (4); nothing was written or enqueued"
+        f"tenant {noisy} has 4, at or over its fair share (4); nothing was written or enqueued"
     )
     # the fleet is full, but the quiet tenant has none of it: its share is 4 / 2 tenants
     admit_one(quiet)
