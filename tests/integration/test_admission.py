@@ -274,3 +274,20 @@ def test_a_full_fleet_admits_each_tenant_up_to_its_fair_share(fleet_of_four: Non
         release(quiet, unlimited, ended_turn=str(turn_id))
     admit_one(noisy)
     assert _turn_count(noisy) == 0  # admitted ids only: the refusal wrote nothing
+
+
+def test_turns_held_by_the_rate_go_as_the_bucket_refills_not_at_the_next_relay(
+    workers: None,
+) -> None:
+    tenant = new_tenant(_admission(max_in_flight=None, turns_per_s=4, burst=1, over_limit="hold"))
+    ids = [enqueue_turn(tenant, f"c{i}", QUESTION) for i in range(4)]
+    views = [wait_for_turn(t, timeout=60) for t in ids]
+    assert [v.status for v in views] == ["completed"] * 4
+    turns = _turns(ids)
+    released = sorted(t.released_at or 0.0 for t in turns.values() if t.released_at)
+    assert len(released) == 3  # the first went at once, with the burst
+    accepted = min(t.accepted_at for t in turns.values())
+    # one every quarter of a second, not in steps of the relay's two seconds
+    assert released[-1] - accepted < 1.5
+    gaps = [b - a for a, b in zip(released, released[1:], strict=False)]
+    assert all(gap > 0.15 for gap in gaps)
