@@ -550,5 +550,8 @@ def drop_ended_from_in_flight(tenant: str) -> int:
     with direct_connection() as conn:
         ended = [row[0] for row in conn.execute(_ENDED_AMONG, {"ids": members}).fetchall()]
     if ended:
-        client.zrem(in_flight_key(tenant), *ended)
+        pipe = client.pipeline(transaction=False)
+        pipe.zrem(in_flight_key(tenant), *ended)
+        pipe.zrem(FLEET_KEY, *ended)
+        pipe.execute()
     return len(ended)

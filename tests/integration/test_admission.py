@@ -3,6 +3,7 @@ refused or held, and held turns that survive a crash half way through their rele
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -289,5 +290,5 @@ def test_turns_held_by_the_rate_go_as_the_bucket_refills_not_at_the_next_relay(
     accepted = min(t.accepted_at for t in turns.values())
     # one every quarter of a second, not in steps of the relay's two seconds
     assert released[-1] - accepted < 1.5
-    gaps = [b - a for a, b in zip(released, released[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(released)]
     assert all(gap > 0.15 for gap in gaps)
