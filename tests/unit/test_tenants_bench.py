@@ -43,3 +43,14 @@ def test_a_bench_that_cannot_run_is_refused_naming_the_option(
     with pytest.raises(InvalidInput) as refused:
         schedule(10.0, 5.0, tenants, skew, seed=1)
     assert refused.value.field == field
+
+
+def test_the_turn_bench_tenants_admission_never_binds_at_a_rate_the_bench_accepts() -> None:
+    from shared.admission import turn_lifetime_s
+    from shared.bench import BENCH_ADMISSION, MAX_RATE
+    from shared.schemas import TenantSettings
+
+    admission = TenantSettings.model_validate({"admission": BENCH_ADMISSION}).admission
+    assert admission.turns_per_s is not None and admission.turns_per_s >= MAX_RATE
+    assert admission.max_in_flight is not None
+    assert admission.max_in_flight >= MAX_RATE * turn_lifetime_s()
