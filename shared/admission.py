@@ -424,7 +424,7 @@ def end_in_redis(
         if releasing:
             queue_release(pipe, tenant, policy, turn_id)
         replies = pipe.execute()
-    except redis.RedisError as exc:
+    except Exception as exc:  # best effort, as announcing an end always was
         log.warning(
             "end of turn not streamed",
             extra={
