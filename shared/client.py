@@ -376,8 +376,10 @@ def stream_turn(turn_id: str, *, after: str = "0", timeout: float = 60.0) -> Ite
     Raises TurnNotFound at once (not when iterated) for a turn id Postgres does not know; a
     known turn whose stream has not started yet is waited for, up to ``timeout``.
     Resume after a disconnect by passing the id of the last event seen as ``after``.
-    A ``restart`` event means the agent re-ran: discard the text shown so far. The reply of
-    record is ``get_turn(turn_id).agent_response`` once the ``end`` event has come.
+    A ``restart`` event means the agent re-ran: discard the text shown so far. A ``cancel``
+    event (its ``reason`` says which later turn interrupted it) comes before the ``end`` of a
+    cancelled turn, whose reply, if any was shown, is void. The reply of record is
+    ``get_turn(turn_id).agent_response`` once the ``end`` event has come.
     """
     turn_id = check_turn_id(turn_id)
     with transient_database_failures(), direct_connection() as conn:
