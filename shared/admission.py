@@ -21,6 +21,7 @@ published.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -374,11 +375,19 @@ def release_args(
     return args
 
 
+# Redis names scripts by their SHA-1 (an identifier here, not a safeguard)
+_RELEASE_SHA = hashlib.sha1(_RELEASE.encode(), usedforsecurity=False).hexdigest()
+
+
 def queue_release(pipe: Any, tenant: str, policy: Admission, ended_turn: str) -> None:
-    """Add the release of an ended turn's slot to a pipeline (EVAL: a script in a redis-py
-    pipeline would otherwise cost a SCRIPT EXISTS round trip of its own)."""
+    """Add the release of an ended turn's slot to a pipeline, by the script's SHA alone (a
+    Script object in a redis-py pipeline would cost a SCRIPT EXISTS round trip of its own,
+    and EVAL would send the whole script every time); see ``end_in_redis`` for a Redis that
+    does not know it yet."""
     tenant_keys = keys(tenant)
-    pipe.eval(_RELEASE, len(tenant_keys), *tenant_keys, *release_args(tenant, policy, ended_turn))
+    pipe.evalsha(
+        _RELEASE_SHA, len(tenant_keys), *tenant_keys, *release_args(tenant, policy, ended_turn)
+    )
 
 
 def released_from(reply: Any) -> Released:
@@ -423,7 +432,15 @@ def end_in_redis(
             queue_end(pipe, turn_id, status)
         if releasing:
             queue_release(pipe, tenant, policy, turn_id)
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:-1] if releasing else replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if releasing and isinstance(replies[-1], redis.exceptions.NoScriptError):
+            # Redis does not know the script yet (first use, or after a restart): load it
+            replies[-1] = release(tenant, policy, ended_turn=turn_id)
+        elif releasing and isinstance(replies[-1], Exception):
+            raise replies[-1]
     except Exception as exc:  # best effort, as announcing an end always was
         log.warning(
             "end of turn not streamed",
@@ -435,7 +452,10 @@ def end_in_redis(
             },
         )
         return None
-    return released_from(replies[-1]) if releasing else None
+    if not releasing:
+        return None
+    last = replies[-1]
+    return last if isinstance(last, Released) else released_from(last)
 
 
 def let_go(tenant: str, released: Released | None) -> list[str]:

@@ -12,7 +12,15 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from shared.admission import ACTIVE_KEY, FLEET_KEY, admit, held_key, in_flight_key, release
+from shared.admission import (
+    ACTIVE_KEY,
+    FLEET_KEY,
+    admit,
+    end_in_redis,
+    held_key,
+    in_flight_key,
+    release,
+)
 from shared.client import enqueue_turn, wait_for_turn
 from shared.config import reset_settings
 from shared.db.direct import direct_connection
@@ -23,6 +31,7 @@ from shared.db.turns import accept_turn
 from shared.errors import AdmissionRefused
 from shared.redis_conn import get_redis
 from shared.schemas import Admission
+from shared.streaming import read_events
 from shared.turn.recovery import release_held_turns
 from tests.conftest import new_tenant
 
@@ -292,3 +301,18 @@ def test_turns_held_by_the_rate_go_as_the_bucket_refills_not_at_the_next_relay(
     assert released[-1] - accepted < 1.5
     gaps = [b - a for a, b in itertools.pairwise(released)]
     assert all(gap > 0.15 for gap in gaps)
+
+
+def test_a_turn_end_frees_its_slot_even_when_redis_has_forgotten_the_script(
+    services: None,
+) -> None:
+    tenant = new_tenant(_admission(max_in_flight=1, over_limit="refuse"), with_demo_kb=False)
+    policy = recent_tenant_settings.get(tenant).admission
+    turn_id = str(uuid.uuid4())
+    admit(tenant, turn_id, policy, order=time.time())
+    get_redis().script_flush()  # as after a Redis restart
+    released = end_in_redis(turn_id, "completed", tenant=tenant, policy=policy)
+    assert released is not None and released.promoted == []
+    assert get_redis().zscore(in_flight_key(tenant), turn_id) is None
+    assert [e.status for e in read_events(turn_id, block_ms=1) if e.kind == "end"] == ["completed"]
+    admit(tenant, str(uuid.uuid4()), policy, order=time.time())  # the slot is free again
