@@ -16,8 +16,9 @@ from shared.providers.base import ConversationContext, Usage
 from shared.providers.local import classify
 from shared.providers.registry import get_providers
 from shared.providers.timing import operation
-from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings
+from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings, TurnStatus
 from shared.turn.stage import (
+    CANCELLED_NOTE,
     StageOrigin,
     commit_stage_output,
     ensure_budget_left,
@@ -109,6 +110,8 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
     stored = stored_research(turn)
     if stored is not None:
         return stored
+    if turn.status == TurnStatus.CANCELLED.value:  # interrupted: nobody reads its research
+        return Research(hits=[], kb_information_level=KbLevel.MISSING, reason=CANCELLED_NOTE)
     skip = _gate_skips(turn, settings)
     usage = Usage()
     outcome = "ok"

@@ -105,6 +105,10 @@ def log_fallback(stage: Stage, *, turn: TurnRecord, exc: Exception) -> None:
     )
 
 
+# What a header stage of a turn cancelled before it ran says instead of calling a model.
+CANCELLED_NOTE = "the turn was cancelled by a later message before this stage ran"
+
+
 def turn_deadline(turn: TurnRecord) -> float:
     """Epoch seconds by which the turn must have ended: accepted (or, for a turn held over
     its tenant's admission limit, let go) + budget."""

@@ -188,3 +188,20 @@ def test_a_cancel_waiting_on_the_agents_commit_finds_the_turn_completed(workers:
     done = wait_for_turn(second[0], timeout=60)
     assert done.status == "completed" and done.carried_message is None
     assert "cancel" not in [e.kind for e in _events(first)]
+
+
+def test_a_turn_cancelled_before_its_stages_ran_calls_no_model(workers: None) -> None:
+    from shared.dispatch import publish_turn
+    from tests.conftest import accept_unpublished_turn
+
+    tenant = new_tenant({"in_flight_policy": "interrupt"})
+    first = accept_unpublished_turn(tenant, message=FIRST, conversation="c1")
+    second = enqueue_turn(tenant, "c1", SECOND)
+    publish_turn(first, "parallel")  # its workflow arrives after all (a late delivery)
+    assert wait_for_turn(second, timeout=60).status == "completed"
+    time.sleep(1.0)  # its header tasks, published before the second turn ran, are done
+    cancelled = get_turn(first)
+    assert cancelled.status == "cancelled"
+    assert cancelled.usage == {}  # no stage called a model
+    assert cancelled.proposed_agent is None and cancelled.kb_information_level is None
+    assert _agent_spans(first) == 0
