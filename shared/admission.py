@@ -25,6 +25,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -555,23 +556,31 @@ def _release_due(tenant: str) -> None:
 
 
 _ENDED_AMONG = """
-    SELECT id::text FROM turns
-    WHERE id = ANY(%(ids)s::uuid[]) AND status IN ('completed', 'failed', 'cancelled')
+    SELECT id::text, status IN ('completed', 'failed', 'cancelled') FROM turns
+    WHERE id = ANY(%(ids)s::uuid[])
 """
 
 
 def drop_ended_from_in_flight(tenant: str) -> int:
     """Drop the in-flight entries of turns that have ended in Postgres (their release never
-    reached Redis). Returns how many were dropped."""
+    reached Redis), and of turns admitted over ``HELD_GRACE_S`` ago that Postgres never
+    received (their process died before the commit). Returns how many were dropped."""
     client = get_redis()
-    members = [str(m) for m in client.zrange(in_flight_key(tenant), 0, -1)]
-    if not members:
+    raw: Any = client.zrange(in_flight_key(tenant), 0, -1, withscores=True)
+    entries = [(str(member), float(expires)) for member, expires in raw]
+    if not entries:
         return 0
     with direct_connection() as conn:
-        ended = [row[0] for row in conn.execute(_ENDED_AMONG, {"ids": members}).fetchall()]
-    if ended:
+        rows = conn.execute(_ENDED_AMONG, {"ids": [m for m, _ in entries]}).fetchall()
+    ended = {row[0]: bool(row[1]) for row in rows}
+    # an entry's score is when it expires: it was admitted at score - lifetime
+    admitted_long_ago = time.time() + turn_lifetime_s() - HELD_GRACE_S
+    stale = [
+        member for member, expires in entries if ended.get(member, expires < admitted_long_ago)
+    ]
+    if stale:
         pipe = client.pipeline(transaction=False)
-        pipe.zrem(in_flight_key(tenant), *ended)
-        pipe.zrem(FLEET_KEY, *ended)
+        pipe.zrem(in_flight_key(tenant), *stale)
+        pipe.zrem(FLEET_KEY, *stale)
         pipe.execute()
-    return len(ended)
+    return len(stale)

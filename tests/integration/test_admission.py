@@ -20,6 +20,7 @@ from shared.admission import (
     held_key,
     in_flight_key,
     release,
+    turn_lifetime_s,
 )
 from shared.client import enqueue_turn, wait_for_turn
 from shared.config import reset_settings
@@ -316,3 +317,20 @@ def test_a_turn_end_frees_its_slot_even_when_redis_has_forgotten_the_script(
     assert get_redis().zscore(in_flight_key(tenant), turn_id) is None
     assert [e.status for e in read_events(turn_id, block_ms=1) if e.kind == "end"] == ["completed"]
     admit(tenant, str(uuid.uuid4()), policy, order=time.time())  # the slot is free again
+
+
+def test_a_slot_taken_by_a_process_that_died_before_its_commit_is_dropped_after_a_grace(
+    services: None,
+) -> None:
+    tenant = new_tenant(_admission(max_in_flight=2, over_limit="hold"), with_demo_kb=False)
+    lifetime = turn_lifetime_s()
+    ghost, fresh = str(uuid.uuid4()), str(uuid.uuid4())  # never written to Postgres
+    get_redis().zadd(
+        in_flight_key(tenant),
+        {ghost: time.time() + lifetime - 30, fresh: time.time() + lifetime},
+    )
+    waiting = _accept(tenant, held=True)
+    release_held_turns()
+    assert get_redis().zscore(in_flight_key(tenant), ghost) is None  # admitted 30 s ago
+    assert get_redis().zscore(in_flight_key(tenant), fresh) is not None  # may commit yet
+    assert _turns([waiting])[waiting].status != "held"  # the ghost's slot went to it
