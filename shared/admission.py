@@ -175,7 +175,8 @@ if hold and held < hold_limit then
 end
 if hold then
   limit = 'hold_limit'
-  if rate > 0 then wait = math.max(wait, held / rate) else wait = math.max(wait, 1) end
+  wait = math.max(wait, tonumber(ARGV[10]))
+  if rate > 0 then wait = math.max(wait, held / rate) end
 end
 return {'refused', limit, tostring(wait), tostring(in_flight), tostring(held), tostring(fleet),
         tostring(share)}

@@ -219,10 +219,9 @@ def test_a_turn_held_longer_than_hold_max_s_ends_failed_with_the_reason(services
 
 def test_a_refusal_beyond_the_hold_limit_names_it(services: None) -> None:
     tenant = new_tenant(
-        _admission(max_in_flight=1, turns_per_s=None, over_limit="hold", hold_limit=2),
-        with_demo_kb=False,
+        _admission(max_in_flight=1, over_limit="hold", hold_limit=2), with_demo_kb=False
     )
-    policy = Admission(max_in_flight=1, turns_per_s=None, over_limit="hold", hold_limit=2)
+    policy = Admission(max_in_flight=1, over_limit="hold", hold_limit=2)
     assert not admit(tenant, str(uuid.uuid4()), policy, order=time.time()).held
     for _ in range(2):
         assert admit(tenant, str(uuid.uuid4()), policy, order=time.time()).held
@@ -231,6 +230,7 @@ def test_a_refusal_beyond_the_hold_limit_names_it(services: None) -> None:
     assert str(refused.value).startswith(
         f"admission.hold_limit: tenant {tenant} already holds 2 turns over its limits"
     )
+    assert refused.value.retry_after_s == pytest.approx(1.0)  # its turns take seconds
     assert _turn_count(tenant) == 0
 
 
