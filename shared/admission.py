@@ -13,6 +13,10 @@ time):
   acceptance time. Postgres holds them too (status ``held``); the periodic relay makes the
   set follow Postgres, so a lost Redis entry cannot strand a turn.
 
+With ``CHORDLINE_TURN_FLEET_MAX_IN_FLIGHT`` set, two more keys count every tenant's turns in
+flight and the tenants that have some: once the fleet is full, a tenant is admitted only
+below its fair share of it (the cap over the tenants with turns in flight).
+
 ``admit`` is enqueue_turn's one round trip. A turn's end releases its slot in the round
 trip that announces the end on its reply stream, and the same script hands the freed
 capacity to the tenant's oldest held turns, which are then promoted in Postgres and
