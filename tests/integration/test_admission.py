@@ -334,3 +334,26 @@ def test_a_slot_taken_by_a_process_that_died_before_its_commit_is_dropped_after_
     assert get_redis().zscore(in_flight_key(tenant), ghost) is None  # admitted 30 s ago
     assert get_redis().zscore(in_flight_key(tenant), fresh) is not None  # may commit yet
     assert _turns([waiting])[waiting].status != "held"  # the ghost's slot went to it
+
+
+def test_a_held_turn_over_its_fair_share_waits_until_the_fleet_has_room(
+    fleet_of_four: None,
+) -> None:
+    hold = Admission(max_in_flight=None, turns_per_s=None, over_limit="hold")
+    noisy = new_tenant(
+        {"admission": {"max_in_flight": None, "turns_per_s": None}}, with_demo_kb=False
+    )
+    quiet = new_tenant(
+        {"admission": {"max_in_flight": None, "turns_per_s": None}}, with_demo_kb=False
+    )
+    noisy_turns = [str(uuid.uuid4()) for _ in range(3)]
+    quiet_turns = [str(uuid.uuid4()) for _ in range(2)]
+    for turn_id in noisy_turns[:2]:
+        assert not admit(noisy, turn_id, hold, order=time.time()).held
+    for turn_id in quiet_turns:
+        assert not admit(quiet, turn_id, hold, order=time.time()).held
+    # the fleet is full (4) and the noisy tenant has its share (4 / 2): its next one waits
+    assert admit(noisy, noisy_turns[2], hold, order=time.time()).held
+    assert release(noisy, hold).promoted == []
+    release(quiet, hold, ended_turn=quiet_turns[0])  # room in the fleet again
+    assert release(noisy, hold).promoted == [noisy_turns[2]]
