@@ -49,7 +49,7 @@ from shared.kb.ingest import ingest_paths
 from shared.overhead_hops import HOPS, chordline_hops, mean_hops
 from shared.procfile import TURN_PROCESSES, ProcessGroup, running_workers
 from shared.providers.registry import get_providers
-from shared.schemas import Topology
+from shared.schemas import TERMINAL_STATUSES, Topology
 from shared.stats import percentiles
 
 QUESTIONS = (
@@ -125,11 +125,20 @@ def bench_message(index: int) -> str:
     return f"{QUESTIONS[index % len(QUESTIONS)]} (ref {index})"
 
 
+# The bench's tenants go through admission like any other (its round trip is part of what
+# a turn costs), with limits no rate the bench accepts can reach.
+BENCH_ADMISSION = {"max_in_flight": 100_000, "turns_per_s": 100_000, "burst": 1_000_000}
+
+
 def prepare_bench_tenants() -> dict[Topology, str]:
     tenants = {Topology.PARALLEL: "bench-parallel", Topology.SEQUENTIAL: "bench-sequential"}
     for topology, tenant in tenants.items():
         with session_scope() as session:
-            ensure_tenant(session, tenant_id=tenant, settings={"topology": topology.value})
+            ensure_tenant(
+                session,
+                tenant_id=tenant,
+                settings={"topology": topology.value, "admission": BENCH_ADMISSION},
+            )
         ingest_paths([DEMO_KB], tenant_id=tenant, embedder=get_providers().embedder)
     return tenants
 
@@ -169,7 +178,7 @@ def wait_until_ended(turn_ids: list[str], timeout_s: float) -> None:
         with session_scope() as session:
             open_turns = session.scalar(
                 select(Turn.id)
-                .where(Turn.id.in_(ids), Turn.status.notin_(["completed", "failed"]))
+                .where(Turn.id.in_(ids), Turn.status.notin_([s.value for s in TERMINAL_STATUSES]))
                 .limit(1)
             )
         if open_turns is None:
@@ -348,7 +357,7 @@ def segments(offsets: list[float], rounds: int) -> list[list[float]]:
     return [[o - i * span / rounds for o in part] for i, part in enumerate(parts)]
 
 
-def _log_dir() -> Any:
+def bench_log_dir() -> Any:
     return get_settings().data_dir / "logs" / "bench"
 
 
@@ -379,13 +388,13 @@ def run_bench(
     tag = uuid.uuid4().hex[:8]
     with contextlib.ExitStack() as stack:
         chordline = stack.enter_context(
-            running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV, log_dir=_log_dir())
+            running_workers(TURN_PROCESSES, env_overrides=SIMULATED_ENV, log_dir=bench_log_dir())
         )
         systems = _chordline_systems(chordline, tag, topologies)
         if via_http:
             from shared.bench_http import http_systems, running_web
 
-            web = stack.enter_context(running_web(log_dir=_log_dir()))
+            web = stack.enter_context(running_web(log_dir=bench_log_dir()))
             systems += http_systems(systems, web)
         if baseline:
             commands = bare_chord.worker_commands()
@@ -394,7 +403,7 @@ def run_bench(
                     list(commands),
                     commands=commands,
                     env_overrides=SIMULATED_ENV,
-                    log_dir=_log_dir(),
+                    log_dir=bench_log_dir(),
                 )
             )
             systems.insert(0, _baseline_system(bare))

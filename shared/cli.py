@@ -320,13 +320,55 @@ def bench(
             "posted through the HTTP API, as <topology>-http, beside the client path).",
         ),
     ] = "client",
+    tenants: Annotated[
+        int | None,
+        typer.Option(
+            help="Many tenants on one fleet: this many tenants (2 or more), each with its own "
+            "arrivals, one of them flooding (see --skew); compared with the quiet tenants' "
+            "solo run.",
+        ),
+    ] = None,
+    skew: Annotated[
+        float,
+        typer.Option(
+            help="With --tenants: the noisy tenant sends this many times the share "
+            "of each other tenant.",
+            min=0,
+            callback=_above_zero,
+        ),
+    ] = 10.0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="With --tenants: a setting of every bench tenant, key=value "
+            "(e.g. admission.max_in_flight=40).",
+        ),
+    ] = None,
 ) -> None:
     """Open-loop benchmark of both topologies, beside a bare Celery chord with --baseline.
 
     Simulated stage latencies, the same arrivals for every system, in interleaved rounds;
-    overhead percentiles and the CPU milliseconds per turn of every process."""
+    overhead percentiles and the CPU milliseconds per turn of every process. With
+    --tenants: latency per tenant with one tenant flooding, against the quiet tenants'
+    solo run."""
     from shared.bench import TOPOLOGIES, plot_cdfs, print_bench_table, run_bench
     from shared.schemas import Topology
+
+    if tenants is not None:
+        _bench_tenants(
+            rate=rate,
+            duration=duration,
+            tenants=tenants,
+            skew=skew,
+            seed=seed,
+            rounds=rounds,
+            pairs=set_ or [],
+            as_json=as_json,
+        )
+        return
+    if set_:
+        raise typer.BadParameter("only with --tenants", param_hint="--set")
 
     known = [t.value for t in TOPOLOGIES]
     for name in topology or []:
@@ -359,6 +401,41 @@ def bench(
         print(json.dumps(run.summary))
     else:
         print_bench_table(run.summary, console)
+
+
+def _bench_tenants(
+    *,
+    rate: float,
+    duration: float,
+    tenants: int,
+    skew: float,
+    seed: int,
+    rounds: int | None,
+    pairs: list[str],
+    as_json: bool,
+) -> None:
+    from shared.db.tenants import apply_overrides, parse_setting_pairs
+    from shared.schemas import TenantSettings
+    from shared.tenants_bench import print_tenants_table, run_tenants_bench, schedule
+
+    overrides = parse_setting_pairs(pairs, field="--set")
+    settings = apply_overrides(TenantSettings(), overrides, field="--set")
+    schedule(rate, duration, tenants, skew, seed)  # refuses a bad load before anything starts
+    with needed_services():
+        result = run_tenants_bench(
+            rate=rate,
+            duration_s=duration,
+            tenants=tenants,
+            skew=skew,
+            seed=seed,
+            rounds=rounds,
+            settings=settings.model_dump(mode="json", exclude_defaults=True),
+            progress=err,
+        )
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print_tenants_table(result, console)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,28 +6,43 @@ in one transaction, and the workflow is published after the commit (see shared/d
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import redis
 
+from shared.admission import (
+    Admitted,
+    admit,
+    end_in_redis,
+    forget,
+    let_go_safely,
+    limited,
+    schedule_release,
+)
 from shared.config import get_settings
 from shared.db.direct import direct_connection
 from shared.db.session import session_scope, transient_database_failures
 from shared.db.tenants import recent_tenant_settings
 from shared.db.turns import (
     AcceptedTurn,
+    Interruption,
     accept_turn,
     find_by_idempotency_key,
+    interrupt_active_turn,
     is_idempotency_conflict,
     load_turn,
     turn_exists,
 )
 from shared.dispatch import dispatch_committed
 from shared.errors import (
+    AdmissionRefused,
     IdempotencyConflict,
     InvalidInput,
     TurnFailed,
@@ -35,9 +50,11 @@ from shared.errors import (
     TurnTimeout,
     UnknownTenant,
 )
-from shared.schemas import TERMINAL_STATUSES, TurnStatus
+from shared.schemas import TERMINAL_STATUSES, Admission, TurnStatus
 from shared.streaming import StreamEvent, follow, read_events
 from shared.validation import check_idempotency_key, check_message, check_slug, check_turn_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,7 @@ class TurnView:
     status: str
     topology: str
     message: str
+    carried_message: str | None  # the messages of the turns this one interrupted
     phase: str | None
     intent: str | None
     proposed_agent: str | None
@@ -88,6 +106,12 @@ def enqueue_turn(
     same turn, and enqueues nothing new; with another conversation or message it raises
     ``IdempotencyConflict``. ``DatabaseUnavailable`` (transient) when Postgres cannot be
     reached: retrying with the same key is safe.
+
+    Admission (the tenant's ``admission`` settings, one Redis round trip): over a limit the
+    turn is refused (``AdmissionRefused``, with ``retry_after_s``) or, with ``over_limit =
+    hold``, accepted held and dispatched in order once the tenant has room. With
+    ``in_flight_policy = interrupt`` the conversation's turn in flight is cancelled and this
+    turn carries its message.
     """
     settings = get_settings()
     check_slug("tenant", tenant)
@@ -96,19 +120,108 @@ def enqueue_turn(
     key = check_idempotency_key(idempotency_key)
     with transient_database_failures(SAFE_RETRY):
         tenant_settings = recent_tenant_settings.get(tenant)
-        accepted = _accept(
-            tenant,
-            conversation,
-            message,
-            key,
-            topology=tenant_settings.topology.value,
-            reject_when_busy=tenant_settings.in_flight_policy == "reject",
-        )
+    turn_id = str(uuid.uuid4())
+    policy = tenant_settings.admission
+    admitted = _admit(tenant, turn_id, policy, key, conversation=conversation, message=message)
+    if isinstance(admitted, str):  # refused, but the key's turn was accepted before
+        return admitted
+    try:
+        with transient_database_failures(SAFE_RETRY):
+            accepted = _accept(
+                tenant,
+                conversation,
+                message,
+                key,
+                turn_id=turn_id,
+                topology=tenant_settings.topology.value,
+                reject_when_busy=tenant_settings.in_flight_policy == "reject",
+                held=admitted is not None and admitted.held,
+                interrupt=tenant_settings.in_flight_policy == "interrupt",
+            )
+    except BaseException:
+        if admitted is not None:
+            forget(tenant, turn_id)
+        raise
     if isinstance(accepted, str):  # the key's earlier turn: published when it was accepted
+        if admitted is not None:
+            forget(tenant, turn_id)
         return accepted
-    if accepted.status is TurnStatus.QUEUED:
-        dispatch_committed([(accepted.turn_id, accepted.topology)])
-    return accepted.turn_id
+    if accepted.interrupted is not None:
+        _end_interrupted(accepted.interrupted, by=accepted.turn.turn_id, policy=policy)
+    turn = accepted.turn
+    if turn.status is TurnStatus.QUEUED:
+        dispatch_committed([(turn.turn_id, turn.topology)])
+    elif admitted is not None and admitted.held and admitted.wait_s > 0:
+        schedule_release(tenant, admitted.wait_s)
+    return turn.turn_id
+
+
+def _admit(
+    tenant: str,
+    turn_id: str,
+    policy: Admission,
+    key: str | None,
+    *,
+    conversation: str,
+    message: str,
+) -> Admitted | str | None:
+    """The tenant's admission of this turn (one Redis round trip), None when the tenant has
+    no limits or Redis cannot be reached (Postgres, the system of record, still takes the
+    turn: admission protects the fleet, it never loses a turn). AdmissionRefused over a
+    limit, unless the idempotency key's turn was accepted before: then its id."""
+    if not limited(policy):
+        return None
+    try:
+        return admit(tenant, turn_id, policy, order=time.time())
+    except AdmissionRefused:
+        if key is not None:
+            with transient_database_failures(SAFE_RETRY):
+                earlier = _earlier_turn(tenant, key, conversation=conversation, message=message)
+            if earlier is not None:
+                return earlier
+        raise
+    except redis.RedisError as exc:
+        log.warning(
+            "admission skipped: Redis unavailable",
+            extra={
+                "action": "admission_skipped",
+                "tenant_id": tenant,
+                "reason": type(exc).__name__,
+            },
+        )
+        return None
+
+
+def _end_interrupted(interrupted: Interruption, *, by: str, policy: Admission) -> None:
+    """The cancelled turn's end in Redis: its stream's cancel marker, its admission slot."""
+    reason = interrupt_reason(by)
+    log.info(
+        "turn cancelled",
+        extra={
+            "action": "turn_cancelled",
+            "turn_id": interrupted.turn_id,
+            "tenant_id": interrupted.tenant_id,
+            "reason": reason,
+        },
+    )
+    released = end_in_redis(
+        interrupted.turn_id,
+        TurnStatus.CANCELLED.value,
+        tenant=interrupted.tenant_id,
+        policy=policy,
+        cancel_reason=reason,
+    )
+    let_go_safely(interrupted.tenant_id, released)
+
+
+def interrupt_reason(turn_id: str) -> str:
+    return f"interrupted by a later message of its conversation (turn {turn_id})"
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    turn: AcceptedTurn
+    interrupted: Interruption | None = None
 
 
 def _accept(
@@ -117,26 +230,42 @@ def _accept(
     message: str,
     key: str | None,
     *,
+    turn_id: str,
     topology: str,
     reject_when_busy: bool,
-) -> AcceptedTurn | str:
-    """The new turn, accepted in one statement; or the id of the turn the idempotency key
-    already belongs to (nothing written then)."""
+    held: bool,
+    interrupt: bool,
+) -> _Accepted | str:
+    """The new turn, accepted in one statement (with ``interrupt``, after cancelling its
+    conversation's turn in flight, in the same transaction); or the id of the turn the
+    idempotency key already belongs to (nothing written then)."""
     settings = get_settings()
     try:
         with direct_connection() as conn:
-            return accept_turn(
-                conn,
-                turn_id=str(uuid.uuid4()),
-                tenant_id=tenant,
-                conversation=conversation,
-                message=message,
-                topology=topology,
-                idempotency_key=key,
-                accepted_at=time.time(),
-                stage_deadline_s=settings.turn.stage_deadline_s,
-                reject_when_busy=reject_when_busy,
-            )
+            interrupted = None
+            with conn.transaction() if interrupt else nullcontext():
+                if interrupt:
+                    interrupted = interrupt_active_turn(
+                        conn,
+                        tenant_id=tenant,
+                        conversation=conversation,
+                        reason=interrupt_reason(turn_id),
+                    )
+                accepted = accept_turn(
+                    conn,
+                    turn_id=turn_id,
+                    tenant_id=tenant,
+                    conversation=conversation,
+                    message=message,
+                    topology=topology,
+                    idempotency_key=key,
+                    accepted_at=time.time(),
+                    stage_deadline_s=settings.turn.stage_deadline_s,
+                    reject_when_busy=reject_when_busy,
+                    held=held,
+                    interrupted=interrupted,
+                )
+            return _Accepted(accepted, interrupted)
     except psycopg.errors.UniqueViolation as exc:
         if key is None or not is_idempotency_conflict(exc):
             raise
@@ -185,6 +314,7 @@ def get_turn(turn_id: str) -> TurnView:
             status=turn.status,
             topology=turn.topology,
             message=turn.message,
+            carried_message=turn.carried_message,
             phase=turn.phase,
             intent=turn.intent,
             proposed_agent=turn.proposed_agent,
@@ -246,8 +376,10 @@ def stream_turn(turn_id: str, *, after: str = "0", timeout: float = 60.0) -> Ite
     Raises TurnNotFound at once (not when iterated) for a turn id Postgres does not know; a
     known turn whose stream has not started yet is waited for, up to ``timeout``.
     Resume after a disconnect by passing the id of the last event seen as ``after``.
-    A ``restart`` event means the agent re-ran: discard the text shown so far. The reply of
-    record is ``get_turn(turn_id).agent_response`` once the ``end`` event has come.
+    A ``restart`` event means the agent re-ran: discard the text shown so far. A ``cancel``
+    event (its ``reason`` says which later turn interrupted it) comes before the ``end`` of a
+    cancelled turn, whose reply, if any was shown, is void. The reply of record is
+    ``get_turn(turn_id).agent_response`` once the ``end`` event has come.
     """
     turn_id = check_turn_id(turn_id)
     with transient_database_failures(), direct_connection() as conn:

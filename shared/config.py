@@ -40,6 +40,10 @@ class TurnSettings(BaseSettings):
     # enqueue_turn reads a tenant's topology and in-flight policy at most this often per
     # process: a settings change made in another process applies within this time.
     tenant_settings_ttl_s: float = Field(default=2.0, ge=0, le=300)
+    # Turns in flight the whole fleet takes before it admits a tenant only up to its fair
+    # share (this / tenants with turns in flight): a flooding tenant cannot crowd the others
+    # out. None: no fleet limit, only each tenant's own (shared/admission.py).
+    fleet_max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class DatabaseSettings(BaseSettings):
@@ -205,6 +209,13 @@ class ProviderSettings(BaseSettings):
     backoff_max_s: float = Field(
         default=4.0, gt=0, le=600, alias="CHORDLINE_PROVIDER_BACKOFF_MAX_S"
     )
+    # Requests and tokens per minute per provider and model, shared by every worker
+    # (shared/providers/limits.py): "openai/gpt-4o-mini=500rpm:200000tpm,cohere/x=1000rpm".
+    provider_limits: str = Field(default="", alias="CHORDLINE_PROVIDER_LIMITS")
+    # The share of each limit that re-scoring leaves to live turns.
+    live_reserve: float = Field(
+        default=0.2, ge=0.0, lt=1.0, alias="CHORDLINE_PROVIDER_LIVE_RESERVE"
+    )
     simulated_error_rate: float = Field(
         default=0.0, ge=0.0, le=1.0, alias="CHORDLINE_SIMULATED_ERROR_RATE"
     )
@@ -248,6 +259,14 @@ class ProviderSettings(BaseSettings):
     def _latency_spec(cls, spec: str) -> str:
         parse_latency_spec(spec)
         return spec
+
+    @field_validator("provider_limits")
+    @classmethod
+    def _provider_limits(cls, text: str) -> str:
+        from shared.providers.limits import parse_limits
+
+        parse_limits(text)
+        return text.strip()
 
     @field_validator("simulated_error_stages")
     @classmethod

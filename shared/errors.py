@@ -146,3 +146,15 @@ class ServiceUnreachable(TransientError):
         self.setting = setting
         self.problem = problem
         super().__init__(f"{setting}: {problem}")
+
+
+class AdmissionRefused(PermanentError):
+    """The tenant is over an admission limit; nothing was written or enqueued."""
+
+    def __init__(self, setting: str, problem: str, *, retry_after_s: float) -> None:
+        self.setting = setting
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"{setting}: {problem}; nothing was written or enqueued; "
+            f"retry after {retry_after_s:.1f} s"
+        )

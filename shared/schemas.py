@@ -34,14 +34,16 @@ class Phase(StrEnum):
 
 
 class TurnStatus(StrEnum):
+    HELD = "held"  # accepted over its tenant's admission limit: dispatched when there is room
     WAITING = "waiting"  # behind another turn of the same conversation
     QUEUED = "queued"
     ROUTED = "routed"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # interrupted by a later message of its conversation
 
 
-TERMINAL_STATUSES = frozenset({TurnStatus.COMPLETED, TurnStatus.FAILED})
+TERMINAL_STATUSES = frozenset({TurnStatus.COMPLETED, TurnStatus.FAILED, TurnStatus.CANCELLED})
 
 
 class Stage(StrEnum):
@@ -131,17 +133,35 @@ class StageModels(Frozen):
     rerank: str = "rerank-v3.5"
 
 
+class Admission(Frozen):
+    """How many turns of a tenant may be in flight at once, and how fast new ones may come.
+
+    ``None`` switches a limit off. Over a limit, ``over_limit`` decides: ``refuse`` raises
+    ``AdmissionRefused`` (with ``retry_after_s``); ``hold`` accepts the turn and dispatches
+    it, in order, once the tenant is under its limits again, holding at most ``hold_limit``
+    turns for at most ``hold_max_s`` seconds each (beyond that: refused, or failed).
+    """
+
+    max_in_flight: int | None = Field(default=500, ge=1, le=100_000)
+    turns_per_s: float | None = Field(default=200.0, gt=0, le=100_000)
+    burst: int = Field(default=400, ge=1, le=1_000_000)
+    over_limit: Literal["refuse", "hold"] = "refuse"
+    hold_limit: int = Field(default=500, ge=1, le=1_000_000)
+    hold_max_s: float = Field(default=60.0, gt=0, le=3600)
+
+
 class TenantSettings(Frozen):
     """Per-tenant policy. Unknown keys are refused, so a typo never silently does nothing."""
 
     topology: Topology = Topology.PARALLEL
     short_circuit_research: Literal["wait", "fast_path", "cancel"] = "wait"
     researcher_gate: Literal["always", "gated"] = "always"
-    in_flight_policy: Literal["queue", "reject"] = "queue"
+    in_flight_policy: Literal["queue", "reject", "interrupt"] = "queue"
     thresholds: LevelThresholds = Field(default_factory=LevelThresholds)
     models: StageModels = Field(default_factory=StageModels)
     top_k: int = Field(default=5, ge=1, le=50)
     candidates: int = Field(default=40, ge=1, le=500)
+    admission: Admission = Field(default_factory=Admission)
 
     def with_overrides(self, overrides: dict[str, Any]) -> TenantSettings:
         """A copy with dotted-key overrides applied (``thresholds.accurate=0.7``), validated."""

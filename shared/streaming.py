@@ -3,7 +3,10 @@
 The agent appends each token as it arrives, then an ``end`` entry once the turn is
 committed in Postgres. A reader resumes from the last entry id it saw. If the agent runs
 again for the same turn (a re-delivered or retried task, a re-drive), the new run first
-appends a ``restart`` entry: readers drop what they showed of the earlier run.
+appends a ``restart`` entry: readers drop what they showed of the earlier run. A turn
+cancelled by a later message of its conversation gets a ``cancel`` entry (with the reason)
+and an ``end`` entry with status ``cancelled``; its agent, if it is streaming, stops at its
+next batch of tokens.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from shared.config import get_settings
 from shared.redis_conn import get_redis
@@ -34,7 +37,7 @@ def stream_key(turn_id: str) -> str:
     return f"chordline:reply:{turn_id}"
 
 
-EventKind = Literal["token", "restart", "end"]
+EventKind = Literal["token", "restart", "cancel", "end"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,12 @@ class StreamEvent:
     kind: EventKind
     text: str = ""
     status: str = ""
+    reason: str = ""
+
+
+def cancel_key(turn_id: str) -> str:
+    """Set when the turn is cancelled: its agent's stream writer looks for it."""
+    return f"chordline:cancelled:{turn_id}"
 
 
 def attempts_key(turn_id: str) -> str:
@@ -98,6 +107,8 @@ class _StreamWriter:
         self.tick_s = tick_s
         self._pending: list[_Entry] = []
         self._untimed: set[str] = set()  # streams begun whose first token has not gone out
+        self._watched: set[str] = set()  # turns whose cancellation each send looks for
+        self.cancelled: set[str] = set()  # watched turns found cancelled
         self._lock = threading.Lock()
         self._sending = threading.Lock()
         self._wakeup = threading.Event()
@@ -109,16 +120,22 @@ class _StreamWriter:
         if not self._wakeup.is_set():  # set already: the sender has not taken the batch yet
             self._wakeup.set()
 
-    def flush(self) -> None:
-        """Send everything appended so far, before returning."""
+    def flush(self, also: Callable[[Any], None] | None = None) -> list[Any]:
+        """Send everything appended so far, before returning; ``also`` adds commands of the
+        caller's to the same pipeline, after the entries, and gets their replies back
+        (errors among them as exceptions, not raised)."""
         with self._sending:
             with self._lock:
                 batch, self._pending = self._pending, []
-            if not batch:
-                return
+            if not batch and also is None:
+                return []
             pipe = get_redis().pipeline(transaction=False)
+            looked_up: list[tuple[int, str]] = []  # (command index, turn) of cancel checks
             for entry in _coalesced(batch):
                 key = entry.key
+                if entry.turn_id in self._watched and entry.text:
+                    pipe.exists(cancel_key(entry.turn_id))
+                    looked_up.append((len(pipe) - 1, entry.turn_id))
                 if entry.begins_run:
                     pipe.eval(
                         _BEGIN_RUN,
@@ -130,13 +147,7 @@ class _StreamWriter:
                     )
                     self._untimed.add(key)
                 if entry.ends_with:
-                    pipe.xadd(
-                        key,
-                        {"kind": "end", "status": entry.ends_with},
-                        maxlen=MAX_STREAM_LEN,
-                        approximate=True,
-                    )
-                    pipe.expire(key, stream_ttl_s())
+                    queue_end(pipe, entry.turn_id, entry.ends_with)
                     self._untimed.discard(key)
                 elif entry.text:
                     pipe.xadd(
@@ -148,12 +159,27 @@ class _StreamWriter:
                     if key in self._untimed:  # the stream exists now: give it its lifetime
                         pipe.expire(key, stream_ttl_s())
                         self._untimed.discard(key)
-            pipe.execute()
+            own = len(pipe)
+            if also is not None:
+                also(pipe)
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies[:own]:
+                if isinstance(reply, Exception):
+                    raise reply
+            for index, turn_id in looked_up:
+                if replies[index]:
+                    self.cancelled.add(turn_id)
+            return replies[own:]
+
+    def watch(self, turn_id: str) -> None:
+        self._watched.add(turn_id)
 
     def forget(self, turn_id: str) -> None:
         """The run has ended: its stream's lifetime is set by the end entry, if not before."""
         with self._sending:
             self._untimed.discard(stream_key(turn_id))
+            self._watched.discard(turn_id)
+            self.cancelled.discard(turn_id)
 
     def _run(self) -> None:
         while True:
@@ -209,14 +235,21 @@ class ReplyStream:
     Streaming is best effort: a Redis failure here is logged, never raised.
     """
 
-    def __init__(self, turn_id: str) -> None:
+    def __init__(self, turn_id: str, *, watch_cancel: bool = False) -> None:
         self.turn_id = turn_id
         self.key = stream_key(turn_id)
         self.writer = _stream_writer()
+        if watch_cancel:  # the tenant interrupts: each send of tokens asks, in its round trip
+            self.writer.watch(turn_id)
         self.writer.append(_Entry(turn_id, begins_run=True))
 
     def token(self, text: str) -> None:
         self.writer.append(_Entry(self.turn_id, text))
+
+    @property
+    def cancelled(self) -> bool:
+        """The turn was cancelled: the send of an earlier batch of its tokens found out."""
+        return self.turn_id in self.writer.cancelled
 
     def close(self) -> None:
         """Every token is in Redis when this returns, unless Redis failed (logged)."""
@@ -227,13 +260,19 @@ class ReplyStream:
         finally:
             self.writer.forget(self.turn_id)
 
-    def end(self, status: str) -> None:
-        """The turn has ended (its reply is committed): the tokens still on their way and
-        the ``end`` entry go out together, in that order, before this returns. The reply's
-        commit does not wait for its last tokens to reach Redis; its readers do, as they
-        did, for one round trip fewer."""
+    def end(self, status: str, also: Callable[[Any], None] | None = None) -> list[Any] | None:
+        """The turn has ended (its reply is committed): the tokens still on their way, the
+        ``end`` entry and ``also``'s commands go out in one round trip, in that order, before
+        this returns; the replies to ``also``'s commands, or None when Redis failed (logged).
+        The reply's commit does not wait for its last tokens to reach Redis."""
         self.writer.append(_Entry(self.turn_id, ends_with=status))
-        self.close()
+        try:
+            return self.writer.flush(also)
+        except Exception as exc:
+            _stream_failed(self.turn_id, exc)
+            return None
+        finally:
+            self.writer.forget(self.turn_id)
 
 
 def _stream_failed(turn_id: str, exc: Exception) -> None:
@@ -243,12 +282,29 @@ def _stream_failed(turn_id: str, exc: Exception) -> None:
     )
 
 
-def publish_end(turn_id: str, status: str) -> None:
-    """Tell readers the turn has ended; Postgres already holds the final state."""
+def queue_end(pipe: Any, turn_id: str, status: str) -> None:
+    """Add the end entry (and the stream's lifetime) to a pipeline."""
     key = stream_key(turn_id)
-    pipe = get_redis().pipeline(transaction=False)
     pipe.xadd(key, {"kind": "end", "status": status}, maxlen=MAX_STREAM_LEN, approximate=True)
     pipe.expire(key, stream_ttl_s())
+
+
+def queue_cancel(pipe: Any, turn_id: str, reason: str) -> None:
+    """Add a cancelled turn's marker, its end and the flag its agent looks for to a pipeline."""
+    pipe.set(cancel_key(turn_id), "1", ex=stream_ttl_s())
+    pipe.xadd(
+        stream_key(turn_id),
+        {"kind": "cancel", "reason": reason},
+        maxlen=MAX_STREAM_LEN,
+        approximate=True,
+    )
+    queue_end(pipe, turn_id, "cancelled")
+
+
+def publish_end(turn_id: str, status: str) -> None:
+    """Tell readers the turn has ended; Postgres already holds the final state."""
+    pipe = get_redis().pipeline(transaction=False)
+    queue_end(pipe, turn_id, status)
     pipe.execute()
 
 
@@ -265,7 +321,9 @@ def announce_end(turn_id: str, status: str) -> None:
 
 
 def _kind(raw: str) -> EventKind:
-    return "restart" if raw == "restart" else "end" if raw == "end" else "token"
+    if raw in ("restart", "cancel", "end"):
+        return raw  # type: ignore[return-value]
+    return "token"
 
 
 def read_events(turn_id: str, *, after: str = "0", block_ms: int = 1000) -> list[StreamEvent]:
@@ -292,6 +350,7 @@ def events_of(reply: XreadReply) -> list[StreamEvent]:
                     kind=_kind(fields.get("kind", "token")),
                     text=fields.get("text", ""),
                     status=fields.get("status", ""),
+                    reason=fields.get("reason", ""),
                 )
             )
     return events

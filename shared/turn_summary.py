@@ -20,6 +20,7 @@ from shared.validation import check_turn_id
 
 # Each stage's end, in the order a parallel turn reaches them.
 MILESTONES = (
+    ("released", "released_at"),  # a turn held over its tenant's admission limits let go
     ("orchestrated", "orchestrated_at"),
     ("researched", "researched_at"),
     ("routed", "routed_at"),
@@ -36,6 +37,7 @@ class TurnSummary:
     status: str
     topology: str
     message: str
+    carried_message: str | None  # the messages of the turns this one interrupted
     phase: str | None
     proposed_agent: str | None
     agent: str | None
@@ -84,6 +86,7 @@ def summarise_turn(session: Session, turn_id: str) -> TurnSummary:
         status=turn.status,
         topology=turn.topology,
         message=turn.message,
+        carried_message=turn.carried_message,
         phase=turn.phase,
         proposed_agent=turn.proposed_agent,
         agent=turn.next_agent,

@@ -1,4 +1,5 @@
-"""Queue ``maintenance``: the outbox relay and the stuck-turn sweeper (run by beat). Each
+"""Queue ``maintenance``: the outbox relay (which also lets held turns go when their tenant
+has room) and the stuck-turn sweeper (run by beat). Each
 sweep also records beat's heartbeat (shared/heartbeat.py), which `chordline doctor` reads.
 
 They send no task events, even while Flower (or ``celery control enable_events``) has the
@@ -13,7 +14,7 @@ from typing import Any
 from shared.contract import RELAY_TASK, SWEEP_TASK
 from shared.heartbeat import record_sweeper_heartbeat
 from shared.redis_conn import get_redis
-from shared.turn.recovery import relay_outbox, sweep_stuck_turns
+from shared.turn.recovery import relay_outbox, release_held_turns, sweep_stuck_turns
 from workers.app import app
 from workers.base import ChordlineTask
 
@@ -28,7 +29,12 @@ MAINTENANCE_OPTIONS: dict[str, Any] = {
 
 @app.task(name=RELAY_TASK, **MAINTENANCE_OPTIONS)
 def relay(self: ChordlineTask) -> dict[str, Any]:
-    return {"sent": relay_outbox()}
+    held = release_held_turns()
+    return {
+        "sent": relay_outbox(),
+        "held_released": held.released,
+        "held_expired": len(held.expired),
+    }
 
 
 @app.task(name=SWEEP_TASK, **MAINTENANCE_OPTIONS)

@@ -165,6 +165,7 @@ def show(
         ("why", summary.routing_reason or "-"),
         ("memory written", json.dumps(memory, ensure_ascii=False) if memory else "-"),
         ("timings", _timings_text(summary)),
+        ("carried", summary.carried_message or "-"),
         ("message", summary.message),
     ):
         table.add_row(label, Text(value))  # customer and model text: never markup

@@ -95,6 +95,13 @@ class Turn(Base):
         # Arrivals of every tenant (re-scoring's live-load sample, twice a second per tenant
         # per process): a range on created_at alone, which the index above cannot serve.
         Index("ix_turns_created", "created_at"),
+        # Turns held over their tenant's admission limit, per tenant in order (the relay).
+        Index(
+            "ix_turns_held",
+            "tenant_id",
+            "accepted_at",
+            postgresql_where=text("status = 'held'"),
+        ),
         # Four stages update each row: leave room for those that change no indexed column
         # to be done in place (HOT), writing no index entries.
         {"postgresql_with": {"fillfactor": 70}},
@@ -108,12 +115,15 @@ class Turn(Base):
     seq: Mapped[int] = mapped_column(Integer)
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     message: Mapped[str] = mapped_column(Text)
+    # the messages of the turns this one interrupted (in_flight_policy = interrupt)
+    carried_message: Mapped[str | None] = mapped_column(Text)
     topology: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = _now()
     accepted_at: Mapped[float] = mapped_column(Float)  # client clock (epoch s) at enqueue
     stage_deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    released_at: Mapped[float | None] = mapped_column(Float)  # a held turn let go (epoch s)
     # orchestrator
     phase: Mapped[str | None] = mapped_column(String(32))
     intent: Mapped[str | None] = mapped_column(String(64))

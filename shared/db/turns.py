@@ -27,7 +27,7 @@ from shared.errors import ConversationBusy, OwnershipViolation, TurnNotFound
 from shared.schemas import Stage, TurnStatus
 
 TURNS = cast(Table, Turn.__table__)
-TERMINAL = (TurnStatus.COMPLETED.value, TurnStatus.FAILED.value)
+TERMINAL = (TurnStatus.COMPLETED.value, TurnStatus.FAILED.value, TurnStatus.CANCELLED.value)
 
 OWNED_FIELDS: dict[Stage, frozenset[str]] = {
     Stage.ORCHESTRATOR: frozenset(
@@ -74,11 +74,15 @@ class TurnRecord(Protocol):
     @property
     def message(self) -> str: ...
     @property
+    def carried_message(self) -> str | None: ...
+    @property
     def topology(self) -> str: ...
     @property
     def status(self) -> str: ...
     @property
     def accepted_at(self) -> float: ...
+    @property
+    def released_at(self) -> float | None: ...
     @property
     def phase(self) -> str | None: ...
     @property
@@ -109,6 +113,17 @@ class TurnRecord(Protocol):
     def routed_at(self) -> float | None: ...
     @property
     def completed_at(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """A turn cancelled by a later message of its conversation, and what the later turn
+    carries of it."""
+
+    turn_id: str
+    tenant_id: str
+    carried: str  # its message (with any it carried itself)
+    status: str  # what it was when cancelled (held, waiting, queued, routed)
 
 
 @dataclass(frozen=True)
@@ -161,17 +176,22 @@ _ACCEPT_TURN = """
         VALUES (%(conversation_row_id)s, %(tenant_id)s, %(external_id)s, 2, %(id)s)
         ON CONFLICT (tenant_id, external_id) DO UPDATE
         SET next_seq = conversations.next_seq + 1,
-            active_turn_id = COALESCE(conversations.active_turn_id, EXCLUDED.active_turn_id),
+            active_turn_id = CASE WHEN conversations.active_turn_id = %(interrupted_id)s
+                                  THEN EXCLUDED.active_turn_id
+                                  ELSE COALESCE(conversations.active_turn_id,
+                                                EXCLUDED.active_turn_id) END,
             updated_at = now()
         RETURNING id, next_seq, active_turn_id
     ), turn AS (
         INSERT INTO turns (id, tenant_id, conversation_id, seq, idempotency_key, message,
-                           topology, status, accepted_at, stage_deadline_at)
+                           carried_message, topology, status, accepted_at, stage_deadline_at)
         SELECT %(id)s, %(tenant_id)s, conv.id, conv.next_seq - 1, %(idempotency_key)s,
-               %(message)s, %(topology)s,
-               CASE WHEN conv.active_turn_id = %(id)s THEN 'queued' ELSE 'waiting' END,
+               %(message)s, %(carried_message)s, %(topology)s,
+               CASE WHEN %(held)s THEN 'held'
+                    WHEN conv.active_turn_id = %(id)s THEN 'queued' ELSE 'waiting' END,
                %(accepted_at)s,
-               CASE WHEN conv.active_turn_id = %(id)s THEN %(stage_deadline_at)s END
+               CASE WHEN conv.active_turn_id = %(id)s AND NOT %(held)s
+                    THEN %(stage_deadline_at)s END
         FROM conv
         WHERE conv.active_turn_id = %(id)s OR NOT %(reject_when_busy)s
         RETURNING id, status
@@ -194,10 +214,14 @@ def accept_turn(
     accepted_at: float,
     stage_deadline_s: float,
     reject_when_busy: bool,
+    held: bool = False,
+    interrupted: Interruption | None = None,
 ) -> AcceptedTurn:
     """Insert the turn and, if its conversation is free, its dispatch intent (the outbox row),
     in one round trip. A turn refused because its conversation is busy writes nothing: its
-    statement then runs in a transaction that is rolled back.
+    statement then runs in a transaction that is rolled back. A ``held`` turn gets no
+    intent (see ``promote_held``). After ``interrupted`` (cancelled in the caller's
+    transaction) the conversation is this turn's, and it carries the cancelled messages.
 
     Raises psycopg's UniqueViolation when the tenant already has a turn with this
     idempotency key (see ``is_idempotency_conflict``).
@@ -213,6 +237,9 @@ def accept_turn(
         "accepted_at": accepted_at,
         "stage_deadline_at": _deadline(stage_deadline_s),
         "reject_when_busy": reject_when_busy,
+        "held": held,
+        "interrupted_id": uuid.UUID(interrupted.turn_id) if interrupted else None,
+        "carried_message": interrupted.carried if interrupted else None,
     }
     if not reject_when_busy:
         row = conn.execute(_ACCEPT_TURN, params).fetchone()
@@ -310,7 +337,7 @@ def _stage_ctes(stage: Stage, columns: tuple[str, ...], usage: bool) -> str:
         assignments.append("usage = usage || %(stage_usage)s")
     conditions = [f"{STAGE_OUTPUT[stage]} IS NULL"]
     if stage in (Stage.MERGE, Stage.AGENT):
-        conditions.append("status NOT IN ('completed', 'failed')")
+        conditions.append("status NOT IN ('completed', 'failed', 'cancelled')")
     return f"""
         written AS (
             UPDATE turns SET {", ".join(assignments)}
@@ -359,7 +386,7 @@ _RELEASE_CONVERSATION = """
         UPDATE conversations
         SET active_turn_id = (SELECT id FROM turns
                                WHERE conversation_id = %(conversation_id)s
-                                 AND status = 'waiting'
+                                 AND status IN ('waiting', 'held')
                                ORDER BY seq LIMIT 1),
             contextual_memory = %(memory)s,
             qualification_status = %(qualification_status)s,
@@ -369,7 +396,7 @@ _RELEASE_CONVERSATION = """
         RETURNING active_turn_id
     ), queued AS (
         UPDATE turns SET status = 'queued', stage_deadline_at = %(next_deadline_at)s
-        FROM released WHERE turns.id = released.active_turn_id
+        FROM released WHERE turns.id = released.active_turn_id AND turns.status = 'waiting'
         RETURNING turns.id, turns.topology
     ), intent AS (
         INSERT INTO turn_outbox (turn_id) SELECT id FROM queued
@@ -442,7 +469,10 @@ def release_conversation(
     )
     next_waiting = (
         select(Turn.id)
-        .where(Turn.conversation_id == conversation_id, Turn.status == TurnStatus.WAITING.value)
+        .where(
+            Turn.conversation_id == conversation_id,
+            Turn.status.in_([TurnStatus.WAITING.value, TurnStatus.HELD.value]),
+        )
         .order_by(Turn.seq)
         .limit(1)
         .scalar_subquery()
@@ -464,11 +494,14 @@ def release_conversation(
     if released is None or released.active_turn_id is None:
         return None
     next_id = released.active_turn_id
-    session.execute(
+    queued = session.execute(
         update(Turn)
-        .where(Turn.id == next_id)
+        .where(Turn.id == next_id, Turn.status == TurnStatus.WAITING.value)
         .values(status=TurnStatus.QUEUED.value, stage_deadline_at=_deadline(stage_deadline_s))
-    )
+        .returning(Turn.id)
+    ).first()
+    if queued is None:  # a held turn: it is queued when its tenant has room (promote_held)
+        return None
     session.add(TurnOutbox(turn_id=next_id))
     return str(next_id)
 
@@ -481,7 +514,7 @@ def fail_turn(
         update(Turn)
         .where(
             Turn.id == uuid.UUID(turn_id),
-            Turn.status.notin_([TurnStatus.COMPLETED.value, TurnStatus.FAILED.value]),
+            Turn.status.notin_(TERMINAL),
         )
         .values(
             status=TurnStatus.FAILED.value,
@@ -495,3 +528,103 @@ def fail_turn(
     if row is None:
         return None
     return load_turn(session, turn_id)
+
+
+# Cancel the conversation's active turn for a later message (in_flight_policy interrupt).
+# It runs first in the accepting transaction and locks the turn's row before the acceptance
+# locks the conversation's: the order in which an ending turn locks them (its own row, then
+# the conversation), so the two never deadlock. A turn that ends at the same moment (its
+# agent committing its reply) and this UPDATE take the row one after the other: exactly one
+# of them ends it.
+_INTERRUPT = """
+    UPDATE turns t
+    SET status = 'cancelled',
+        failure_reason = %(reason)s,
+        completed_at = extract(epoch from clock_timestamp())
+    FROM conversations c
+    WHERE c.tenant_id = %(tenant_id)s AND c.external_id = %(external_id)s
+      AND t.id = c.active_turn_id AND t.status NOT IN ('completed', 'failed', 'cancelled')
+    RETURNING t.id, t.tenant_id, t.status AS was,
+              concat_ws(E'\n\n', t.carried_message, t.message) AS carried
+"""
+_ACTIVE_TURN = """
+    SELECT active_turn_id FROM conversations
+    WHERE tenant_id = %(tenant_id)s AND external_id = %(external_id)s
+"""
+
+
+def interrupt_active_turn(
+    conn: psycopg.Connection[Any], *, tenant_id: str, conversation: str, reason: str
+) -> Interruption | None:
+    """Cancel the conversation's turn in flight, in the caller's transaction; None when it
+    has none (or it ended first)."""
+    params = {"tenant_id": tenant_id, "external_id": conversation, "reason": reason}
+    for _ in range(3):  # the active turn ended meanwhile and handed over to the next one
+        row = conn.execute(_INTERRUPT, params).fetchone()
+        if row is not None:
+            return Interruption(str(row[0]), row[1], carried=row[3], status=row[2])
+        if conn.execute(_ACTIVE_TURN, params).fetchone() in (None, (None,)):
+            return None
+    return None
+
+
+def stage_message(turn: TurnRecord) -> str:
+    """What the stages answer: the turn's message, after the messages it carries."""
+    if turn.carried_message:
+        return f"{turn.carried_message}\n\n{turn.message}"
+    return turn.message
+
+
+# Held turns the admission let go: queued (with their dispatch intent) when their
+# conversation is theirs, else waiting behind its active turn. Their conversations are
+# locked first, so that a turn ending at the same moment either hands its conversation on
+# before (this sees it) or after (it sees these as waiting).
+_LOCK_HELD_CONVERSATIONS = """
+    SELECT id FROM conversations
+    WHERE id IN (SELECT conversation_id FROM turns WHERE id = ANY(%(ids)s))
+    ORDER BY id
+    FOR UPDATE
+"""
+_PROMOTE_HELD = """
+    WITH promoted AS (
+        UPDATE turns t
+        SET status = CASE WHEN c.active_turn_id = t.id THEN 'queued' ELSE 'waiting' END,
+            stage_deadline_at = CASE WHEN c.active_turn_id = t.id THEN %(deadline_at)s END,
+            released_at = extract(epoch from clock_timestamp())
+        FROM conversations c
+        WHERE t.id = ANY(%(ids)s) AND t.status = 'held' AND c.id = t.conversation_id
+        RETURNING t.id, t.status, t.topology, t.accepted_at
+    ), intent AS (
+        INSERT INTO turn_outbox (turn_id) SELECT id FROM promoted WHERE status = 'queued'
+        ON CONFLICT DO NOTHING
+    )
+    SELECT id, topology FROM promoted WHERE status = 'queued' ORDER BY accepted_at
+"""
+
+
+def promote_held(
+    conn: psycopg.Connection[Any], turn_ids: list[str], *, stage_deadline_s: float
+) -> list[tuple[str, str]]:
+    """Let held turns go; returns those that may run now (id, topology), oldest first. A
+    turn no longer held (promoted already, or ended) is left alone."""
+    if not turn_ids:
+        return []
+    params = {"ids": [uuid.UUID(t) for t in turn_ids], "deadline_at": _deadline(stage_deadline_s)}
+    with conn.transaction():
+        conn.execute(_LOCK_HELD_CONVERSATIONS, params)
+        rows = conn.execute(_PROMOTE_HELD, params).fetchall()
+    return [(str(row[0]), str(row[1])) for row in rows]
+
+
+_HELD_TURNS = """
+    SELECT tenant_id, id, accepted_at FROM turns WHERE status = 'held'
+    ORDER BY tenant_id, accepted_at
+"""
+
+
+def held_turns(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[str, float]]]:
+    """Every tenant's held turns (id, accepted_at), oldest first."""
+    held: dict[str, list[tuple[str, float]]] = {}
+    for tenant_id, turn_id, accepted_at in conn.execute(_HELD_TURNS).fetchall():
+        held.setdefault(tenant_id, []).append((str(turn_id), float(accepted_at)))
+    return held

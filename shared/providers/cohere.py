@@ -23,6 +23,7 @@ from shared.providers.failures import (
     safe_url,
     status_failure,
 )
+from shared.providers.limits import LimitedCall
 from shared.providers.retry import Clock, RetryPolicy, call_with_retries
 
 PROVIDER = "cohere"
@@ -133,6 +134,7 @@ class CohereReranker:
             what=f"{PROVIDER} rerank",
             deadline=deadline,
             policy=self.policy,
+            limited=LimitedCall(PROVIDER, model),
             classify=self.failures.classifier(model=model),
             usage=usage,
             clock=self.clock,

@@ -33,6 +33,7 @@ from shared.providers.failures import (
     safe_url,
     status_failure,
 )
+from shared.providers.limits import LimitedCall
 from shared.providers.prompts import (
     ROUTE_RESPONSE_FORMAT,
     RouteAnswer,
@@ -44,6 +45,8 @@ from shared.schemas import Orchestration
 from shared.text import count_tokens
 
 PROVIDER = "openai"
+# What a routing answer (a small JSON object) counts against a tokens-per-minute limit.
+ORCHESTRATION_TOKENS_OUT = 100
 URL_SETTING = "OPENAI_BASE_URL"
 KEY_SETTING = "OPENAI_API_KEY"
 EMBEDDING_MODEL_SETTING = "CHORDLINE_OPENAI_EMBEDDING_MODEL"
@@ -189,6 +192,9 @@ class OpenAIChatModel:
             ),
             usage=usage,
             clock=self.clock,
+            limited=LimitedCall(
+                PROVIDER, model, _prompt_tokens(messages) + ORCHESTRATION_TOKENS_OUT
+            ),
         )
         reported = completion.usage
         usage.add(
@@ -221,6 +227,9 @@ class OpenAIChatModel:
             classify=classify,
             usage=usage,
             clock=self.clock,
+            limited=LimitedCall(
+                PROVIDER, request.model, _prompt_tokens(messages) + self.max_reply_tokens
+            ),
         )
         yield from self._tokens(
             stream,
@@ -342,6 +351,7 @@ class OpenAIEmbedder:
             ),
             usage=usage,
             clock=self.clock,
+            limited=LimitedCall(PROVIDER, self.model, sum(count_tokens(t) for t in texts)),
         )
         data = sorted(response.data, key=lambda item: item.index)
         if len(data) != len(texts):

@@ -8,7 +8,9 @@ The SDKs' own retries are off (they would wait up to minutes). Here:
 - a wait that would end past the deadline is not slept: the call fails at once with
   ``ProviderBudgetExceeded`` and the stage falls back (default route, MISSING, or the
   fallback reply);
-- permanent failures (``ProviderConfigError``, ``InvalidAnswer``) are raised at once.
+- permanent failures (``ProviderConfigError``, ``InvalidAnswer``) are raised at once;
+- with a shared limit configured for the model (shared/providers/limits.py), each attempt
+  first waits for it, within the same deadline.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from shared.counts import counted
 from shared.errors import ChordlineError
 from shared.providers.base import Usage
 from shared.providers.failures import ProviderBudgetExceeded, ProviderUnavailable
+from shared.providers.limits import LimitedCall, wait_for_capacity
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +88,25 @@ def call_with_retries(
     classify: Callable[[Exception], ChordlineError],
     usage: Usage | None = None,
     clock: Clock | None = None,
+    limited: LimitedCall | None = None,
 ) -> T:
     """Run ``attempt(timeout_s)`` until it succeeds, fails permanently, or time runs out.
 
     ``classify`` turns whatever the SDK raised into a chordline error; only
-    ``ProviderUnavailable`` is retried.
+    ``ProviderUnavailable`` is retried. ``limited``: the call counts against its model's
+    shared limits, if one is configured.
     """
     clock = clock or Clock()
     for number in range(1, policy.max_attempts + 1):
+        if limited is not None:
+            wait_for_capacity(
+                limited.provider,
+                limited.model,
+                tokens=limited.tokens,
+                deadline=deadline - MIN_ATTEMPT_S,
+                sleep=clock.sleep,
+                now=clock.now,
+            )
         timeout = attempt_timeout(policy, deadline=deadline, now=clock.now())
         if timeout < MIN_ATTEMPT_S:
             raise ProviderBudgetExceeded(f"{what}: no time left in the turn's budget for a call")

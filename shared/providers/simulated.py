@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from shared.config import SIMULATED_STAGES, ProviderSettings, parse_latency_spec
 from shared.errors import ProviderConfigError, ProviderError
 from shared.providers.base import ChatModel, ConversationContext, ReplyRequest, Reranker, Usage
+from shared.providers.limits import wait_for_capacity
 from shared.providers.timing import elapsed_ms
 from shared.schemas import Orchestration
+from shared.text import count_tokens
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def _sleep_within(ms: float, deadline: float) -> None:
 
 
 STREAM_CHUNK_S = 0.05
+SIMULATED_REPLY_TOKENS = 600  # what a reply counts against a tokens-per-minute limit
 
 
 class SimulatedChatModel:
@@ -126,6 +129,9 @@ class SimulatedChatModel:
     def orchestrate(
         self, *, context: ConversationContext, model: str, usage: Usage, deadline: float
     ) -> Orchestration:
+        wait_for_capacity(
+            self.name, model, tokens=count_tokens(context.message) + 100, deadline=deadline
+        )
         ms = draw_ms("orchestrator", context.message, self.latencies.orchestrator, self.scale)
         usage.simulated_ms += ms
         began = time.monotonic()
@@ -139,6 +145,12 @@ class SimulatedChatModel:
     def stream_reply(
         self, *, request: ReplyRequest, usage: Usage, deadline: float
     ) -> Iterator[str]:
+        wait_for_capacity(
+            self.name,
+            request.model,
+            tokens=count_tokens(request.context.message) + SIMULATED_REPLY_TOKENS,
+            deadline=deadline,
+        )
         ms = draw_ms("agent", request.context.message, self.latencies.agent, self.scale)
         usage.simulated_ms += ms
         self.faults.maybe_fail("agent")
@@ -167,6 +179,7 @@ class SimulatedReranker:
     def rerank(
         self, *, query: str, documents: Sequence[str], model: str, usage: Usage, deadline: float
     ) -> list[float]:
+        wait_for_capacity(self.name, model, tokens=0, deadline=deadline)
         ms = draw_ms("retrieval", query, self.latencies.retrieval, self.scale)
         usage.simulated_ms += ms
         scores = self.inner.rerank(

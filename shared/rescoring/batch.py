@@ -42,6 +42,7 @@ from shared.config import get_settings
 from shared.db.models import Turn
 from shared.db.session import get_engine, session_scope
 from shared.providers.base import ConversationContext
+from shared.providers.limits import rescoring_lane
 from shared.rescoring.budget import tenant_budget
 from shared.rescoring.context import contexts_before
 from shared.rescoring.fanout import publish_batches
@@ -239,9 +240,10 @@ def _score_claimed(rid: uuid.UUID, batch: int) -> _Scored:
         if time.monotonic() >= until or not budget.acquire(calls, until=until):
             end = BatchEnd.YIELDED
             break
-        rescore = rescore_turn(
-            turn=item.turn, context=item.context, settings=spec.settings, stages=spec.stages
-        )
+        with rescoring_lane():  # its model calls leave the live reserve of shared limits alone
+            rescore = rescore_turn(
+                turn=item.turn, context=item.context, settings=spec.settings, stages=spec.stages
+            )
         buffer.append((item, rescore))
         if len(buffer) >= FLUSH_EVERY_TURNS or time.monotonic() - last_flush >= FLUSH_EVERY_S:
             count, running = _flush(rid, buffer)

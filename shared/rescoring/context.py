@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Turn
+from shared.db.turns import stage_message
 from shared.providers.base import ConversationContext
 from shared.schemas import Agent, TurnStatus
 from shared.turn.agents import next_qualification, updated_memory
@@ -52,11 +53,13 @@ def _replay(
         if turn.id in wanted:
             contexts[turn.id] = ConversationContext(
                 tenant_id=turn.tenant_id,
-                message=turn.message,
+                message=stage_message(turn),
                 qualification_status=qualification,
                 memory=dict(memory),
                 history=list(history[-HISTORY_TURNS:]),
             )
+        if turn.status == TurnStatus.CANCELLED.value:
+            continue  # its message is carried by the turn that interrupted it
         history.append({"message": turn.message, "reply": turn.agent_response or ""})
         if turn.status == TurnStatus.COMPLETED.value and turn.next_agent:
             memory = updated_memory(memory, turn, Agent(turn.next_agent), stored_research(turn))

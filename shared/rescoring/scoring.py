@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.config import get_settings
 from shared.db.models import Turn
+from shared.db.turns import stage_message
 from shared.errors import ChordlineError
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.intent import classify
@@ -103,13 +104,13 @@ def _gate_skips(message: str, tenant_id: str, settings: TenantSettings) -> bool:
 def _research(
     *, turn: Turn, settings: TenantSettings, usage: Usage, deadline: float
 ) -> tuple[Research, str | None]:
-    if _gate_skips(turn.message, turn.tenant_id, settings):
+    if _gate_skips(stage_message(turn), turn.tenant_id, settings):
         skipped = "skipped by the researcher gate"
         return Research(hits=[], kb_information_level=KbLevel.MISSING, reason=skipped), None
     try:
         return research_question(
             tenant_id=turn.tenant_id,
-            question=turn.message,
+            question=stage_message(turn),
             settings=settings,
             usage=usage,
             deadline=deadline,

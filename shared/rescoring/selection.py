@@ -19,7 +19,7 @@ from shared.config import get_settings
 from shared.db.models import Conversation, Turn
 from shared.db.tenants import apply_overrides, parse_setting_pairs, require_tenant
 from shared.errors import InvalidInput
-from shared.schemas import TERMINAL_STATUSES, Stage, TenantSettings
+from shared.schemas import TERMINAL_STATUSES, Stage, TenantSettings, TurnStatus
 from shared.validation import check_slug
 
 RESCORABLE_STAGES = (Stage.ORCHESTRATOR, Stage.RESEARCHER)
@@ -125,10 +125,11 @@ def selection_filters(
     until: datetime | None,
     conversation_id: uuid.UUID | None,
 ) -> list[ColumnElement[bool]]:
-    """Finished turns of the tenant (completed or failed), in the range, in the conversation."""
+    """Finished turns of the tenant (completed or failed), in the range, in the conversation.
+    A turn cancelled by a later message is left out: the later turn answered its message."""
     filters: list[ColumnElement[bool]] = [
         Turn.tenant_id == tenant_id,
-        Turn.status.in_([s.value for s in TERMINAL_STATUSES]),
+        Turn.status.in_([s.value for s in TERMINAL_STATUSES if s is not TurnStatus.CANCELLED]),
     ]
     if since is not None:
         filters.append(Turn.created_at >= since)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+from shared.admission import end_in_redis, let_go_safely
 from shared.config import get_settings
 from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
@@ -99,13 +100,17 @@ def memory_fields_written(before: dict[str, object], after: dict[str, object]) -
 
 def _generate(
     *, turn: TurnRecord, request: ReplyRequest, stream: ReplyStream, usage: Usage, deadline: float
-) -> AgentReply:
+) -> AgentReply | None:
+    """The reply, streamed; None when the turn was cancelled meanwhile (the agent stops at
+    the batch of tokens after the cancellation, and commits nothing)."""
     tokens: list[str] = []
     try:
         ensure_budget_left(deadline, Stage.AGENT)
         for token in get_providers().chat.stream_reply(
             request=request, usage=usage, deadline=deadline
         ):
+            if stream.cancelled:
+                return None
             stream.token(token)
             tokens.append(token)
         return AgentReply(text="".join(tokens))
@@ -139,28 +144,41 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
         model=inputs.settings.models.agent,
     )
     usage = Usage()
-    stream = ReplyStream(turn_id)
+    stream = ReplyStream(turn_id, watch_cancel=inputs.settings.in_flight_policy == "interrupt")
     try:
         reply = _generate(
             turn=turn, request=request, stream=stream, usage=usage, deadline=inputs.deadline
         )
-        completion = _commit_reply(
-            inputs=inputs,
-            agent=agent,
-            reply=reply,
-            research=research,
-            usage=usage,
-            span=span,
+        completion = (
+            None
+            if reply is None  # cancelled meanwhile
+            else _commit_reply(
+                inputs=inputs, agent=agent, reply=reply, research=research, usage=usage, span=span
+            )
         )
     except BaseException:
         stream.close()  # the tokens so far reach readers; the turn has not ended here
         raise
-    # The reply is committed before its last tokens reach Redis; they go out with the end
-    # entry, in that order, in one round trip. Whoever ended the turn first announced it.
-    if completion.ended:
-        stream.end(TurnStatus.COMPLETED.value)
-    else:
+    if completion is None:
         stream.close()
+        log.info(
+            "agent stopped: turn cancelled",
+            extra={"action": "agent_cancelled", "turn_id": turn_id, "tenant_id": turn.tenant_id},
+        )
+        return Completion(ended=False, next_turn=None)
+    if not completion.ended:  # whoever ended the turn first announced it
+        stream.close()
+        return completion
+    # The reply is committed before its last tokens reach Redis: they go out with the end
+    # entry and the release of the tenant's admission slot, in that order, in one round trip.
+    released = end_in_redis(
+        turn_id,
+        TurnStatus.COMPLETED.value,
+        tenant=turn.tenant_id,
+        policy=inputs.settings.admission,
+        stream=stream,
+    )
+    let_go_safely(turn.tenant_id, released)
     return completion
 
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from shared.config import get_settings
 from shared.errors import StageConflict
 from shared.schemas import (
+    TERMINAL_STATUSES,
     Agent,
     KbLevel,
     Orchestration,
@@ -83,7 +84,7 @@ def _write_route(turn_id: str, decision: RoutingDecision, span: Any) -> bool:
 
 def _route_from_row(turn_id: str, span: Any) -> Routed | None:
     turn = read_turn(turn_id)
-    if turn.status in (TurnStatus.COMPLETED.value, TurnStatus.FAILED.value):
+    if turn.status in TERMINAL_STATUSES:
         return None
     sequential = turn.topology == Topology.SEQUENTIAL.value
     if turn.routed_at is not None:  # already routed: a re-delivery; send the agent again
@@ -102,7 +103,7 @@ def _after_refused_write(turn_id: str) -> Routed | None:
     """The route was not written: the turn has ended (no agent from this run), or another
     delivery routed it first (a re-delivery: send its agent again)."""
     turn = read_turn(turn_id)
-    if turn.status in (TurnStatus.COMPLETED.value, TurnStatus.FAILED.value):
+    if turn.status in TERMINAL_STATUSES:
         return None
     return _stored_route(turn)
 

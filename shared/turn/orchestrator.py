@@ -9,8 +9,9 @@ from shared.db.turns import TurnRecord
 from shared.errors import ChordlineError
 from shared.providers.base import Usage
 from shared.providers.registry import get_providers
-from shared.schemas import Agent, Orchestration, Phase, Stage
+from shared.schemas import Agent, Orchestration, Phase, Stage, TurnStatus
 from shared.turn.stage import (
+    CANCELLED_NOTE,
     StageOrigin,
     commit_stage_output,
     ensure_budget_left,
@@ -55,6 +56,8 @@ def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, 
     stored = stored_orchestration(inputs.turn)
     if stored is not None:
         return stored, topology
+    if inputs.turn.status == TurnStatus.CANCELLED.value:  # interrupted: no model is called
+        return default_route(CANCELLED_NOTE), topology
     usage = Usage()
     try:
         ensure_budget_left(inputs.deadline, Stage.ORCHESTRATOR)

@@ -8,23 +8,32 @@ rows are claimed with ``FOR UPDATE SKIP LOCKED``.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
+from shared.admission import (
+    drop_ended_from_in_flight,
+    end_in_redis,
+    let_go,
+    let_go_safely,
+    release,
+)
 from shared.config import get_settings
 from shared.contract import MERGE_TASK
 from shared.counts import counted
+from shared.db.direct import direct_connection
 from shared.db.models import Turn
 from shared.db.outbox import claim_undispatched, mark_dispatched
 from shared.db.session import session_scope
-from shared.db.turns import fail_turn, release_conversation
+from shared.db.tenants import recent_tenant_settings
+from shared.db.turns import fail_turn, held_turns, release_conversation
 from shared.dispatch import dispatch_app, publish_agent, publish_turn
-from shared.errors import BrokerUnavailable
-from shared.schemas import Agent, Topology, TurnStatus
-from shared.streaming import announce_end
+from shared.errors import BrokerUnavailable, UnknownTenant
+from shared.schemas import Admission, Agent, Topology, TurnStatus
 from shared.turn.agents import FALLBACK_REPLY
 
 log = logging.getLogger(__name__)
@@ -88,8 +97,72 @@ def end_turn_failed(turn_id: str, reason: str) -> TurnEnding:
                 "reason": reason,
             },
         )
-        announce_end(turn_id, TurnStatus.FAILED.value)
+        policy = _admission_of(turn.tenant_id)
+        let_go_safely(
+            turn.tenant_id,
+            end_in_redis(turn_id, TurnStatus.FAILED.value, tenant=turn.tenant_id, policy=policy),
+        )
     return TurnEnding(ended=turn is not None, released=released)
+
+
+def _admission_of(tenant_id: str) -> Admission:
+    try:
+        return recent_tenant_settings.get(tenant_id).admission
+    except UnknownTenant:  # deleted meanwhile: nothing of it to release
+        return Admission(max_in_flight=None, turns_per_s=None)
+
+
+@dataclass
+class HeldReport:
+    released: int = 0  # held turns let go
+    expired: list[str] = field(default_factory=list)  # held too long: failed
+
+
+def release_held_turns() -> HeldReport:
+    """The relay's share of admission: every tenant's held turns, as Postgres has them.
+
+    A turn held longer than its tenant's ``admission.hold_max_s`` ends failed with the
+    reason. The others are handed to the tenant's release script with the held set, which
+    follows Postgres (a held turn Redis lost is held again; one it admitted before a crash
+    is promoted now), admitting the oldest ones that fit. In-flight entries of turns that
+    have ended in Postgres are dropped first, so a lost release cannot keep turns held.
+    """
+    report = HeldReport()
+    with direct_connection() as conn:
+        held = held_turns(conn)
+    now = time.time()
+    for tenant_id, turns in held.items():
+        policy = _admission_of(tenant_id)
+        waiting = []
+        for turn_id, accepted_at in turns:
+            if now - accepted_at > policy.hold_max_s:
+                reason = (
+                    f"held {now - accepted_at:.0f} s over tenant {tenant_id}'s admission "
+                    f"limits, longer than admission.hold_max_s ({policy.hold_max_s:g} s); "
+                    "never dispatched"
+                )
+                if end_turn_failed(turn_id, reason).ended:
+                    report.expired.append(turn_id)
+            else:
+                waiting.append((turn_id, accepted_at))
+        if not waiting:
+            continue
+        try:
+            drop_ended_from_in_flight(tenant_id)
+            released = release(tenant_id, policy, held=waiting)
+            let_go(tenant_id, released)
+        except Exception as exc:  # this tenant's turns wait for the next relay; not the others'
+            log.warning(
+                "held turns not let go",
+                extra={
+                    "action": "held_release_failed",
+                    "tenant_id": tenant_id,
+                    "reason": type(exc).__name__,
+                },
+            )
+            continue
+        report.released += len(released.promoted)
+    return report
 
 
 def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:

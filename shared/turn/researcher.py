@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from shared.config import get_settings
 from shared.db.direct import direct_connection
-from shared.db.turns import TurnRecord
+from shared.db.turns import TurnRecord, stage_message
 from shared.errors import ChordlineError
 from shared.kb.levels import level_of_parts, question_parts
 from shared.kb.search import Candidate, hybrid_search
@@ -17,8 +17,9 @@ from shared.providers.base import ConversationContext, Usage
 from shared.providers.intent import classify
 from shared.providers.registry import get_providers
 from shared.providers.timing import operation
-from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings
+from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings, TurnStatus
 from shared.turn.stage import (
+    CANCELLED_NOTE,
     StageOrigin,
     commit_stage_output,
     ensure_budget_left,
@@ -156,7 +157,10 @@ def _gate_skips(turn: TurnRecord, settings: TenantSettings) -> bool:
         return False
     cheap = classify(
         ConversationContext(
-            tenant_id=turn.tenant_id, message=turn.message, qualification_status="", memory={}
+            tenant_id=turn.tenant_id,
+            message=stage_message(turn),
+            qualification_status="",
+            memory={},
         )
     )
     return cheap.intent in GATE_SKIPS
@@ -169,6 +173,8 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
     stored = stored_research(turn)
     if stored is not None:
         return stored
+    if turn.status == TurnStatus.CANCELLED.value:  # interrupted: nobody reads its research
+        return Research(hits=[], kb_information_level=KbLevel.MISSING, reason=CANCELLED_NOTE)
     skip = _gate_skips(turn, settings)
     usage = Usage()
     outcome = "ok"
@@ -183,7 +189,7 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
             with operation():  # retrieval is one operation for the latency it is given
                 result = research_question(
                     tenant_id=turn.tenant_id,
-                    question=turn.message,
+                    question=stage_message(turn),
                     settings=settings,
                     usage=usage,
                     deadline=deadline,

@@ -16,7 +16,7 @@ from shared.config import get_settings
 from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
 from shared.db.tenants import tenant_settings_from
-from shared.db.turns import TurnRecord, write_stage_output
+from shared.db.turns import TurnRecord, stage_message, write_stage_output
 from shared.errors import TurnNotFound
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.failures import ProviderBudgetExceeded
@@ -105,9 +105,14 @@ def log_fallback(stage: Stage, *, turn: TurnRecord, exc: Exception) -> None:
     )
 
 
+# What a header stage of a turn cancelled before it ran says instead of calling a model.
+CANCELLED_NOTE = "the turn was cancelled by a later message before this stage ran"
+
+
 def turn_deadline(turn: TurnRecord) -> float:
-    """Epoch seconds by which the turn must have ended: accepted + budget."""
-    return turn.accepted_at + get_settings().turn.budget_s
+    """Epoch seconds by which the turn must have ended: accepted (or, for a turn held over
+    its tenant's admission limit, let go) + budget."""
+    return max(turn.accepted_at, turn.released_at or 0.0) + get_settings().turn.budget_s
 
 
 def ensure_budget_left(deadline: float, stage: Stage) -> None:
@@ -152,6 +157,7 @@ _STAGE_INPUTS = f"""
                                      ORDER BY h.seq), '[]'::json)
               FROM (SELECT seq, message, agent_response FROM turns
                      WHERE conversation_id = t.conversation_id AND seq < t.seq
+                       AND status <> 'cancelled'
                      ORDER BY seq DESC LIMIT {HISTORY_TURNS}) h) AS conversation_history
       FROM turns t
       JOIN conversations c ON c.id = t.conversation_id
@@ -186,12 +192,12 @@ def load_stage_inputs(turn_id: str, *, conversation: bool = True) -> StageInputs
         raise TurnNotFound(f"turn {turn_id} does not exist")
     row: Any = found  # the turn's columns and the conversation's, by name
     context = ConversationContext(
-        tenant_id=row.tenant_id, message=row.message, qualification_status="", memory={}
+        tenant_id=row.tenant_id, message=stage_message(row), qualification_status="", memory={}
     )
     if conversation:
         context = ConversationContext(
             tenant_id=row.tenant_id,
-            message=row.message,
+            message=stage_message(row),
             qualification_status=row.conversation_qualification,
             memory=dict(row.conversation_memory),
             history=[

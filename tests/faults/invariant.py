@@ -1,7 +1,8 @@
 """The invariant, read from Postgres only: every accepted turn ends exactly once.
 
 Completed: one reply, no reason, exactly one agent write. Failed: one reason, the fallback
-reply, no agent write. Every stage's output written at most once. Nothing left open.
+reply, no agent write. Cancelled (interrupted by a later message): one reason, no reply, no
+agent write. Every stage's output written at most once. Nothing left open.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 from shared.db.models import Conversation, Turn, TurnSpan
 from shared.db.session import session_scope
 
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "cancelled")
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Outcome:
     accepted: int = 0
     completed: int = 0
     failed: int = 0
+    cancelled: int = 0
     lost: int = 0
     worst_end_s: float = 0.0
     violations: list[str] = field(default_factory=list)
@@ -35,6 +37,7 @@ class Outcome:
             "accepted": self.accepted,
             "completed": self.completed,
             "failed_with_reason": self.failed,
+            "cancelled": self.cancelled,
             "lost": self.lost,
             "worst_end_s": round(self.worst_end_s, 2),
             **self.notes,
@@ -46,11 +49,12 @@ def recovery_problems(outcome: Outcome, *, meant_to_fail: int, target_s: float) 
     purpose completes (a run where every turn "failed with a reason" is not a pass), and every
     turn ends within the recovery target."""
     problems = []
-    must_complete = outcome.accepted - meant_to_fail
+    must_complete = outcome.accepted - meant_to_fail - outcome.cancelled
     if outcome.completed < must_complete:
+        cancelled = f", {outcome.cancelled} cancelled" if outcome.cancelled else ""
         problems.append(
             f"{outcome.completed} of {outcome.accepted} turns completed, {must_complete} must "
-            f"({meant_to_fail} failed on purpose)"
+            f"({meant_to_fail} failed on purpose{cancelled})"
         )
     if outcome.worst_end_s > target_s:
         problems.append(
@@ -142,6 +146,10 @@ def _check_turn(outcome: Outcome, turn: object, writes: dict[tuple[str, str], in
         outcome.failed += 1
         if not turn.failure_reason or agent_writes != 0:  # type: ignore[attr-defined]
             outcome.violations.append(f"{tid}: failed without one reason, or with a reply")
+    elif status == "cancelled":
+        outcome.cancelled += 1
+        if not turn.failure_reason or turn.agent_response or agent_writes != 0:  # type: ignore[attr-defined]
+            outcome.violations.append(f"{tid}: cancelled without one reason, or with a reply")
     else:
         outcome.lost += 1
         outcome.violations.append(f"{tid}: still {status}; {_progress(tid)}")

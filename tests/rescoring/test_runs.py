@@ -297,3 +297,18 @@ def test_cli_dry_run_status_and_report(worker: None, demo_history: str, tmp_path
     assert {"turns", "changed", "agent_matrix", "level_shift", "examples"} <= set(data)
     assert data["turns"] == len(SCRIPT) + 1 and data["cost"]["calls"] > 0
     assert len(csv_path.read_text().splitlines()) == len(SCRIPT) + 2  # header + one per turn
+
+
+def test_a_turn_cancelled_by_a_double_text_is_left_out_and_its_message_rescored_with_the_next(
+    worker: None, workers: None
+) -> None:
+    tenant = new_tenant({"in_flight_policy": "interrupt"})
+    first = enqueue_turn(tenant, "double", "Our barcode scanners stopped syncing, what do we do?")
+    second = enqueue_turn(tenant, "double", "please help")  # milliseconds later: no cue alone
+    answered = wait_for_turn(second, timeout=60)
+    assert wait_for_turn(first, timeout=60).status == "cancelled"
+    assert answered.carried_message and answered.next_agent == "support"
+    run_id = run_to_completion(RunRequest(tenant_id=tenant))
+    report = build_report_for(run_id)
+    assert report.turns == 1  # the cancelled turn has no decision of its own to re-run
+    assert report.changed == 0, report.examples  # re-decided on both messages, as it was

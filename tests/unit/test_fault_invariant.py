@@ -26,3 +26,12 @@ def test_a_turn_ending_after_the_recovery_target_fails_the_scenario() -> None:
     (problem,) = recovery_problems(late, meant_to_fail=0, target_s=RECOVERY_TARGET_S)
     assert "above the 20 s target" in problem
     assert RECOVERY_TARGET_S == 20.0  # 2 x (visibility 8 s + restore check 1 s) + 2 s
+
+
+def test_turns_cancelled_by_a_later_message_need_not_complete() -> None:
+    outcome = Outcome("interrupts", accepted=20, completed=15, cancelled=5, worst_end_s=3.0)
+    assert recovery_problems(outcome, meant_to_fail=0, target_s=20) == []
+    one_lost = Outcome("interrupts", accepted=20, completed=14, cancelled=5, worst_end_s=3.0)
+    assert recovery_problems(one_lost, meant_to_fail=0, target_s=20) == [
+        "14 of 20 turns completed, 15 must (0 failed on purpose, 5 cancelled)"
+    ]

@@ -55,3 +55,24 @@ def test_stored_settings_are_validated_the_same_way() -> None:
     assert validate_settings({"topology": "sequential"}).topology.value == "sequential"
     with pytest.raises(InvalidInput, match=r"^colour: extra inputs are not permitted; got 'red'"):
         validate_settings({"colour": "red"})
+
+
+def test_admission_and_the_interrupt_policy_are_tenant_settings() -> None:
+    settings = apply_overrides(
+        TenantSettings(),
+        parse_setting_pairs(
+            [
+                "in_flight_policy=interrupt",
+                "admission.max_in_flight=20",
+                "admission.turns_per_s=null",
+                "admission.over_limit=hold",
+            ]
+        ),
+    )
+    assert settings.in_flight_policy == "interrupt"
+    assert settings.admission.max_in_flight == 20 and settings.admission.turns_per_s is None
+    assert settings.admission.over_limit == "hold"
+    with pytest.raises(InvalidInput, match=r"^admission\.over_limit: input should be 'refuse'"):
+        apply_overrides(TenantSettings(), {"admission.over_limit": "later"})
+    with pytest.raises(InvalidInput, match=r"^settings: unknown setting 'admission\.cap'"):
+        apply_overrides(TenantSettings(), {"admission.cap": 3})
