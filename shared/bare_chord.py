@@ -29,6 +29,7 @@ import redis
 from celery import Celery, chord
 
 from shared.config import get_settings
+from shared.kb.levels import question_parts
 from shared.overhead_hops import StageTimes, turn_hops
 from shared.procfile import TURN_PROCESSES, read_procfile
 from shared.providers.simulated import LatencyDistribution, StageLatencies, draw_ms
@@ -107,7 +108,9 @@ def orchestrator(message: str) -> list[float]:
 
 @app.task(name=TASKS["researcher"])
 def researcher(message: str) -> list[float]:
-    return _timed_stage("retrieval", message)
+    # chordline's simulated reranker draws the retrieval time from the first part of the
+    # question (a question asked in parts is reranked once per part, within one draw)
+    return _timed_stage("retrieval", question_parts(message)[0])
 
 
 @app.task(name=TASKS["merge"], ignore_result=True)

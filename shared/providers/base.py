@@ -24,6 +24,9 @@ class Usage:
     search_units: int = 0
     retries: int = 0
     simulated_ms: float = 0.0
+    # The simulated retrieval time drawn for this stage, once: a question asked in parts is
+    # reranked once per part within the one retrieval the draw stands for. Not stored.
+    simulated_retrieval_ms: float | None = None
 
     def add(
         self, *, calls: int = 1, tokens_in: int = 0, tokens_out: int = 0, search_units: int = 0

@@ -180,8 +180,11 @@ class SimulatedReranker:
         self, *, query: str, documents: Sequence[str], model: str, usage: Usage, deadline: float
     ) -> list[float]:
         wait_for_capacity(self.name, model, tokens=0, deadline=deadline)
-        ms = draw_ms("retrieval", query, self.latencies.retrieval, self.scale)
-        usage.simulated_ms += ms
+        ms = usage.simulated_retrieval_ms
+        if ms is None:  # the stage's first rerank: the draw covers its whole retrieval
+            ms = draw_ms("retrieval", query, self.latencies.retrieval, self.scale)
+            usage.simulated_retrieval_ms = ms
+            usage.simulated_ms += ms
         scores = self.inner.rerank(
             query=query, documents=documents, model=model, usage=usage, deadline=deadline
         )

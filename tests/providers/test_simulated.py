@@ -20,6 +20,7 @@ from shared.providers.simulated import (
     StageLatencies,
     draw_ms,
 )
+from shared.providers.timing import operation
 from shared.schemas import Agent, KbLevel
 
 CONTEXT = ConversationContext(
@@ -89,6 +90,21 @@ def test_simulated_orchestrator_sleeps_its_draw() -> None:
     chat.orchestrate(context=CONTEXT, model="m", usage=usage, deadline=time.time() + 5)
     assert time.monotonic() - began >= 0.14
     assert usage.simulated_ms == 150
+
+
+def test_a_question_reranked_in_parts_is_one_retrieval_and_one_draw() -> None:
+    # The draw stands for the whole retrieval: a second part's rerank within the same
+    # retrieval neither draws again nor sleeps again (the bench's ideal path counts one).
+    _, reranker = simulated(CHORDLINE_SIMULATED_RETRIEVAL_MS="fixed:100")
+    usage = Usage()
+    began = time.monotonic()
+    with operation():
+        for part in ("Does it integrate with Xero?", "does it integrate with Sage?"):
+            reranker.rerank(
+                query=part, documents=["a", "b"], model="m", usage=usage, deadline=time.time() + 5
+            )
+    assert usage.simulated_ms == 100
+    assert 0.09 <= time.monotonic() - began < 0.18
 
 
 def test_errors_are_injected_only_in_the_chosen_stages_and_kind() -> None:
