@@ -150,11 +150,15 @@ class Admission(Frozen):
     hold_max_s: float = Field(default=60.0, gt=0, le=3600)
 
 
+# Keys that once were settings and no longer are. ``short_circuit_research`` was accepted
+# but never read by any stage (routing before the researcher answers was never built).
+RETIRED_SETTINGS = frozenset({"short_circuit_research"})
+
+
 class TenantSettings(Frozen):
     """Per-tenant policy. Unknown keys are refused, so a typo never silently does nothing."""
 
     topology: Topology = Topology.PARALLEL
-    short_circuit_research: Literal["wait", "fast_path", "cancel"] = "wait"
     researcher_gate: Literal["always", "gated"] = "always"
     in_flight_policy: Literal["queue", "reject", "interrupt"] = "queue"
     thresholds: LevelThresholds = Field(default_factory=LevelThresholds)
@@ -162,6 +166,14 @@ class TenantSettings(Frozen):
     top_k: int = Field(default=5, ge=1, le=50)
     candidates: int = Field(default=40, ge=1, le=500)
     admission: Admission = Field(default_factory=Admission)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_retired_keys(cls, data: Any) -> Any:
+        """Settings stored before a key was retired still load; setting it is refused."""
+        if isinstance(data, dict) and RETIRED_SETTINGS & data.keys():
+            return {k: v for k, v in data.items() if k not in RETIRED_SETTINGS}
+        return data
 
     def with_overrides(self, overrides: dict[str, Any]) -> TenantSettings:
         """A copy with dotted-key overrides applied (``thresholds.accurate=0.7``), validated."""

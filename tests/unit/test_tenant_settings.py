@@ -76,3 +76,12 @@ def test_admission_and_the_interrupt_policy_are_tenant_settings() -> None:
         apply_overrides(TenantSettings(), {"admission.over_limit": "later"})
     with pytest.raises(InvalidInput, match=r"^settings: unknown setting 'admission\.cap'"):
         apply_overrides(TenantSettings(), {"admission.cap": 3})
+
+
+def test_a_retired_setting_stored_earlier_still_loads_but_cannot_be_set() -> None:
+    # short_circuit_research was accepted but nothing read it: it is gone, and a tenant
+    # whose stored settings still carry it keeps working.
+    stored = {**TenantSettings().model_dump(mode="json"), "short_circuit_research": "fast_path"}
+    assert "short_circuit_research" not in validate_settings(stored).model_dump()
+    with pytest.raises(InvalidInput, match=r"unknown setting 'short_circuit_research'"):
+        apply_overrides(TenantSettings(), {"short_circuit_research": "fast_path"})
