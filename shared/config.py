@@ -263,7 +263,7 @@ class ProviderSettings(BaseSettings):
     @field_validator("provider_limits")
     @classmethod
     def _provider_limits(cls, text: str) -> str:
-        from shared.providers.limits import parse_limits
+        from shared.limit_spec import parse_limits
 
         parse_limits(text)
         return text.strip()

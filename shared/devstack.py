@@ -162,7 +162,8 @@ def _clear_stale_targets(directory: Path) -> None:
 
 def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> int:
     """Start everything, restart what exits, stop everything on Ctrl-C or SIGTERM."""
-    from shared.runtime import migrate, services
+    from shared.db.migrations import migrate
+    from shared.runtime import services
     from shared.supervisor import Supervisor
 
     processes = stack_processes(only)

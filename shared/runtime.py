@@ -10,10 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-
-from alembic import command
-from alembic.config import Config
 
 from shared.config import get_settings, reset_settings
 from shared.connectivity import probe_postgres, probe_redis
@@ -23,8 +19,6 @@ from shared.dispatch import reset_dispatch_app
 from shared.embedded import EmbeddedServices, ensure_services
 from shared.providers.registry import reset_providers
 from shared.redis_conn import reset_redis
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def _apply_urls(database_url: str | None, redis_url: str | None) -> None:
@@ -81,16 +75,3 @@ def services(
             if embedded.redis and embedded.redis.started_here:
                 os.environ.pop("REDIS_URL", None)
             reset_process_state()
-
-
-def alembic_config(database_url: str | None = None) -> Config:
-    config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    if database_url:
-        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return config
-
-
-def migrate() -> None:
-    """Bring the schema to the latest revision (idempotent)."""
-    command.upgrade(alembic_config(get_settings().database_url), "head")

@@ -142,11 +142,9 @@ def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
 
 
 def _schema_at_head(url: str) -> str:
-    from alembic.script import ScriptDirectory
+    from shared.db.migrations import schema_heads
 
-    from shared.runtime import alembic_config
-
-    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    heads = schema_heads()
     try:
         current = {str(row[0]) for row in _query(url, "SELECT version_num FROM alembic_version")}
     except Exception:  # no alembic_version table: never migrated

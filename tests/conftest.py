@@ -40,7 +40,8 @@ def services() -> Iterator[None]:
     shutil.rmtree(TEST_DATA_DIR, ignore_errors=True)
     os.environ["CHORDLINE_DATA_DIR"] = str(TEST_DATA_DIR)
     os.environ.setdefault("CHORDLINE_LOG_FORMAT", "json")
-    from shared.runtime import migrate, reset_process_state
+    from shared.db.migrations import migrate
+    from shared.runtime import reset_process_state
     from shared.runtime import services as running_services
 
     reset_process_state()

@@ -40,6 +40,7 @@ from shared.client import TurnView, enqueue_turn, get_turn
 from shared.config import get_settings
 from shared.db.api_keys import Caller
 from shared.db.conversations import conversation_of
+from shared.db.migrations import schema_heads
 from shared.db.session import session_scope, transient_database_failures
 from shared.db.spans import spans_of
 from shared.db.turns import load_turn
@@ -154,14 +155,6 @@ def conversation_out(caller: Caller, conversation: str, limit: int) -> Conversat
         updated_at=view.updated_at,
         turns=[TurnBrief(**vars(t)) for t in view.turns],
     )
-
-
-def schema_heads() -> set[str]:
-    from alembic.script import ScriptDirectory
-
-    from shared.runtime import alembic_config
-
-    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
 def readiness_checks(heads: set[str]) -> dict[str, str]:

@@ -63,7 +63,8 @@ class CommandGroup(TyperGroup):
 @contextlib.contextmanager
 def needed_services(*, redis: bool = True) -> Iterator[None]:
     """Postgres (migrated) and, unless told otherwise, Redis: configured or embedded."""
-    from shared.runtime import migrate, services
+    from shared.db.migrations import migrate
+    from shared.runtime import services
 
     with services(redis=redis):
         migrate()

@@ -37,8 +37,9 @@ class IngestMode(StrEnum):
 @contextlib.contextmanager
 def _services_for_ingest(mode: IngestMode) -> Iterator[bool]:
     """Postgres (migrated), and Redis unless inline; yields whether ingest workers answer."""
+    from shared.db.migrations import migrate
     from shared.kb.jobs import ingest_workers_answer
-    from shared.runtime import migrate, services
+    from shared.runtime import services
 
     with services(redis=mode is not IngestMode.INLINE) as embedded:
         migrate()
@@ -210,11 +211,11 @@ def kb_search(
 
     from shared.db.session import session_scope
     from shared.db.tenants import require_tenant
+    from shared.kb.research import research_question
     from shared.kb.search import check_question
     from shared.kb.stores import store_for
     from shared.providers.base import Usage
     from shared.providers.registry import get_providers
-    from shared.turn.researcher import research_question
     from shared.validation import check_slug
 
     check_slug("tenant", tenant)
@@ -505,8 +506,8 @@ def kb_eval(
     matrix, per-class and balanced accuracy, and the routing table."""
     from shared.db.session import session_scope
     from shared.db.tenants import require_tenant
+    from shared.evaluation import evaluate_question, evaluation_report
     from shared.kb.calibration import load_questions
-    from shared.kb.evaluation import evaluate_question, evaluation_report
     from shared.validation import check_slug
 
     check_slug("tenant", tenant)

@@ -129,7 +129,7 @@ def score_questions(
 ) -> list[ScoredQuestion]:
     """The top reranked score of each question (and of each of its parts), searched as the
     researcher searches."""
-    from shared.turn.researcher import scored_candidates
+    from shared.kb.research import scored_candidates
 
     scored = []
     for item in questions:

@@ -185,8 +185,8 @@ def score_derived(
     """Each question searched and reranked as the researcher does it; the questions are
     embedded together, in batches (one call per batch with an embedding API)."""
     from shared.kb.ingest import embed_texts, embedding_deadline
+    from shared.kb.research import scored_candidates
     from shared.providers.registry import get_providers
-    from shared.turn.researcher import scored_candidates
 
     vectors = embed_texts(
         get_providers().embedder,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import Any, Literal
 import redis
 
 from shared.config import get_settings
+from shared.limit_spec import ModelLimit, parse_limits
 from shared.providers.failures import ProviderBudgetExceeded
 
 log = logging.getLogger(__name__)
@@ -40,44 +40,6 @@ log = logging.getLogger(__name__)
 SETTING = "CHORDLINE_PROVIDER_LIMITS"
 Lane = Literal["live", "rescoring"]
 _lane: contextvars.ContextVar[Lane] = contextvars.ContextVar("chordline_call_lane", default="live")
-
-_ENTRY = re.compile(r"^(?P<key>[a-z0-9_.-]+/[A-Za-z0-9_.:@-]+?)=(?P<limits>[0-9a-z:]+)$")
-_LIMIT = re.compile(r"^(?P<n>[1-9][0-9]*)(?P<unit>rpm|tpm)$")
-
-
-@dataclass(frozen=True)
-class ModelLimit:
-    rpm: int | None = None  # requests per minute
-    tpm: int | None = None  # tokens per minute
-
-
-def parse_limits(text: str) -> dict[str, ModelLimit]:
-    """``provider/model=Nrpm[:Ntpm]`` entries separated by commas; ValueError names the one
-    at fault."""
-    limits: dict[str, ModelLimit] = {}
-    for raw in (part.strip() for part in text.split(",")):
-        if not raw:
-            continue
-        entry = _ENTRY.match(raw)
-        if entry is None:
-            raise ValueError(
-                f"{raw!r} is not provider/model=LIMIT[:LIMIT], e.g. "
-                "openai/gpt-4o-mini=500rpm:200000tpm"
-            )
-        rpm = tpm = None
-        for part in entry["limits"].split(":"):
-            limit = _LIMIT.match(part)
-            if limit is None:
-                raise ValueError(
-                    f"{part!r} in {raw!r} is not a limit; write a whole number followed by rpm "
-                    "(requests per minute) or tpm (tokens per minute)"
-                )
-            if limit["unit"] == "rpm":
-                rpm = int(limit["n"])
-            else:
-                tpm = int(limit["n"])
-        limits[entry["key"]] = ModelLimit(rpm=rpm, tpm=tpm)
-    return limits
 
 
 @functools.cache

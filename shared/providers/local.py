@@ -16,11 +16,11 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
+from shared.customer_facts import discovery_question, remembered_facts
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
 from shared.providers.intent import classify
 from shared.schemas import Agent, KbLevel, Orchestration, ResearchHit
 from shared.text import STOPWORDS, content_terms, count_tokens, light_stem, stem, words
-from shared.turn.facts import discovery_question, remembered_facts
 
 # --------------------------------------------------------------------------- classifier
 # The offline orchestrator lives in shared/providers/intent.py (``classify``).

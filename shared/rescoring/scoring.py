@@ -18,6 +18,7 @@ from shared.config import get_settings
 from shared.db.models import Turn
 from shared.db.turns import stage_message
 from shared.errors import ChordlineError
+from shared.kb.research import research_question
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.intent import classify
 from shared.providers.registry import get_providers
@@ -31,7 +32,7 @@ from shared.schemas import (
     Topology,
 )
 from shared.turn.orchestrator import default_route, stored_orchestration
-from shared.turn.researcher import GATE_SKIPS, research_question, stored_research
+from shared.turn.researcher import GATE_SKIPS, stored_research
 from shared.turn.routing import route_turn
 
 MAX_HITS_KEPT = 3

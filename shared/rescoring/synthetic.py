@@ -25,10 +25,10 @@ from shared.db.session import session_scope
 from shared.db.tenants import require_tenant
 from shared.demo import SCRIPT
 from shared.errors import InvalidInput
+from shared.kb.research import research_question
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.intent import classify
 from shared.schemas import Orchestration, Research, RoutingDecision, TurnStatus
-from shared.turn.researcher import research_question
 from shared.turn.routing import route_turn
 
 QUESTIONS = (

@@ -12,6 +12,7 @@ import time
 
 from shared.admission import end_in_redis, let_go_safely
 from shared.config import get_settings
+from shared.customer_facts import remembered_facts
 from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
 from shared.db.turns import Completion, TurnRecord, complete_turn
@@ -21,7 +22,6 @@ from shared.providers.intent import furthest_phase
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, AgentReply, KbLevel, Research, Stage, TurnStatus
 from shared.streaming import ReplyStream, announce_end
-from shared.turn.facts import remembered_facts
 from shared.turn.researcher import run_researcher, stored_research
 from shared.turn.stage import (
     StageInputs,

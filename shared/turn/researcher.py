@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
-from shared.config import get_settings
-from shared.db.direct import direct_connection
 from shared.db.turns import TurnRecord, stage_message
 from shared.errors import ChordlineError
-from shared.kb.levels import level_of_parts, question_parts
-from shared.kb.search import Candidate, hybrid_search
-from shared.kb.stores import store_for
+from shared.kb.research import research_question
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.intent import classify
-from shared.providers.registry import get_providers
 from shared.providers.timing import operation
 from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings, TurnStatus
 from shared.turn.stage import (
@@ -43,113 +37,6 @@ def stored_research(turn: TurnRecord) -> Research | None:
         retrieval_failed=bool(turn.research_note and "failed" in turn.research_note),
         reason=turn.research_note,
     )
-
-
-def research_question(
-    *, tenant_id: str, question: str, settings: TenantSettings, usage: Usage, deadline: float
-) -> Research:
-    """Embed, search (tenant-filtered hybrid), rerank, and grade the coverage."""
-    scored = scored_candidates(
-        tenant_id=tenant_id, question=question, settings=settings, usage=usage, deadline=deadline
-    )
-    if scored is None:
-        return Research(hits=[], kb_information_level=KbLevel.MISSING, reason="no candidates")
-    tops = scored.part_tops
-    return Research(
-        hits=scored.hits(settings.top_k),
-        kb_information_level=level_of_parts(tops, settings.thresholds),
-        parts=list(zip(scored.parts, tops, strict=True)) if len(tops) > 1 else [],
-    )
-
-
-@dataclass(frozen=True)
-class ScoredCandidates:
-    """The candidates of a question, with the reranked score of each for each part of the
-    question (one part for most questions)."""
-
-    candidates: list[Candidate]
-    part_scores: list[list[float]]  # per part, per candidate
-    parts: list[str]
-
-    @property
-    def part_tops(self) -> list[float]:
-        return [max(scores, default=0.0) for scores in self.part_scores]
-
-    def hits(self, top_k: int) -> list[ResearchHit]:
-        """The best passage of each part first, then the rest by their best score; a
-        passage whose text an earlier hit already has (the same text stored twice) is left
-        out, so it never takes two of the ``top_k`` places."""
-        best = [max(scores) for scores in zip(*self.part_scores, strict=True)]
-        by_score = sorted(range(len(self.candidates)), key=lambda i: best[i], reverse=True)
-        part_leaders = [
-            max(range(len(scores)), key=lambda i: scores[i]) for scores in self.part_scores
-        ]
-        hits: list[ResearchHit] = []
-        seen: set[str] = set()
-        for index in dict.fromkeys([*part_leaders, *by_score]):
-            c = self.candidates[index]
-            text = (f"{c.heading}: " if c.heading else "") + c.text
-            if text in seen:
-                continue
-            seen.add(text)
-            hits.append(
-                ResearchHit(
-                    chunk_id=c.chunk_id,
-                    document_id=c.document_id,
-                    title=c.title,
-                    text=text,
-                    score=best[index],
-                    vector_rank=c.vector_rank,
-                    text_rank=c.text_rank,
-                )
-            )
-            if len(hits) == top_k:
-                break
-        return hits
-
-
-def scored_candidates(
-    *,
-    tenant_id: str,
-    question: str,
-    settings: TenantSettings,
-    usage: Usage,
-    deadline: float,
-    vector: list[float] | None = None,
-) -> ScoredCandidates | None:
-    """One embedding (unless ``vector`` is the question's, embedded in a batch) and one
-    search for the question; one rerank per part of it (a question with one part, the usual
-    case, is reranked once). None without candidates."""
-    providers = get_providers()
-    kb = get_settings().kb
-    if vector is None:
-        vector = providers.embedder.embed([question], usage=usage, deadline=deadline)[0]
-    with direct_connection() as conn:
-        candidates = hybrid_search(
-            conn,
-            tenant_id=tenant_id,
-            question=question,
-            vector=vector,
-            limit=settings.candidates,
-            exact_below=kb.exact_search_below,
-            ef_search=kb.ef_search,
-            store=store_for(providers.embedder),
-        )
-    if not candidates:
-        return None
-    passages = [c.passage for c in candidates]
-    parts = question_parts(question)
-    part_scores = [
-        providers.reranker.rerank(
-            query=part,
-            documents=passages,
-            model=settings.models.rerank,
-            usage=usage,
-            deadline=deadline,
-        )
-        for part in parts
-    ]
-    return ScoredCandidates(candidates, part_scores, parts)
 
 
 def _gate_skips(turn: TurnRecord, settings: TenantSettings) -> bool:

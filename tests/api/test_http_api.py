@@ -269,7 +269,8 @@ def test_health_readiness_and_the_openapi_schema(web: WebProcess) -> None:
 
 
 def test_readiness_names_a_schema_behind_the_latest_migration(services: None) -> None:
-    from shared.api.app import readiness_checks, schema_heads
+    from shared.api.app import readiness_checks
+    from shared.db.migrations import schema_heads
 
     assert readiness_checks(schema_heads()) == {"postgres": "ok", "migrations": "ok", "redis": "ok"}
     behind = readiness_checks({"9999"})

@@ -13,11 +13,11 @@ from shared.db.session import get_engine, session_scope
 from shared.db.tenants import tenant_settings
 from shared.kb import search
 from shared.kb.ingest import ingest_paths
+from shared.kb.research import research_question
 from shared.kb.search import hybrid_search, nearest_chunks, tenant_sizes
 from shared.kb.stores import store_for
 from shared.providers.base import Usage
 from shared.providers.local import LocalEmbedder
-from shared.turn.researcher import research_question
 from tests.conftest import new_tenant
 from tests.kb.conftest import write_docs
 

@@ -13,10 +13,10 @@ import pytest
 from shared.db.session import session_scope
 from shared.db.tenants import tenant_settings
 from shared.kb.ingest import ingest_paths, list_documents
+from shared.kb.research import research_question
 from shared.providers.base import Usage
 from shared.providers.local import LocalEmbedder
 from shared.schemas import KbLevel, Research
-from shared.turn.researcher import research_question
 from tests.conftest import new_tenant
 
 OWN_KB = Path(__file__).resolve().parents[1] / "data" / "own_kb"

@@ -9,8 +9,8 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
+from shared.db.migrations import alembic_config
 from shared.db.session import database_url
-from shared.runtime import alembic_config
 
 pytestmark = pytest.mark.integration
 

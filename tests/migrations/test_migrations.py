@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
+from shared.db.migrations import alembic_config
 from shared.db.models import Base
 from shared.db.session import database_url
-from shared.runtime import alembic_config
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,13 @@ from typing import Any, cast
 
 import pytest
 
+from shared.customer_facts import facts_in
 from shared.db.turns import TurnRecord
 from shared.providers.base import ConversationContext, ReplyRequest
 from shared.providers.intent import classify, confidence_for
 from shared.providers.local import compose_reply
 from shared.schemas import Agent, KbLevel, Phase, ResearchHit
 from shared.turn.agents import updated_memory
-from shared.turn.facts import facts_in
 
 
 def ctx(message: str, memory: dict[str, Any] | None = None) -> ConversationContext:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.providers.limits import ModelLimit, parse_limits
+from shared.limit_spec import ModelLimit, parse_limits
 
 
 def test_limits_per_provider_and_model() -> None:

@@ -41,7 +41,7 @@ def evaluate_question(
     item: LabelledQuestion, *, tenant_id: str, settings: TenantSettings
 ) -> Evaluated:
     """One question through the researcher, the orchestrator and the routing rule."""
-    from shared.turn.researcher import research_question
+    from shared.kb.research import research_question
 
     deadline = time.time() + 30
     research = research_question(
