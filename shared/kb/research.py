@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from shared.config import get_settings
 from shared.db.direct import direct_connection
+from shared.errors import ChordlineError
 from shared.kb.levels import level_of_parts, question_parts
 from shared.kb.search import Candidate, hybrid_search
 from shared.kb.stores import store_for
-from shared.providers.base import Usage
+from shared.providers.base import ConversationContext, Usage
+from shared.providers.intent import classify
 from shared.providers.registry import get_providers
 from shared.schemas import KbLevel, Research, ResearchHit, TenantSettings
 
@@ -124,3 +126,33 @@ def scored_candidates(
         for part in parts
     ]
     return ScoredCandidates(candidates, part_scores, parts)
+
+
+# What the researcher gate skips (a tenant with researcher_gate = gated): turns whose cheap
+# intent needs no knowledge base. The live stage and re-scoring both decide with these.
+GATE_SKIPS = frozenset({"handoff", "off_topic"})
+GATE_SKIPPED = "skipped by the researcher gate"
+
+
+def gate_skips(*, message: str, tenant_id: str, settings: TenantSettings) -> bool:
+    """Whether the tenant's researcher gate skips retrieval for this message."""
+    if settings.researcher_gate != "gated":
+        return False
+    quick = ConversationContext(
+        tenant_id=tenant_id, message=message, qualification_status="", memory={}
+    )
+    return classify(quick).intent in GATE_SKIPS
+
+
+def skipped_research() -> Research:
+    return Research(hits=[], kb_information_level=KbLevel.MISSING, reason=GATE_SKIPPED)
+
+
+def failed_research(exc: ChordlineError) -> Research:
+    """Retrieval failed: the turn goes on as if the knowledge base had nothing, marked so."""
+    return Research(
+        hits=[],
+        kb_information_level=KbLevel.MISSING,
+        retrieval_failed=True,
+        reason=f"retrieval failed: {exc}"[:500],
+    )

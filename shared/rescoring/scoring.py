@@ -18,12 +18,10 @@ from shared.config import get_settings
 from shared.db.models import Turn
 from shared.db.turns import stage_message
 from shared.errors import ChordlineError
-from shared.kb.research import research_question
+from shared.kb.research import failed_research, gate_skips, research_question, skipped_research
 from shared.providers.base import ConversationContext, Usage
-from shared.providers.intent import classify
 from shared.providers.registry import get_providers
 from shared.schemas import (
-    KbLevel,
     Orchestration,
     Research,
     RoutingDecision,
@@ -31,8 +29,8 @@ from shared.schemas import (
     TenantSettings,
     Topology,
 )
-from shared.turn.orchestrator import default_route, stored_orchestration
-from shared.turn.researcher import GATE_SKIPS, stored_research
+from shared.turn.orchestrator import failed_orchestration, stored_orchestration
+from shared.turn.researcher import stored_research
 from shared.turn.routing import route_turn
 
 MAX_HITS_KEPT = 3
@@ -89,25 +87,15 @@ def _orchestrate(
             context=context, model=settings.models.orchestrator, usage=usage, deadline=deadline
         ), None
     except ChordlineError as exc:
-        reason = f"orchestrator failed over to the default route: {exc}"
-        return default_route(reason), reason
-
-
-def _gate_skips(message: str, tenant_id: str, settings: TenantSettings) -> bool:
-    if settings.researcher_gate != "gated":
-        return False
-    quick = ConversationContext(
-        tenant_id=tenant_id, message=message, qualification_status="", memory={}
-    )
-    return classify(quick).intent in GATE_SKIPS
+        failed = failed_orchestration(exc)
+        return failed, failed.fallback_reason
 
 
 def _research(
     *, turn: Turn, settings: TenantSettings, usage: Usage, deadline: float
 ) -> tuple[Research, str | None]:
-    if _gate_skips(stage_message(turn), turn.tenant_id, settings):
-        skipped = "skipped by the researcher gate"
-        return Research(hits=[], kb_information_level=KbLevel.MISSING, reason=skipped), None
+    if gate_skips(message=stage_message(turn), tenant_id=turn.tenant_id, settings=settings):
+        return skipped_research(), None
     try:
         return research_question(
             tenant_id=turn.tenant_id,
@@ -117,10 +105,8 @@ def _research(
             deadline=deadline,
         ), None
     except ChordlineError as exc:
-        reason = f"retrieval failed: {exc}"[:500]
-        return Research(
-            hits=[], kb_information_level=KbLevel.MISSING, retrieval_failed=True, reason=reason
-        ), reason
+        failed = failed_research(exc)
+        return failed, failed.reason
 
 
 def rescore_turn(

@@ -48,6 +48,11 @@ def default_route(reason: str) -> Orchestration:
     )
 
 
+def failed_orchestration(exc: Exception) -> Orchestration:
+    """The orchestrator's model failed: the default route, saying why."""
+    return default_route(f"orchestrator failed over to the default route: {exc}")
+
+
 def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, str]:
     """The turn's orchestration (run now, or as stored by an earlier delivery) and topology."""
     span = start_span(turn_id, Stage.ORCHESTRATOR, origin)
@@ -69,7 +74,7 @@ def run_orchestrator(turn_id: str, origin: StageOrigin) -> tuple[Orchestration, 
         )
         outcome = "ok"
     except ChordlineError as exc:
-        result = default_route(f"orchestrator failed over to the default route: {exc}")
+        result = failed_orchestration(exc)
         outcome = "fallback"
         log_fallback(Stage.ORCHESTRATOR, turn=inputs.turn, exc=exc)
     values = {

@@ -7,11 +7,10 @@ import time
 
 from shared.db.turns import TurnRecord, stage_message
 from shared.errors import ChordlineError
-from shared.kb.research import research_question
-from shared.providers.base import ConversationContext, Usage
-from shared.providers.intent import classify
+from shared.kb.research import failed_research, gate_skips, research_question, skipped_research
+from shared.providers.base import Usage
 from shared.providers.timing import operation
-from shared.schemas import KbLevel, Research, ResearchHit, Stage, TenantSettings, TurnStatus
+from shared.schemas import KbLevel, Research, ResearchHit, Stage, TurnStatus
 from shared.turn.stage import (
     CANCELLED_NOTE,
     StageOrigin,
@@ -25,8 +24,6 @@ from shared.turn.stage import (
 
 log = logging.getLogger(__name__)
 
-GATE_SKIPS = frozenset({"handoff", "off_topic"})
-
 
 def stored_research(turn: TurnRecord) -> Research | None:
     if turn.researched_at is None:
@@ -39,20 +36,6 @@ def stored_research(turn: TurnRecord) -> Research | None:
     )
 
 
-def _gate_skips(turn: TurnRecord, settings: TenantSettings) -> bool:
-    if settings.researcher_gate != "gated":
-        return False
-    cheap = classify(
-        ConversationContext(
-            tenant_id=turn.tenant_id,
-            message=stage_message(turn),
-            qualification_status="",
-            memory={},
-        )
-    )
-    return cheap.intent in GATE_SKIPS
-
-
 def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
     span = start_span(turn_id, Stage.RESEARCHER, origin)
     inputs = load_stage_inputs(turn_id, conversation=False)
@@ -62,13 +45,11 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
         return stored
     if turn.status == TurnStatus.CANCELLED.value:  # interrupted: nobody reads its research
         return Research(hits=[], kb_information_level=KbLevel.MISSING, reason=CANCELLED_NOTE)
-    skip = _gate_skips(turn, settings)
+    skip = gate_skips(message=stage_message(turn), tenant_id=turn.tenant_id, settings=settings)
     usage = Usage()
     outcome = "ok"
     if skip:
-        result = Research(
-            hits=[], kb_information_level=KbLevel.MISSING, reason="skipped by the researcher gate"
-        )
+        result = skipped_research()
         outcome = "skipped"
     else:
         try:
@@ -82,12 +63,7 @@ def run_researcher(turn_id: str, origin: StageOrigin) -> Research:
                     deadline=deadline,
                 )
         except ChordlineError as exc:
-            result = Research(
-                hits=[],
-                kb_information_level=KbLevel.MISSING,
-                retrieval_failed=True,
-                reason=f"retrieval failed: {exc}"[:500],
-            )
+            result = failed_research(exc)
             outcome = "fallback"
             log_fallback(Stage.RESEARCHER, turn=turn, exc=exc)
     values = {
