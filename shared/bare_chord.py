@@ -31,8 +31,8 @@ from celery import Celery, chord
 from shared.config import get_settings
 from shared.kb.levels import question_parts
 from shared.overhead_hops import StageTimes, turn_hops
-from shared.procfile import TURN_PROCESSES, read_procfile
 from shared.providers.simulated import LatencyDistribution, StageLatencies, draw_ms
+from shared.tools.stack.procfile import TURN_PROCESSES, read_procfile
 
 QUEUE_PREFIX = "bare-"
 DONE_KEY = "chordline:bare-chord:done"

@@ -47,10 +47,10 @@ from shared.dispatch import flush_dispatch
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.overhead_hops import HOPS, chordline_hops, mean_hops
-from shared.procfile import TURN_PROCESSES, ProcessGroup, running_workers
 from shared.providers.registry import get_providers
 from shared.schemas import TERMINAL_STATUSES, Topology
 from shared.stats import percentiles
+from shared.tools.stack.procfile import TURN_PROCESSES, ProcessGroup, running_workers
 
 QUESTIONS = (
     "How much does the Growth plan cost?",

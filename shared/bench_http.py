@@ -21,8 +21,8 @@ from shared.bench import HTTP_RATE_LIMIT, HTTP_SUFFIX, Submit, System, prepare_b
 from shared.cpu_time import Processes
 from shared.db.session import session_scope
 from shared.errors import TransientError
-from shared.procfile import ProcessGroup, read_procfile
 from shared.schemas import Topology
+from shared.tools.stack.procfile import ProcessGroup, read_procfile
 
 
 @dataclass(frozen=True)

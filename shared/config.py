@@ -377,8 +377,8 @@ class MetricsSettings(BaseSettings):
 
 
 class FlowerSettings(BaseSettings):
-    """Flower listens on loopback only; chordline's gate (shared/flower_gate.py) serves its
-    UI with basic auth and, on a separate private port, nothing but its /metrics."""
+    """Flower listens on loopback only; chordline's gate (shared/tools/stack/flower_gate.py)
+    serves its UI with basic auth and, on a separate private port, nothing but its /metrics."""
 
     model_config = SettingsConfigDict(env_prefix="CHORDLINE_FLOWER_", extra="ignore")
 

@@ -42,9 +42,14 @@ from shared.demo import DEMO_KB
 from shared.dispatch import dispatch_app, flush_dispatch
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
-from shared.procfile import TURN_PROCESSES, ProcessGroup, start_workers, wait_for_workers
 from shared.providers.registry import get_providers
 from shared.stats import percentile
+from shared.tools.stack.procfile import (
+    TURN_PROCESSES,
+    ProcessGroup,
+    start_workers,
+    wait_for_workers,
+)
 
 TENANT = "bench-recovery"
 PROCESSES = (*TURN_PROCESSES, "maintenance", "beat")
@@ -133,7 +138,7 @@ def _prepare_tenant() -> None:
 
 
 def _kill_and_restart(group: ProcessGroup, victim: str, command_env: dict[str, str]) -> None:
-    from shared.procfile import read_procfile
+    from shared.tools.stack.procfile import read_procfile
 
     proc = group.processes[victim]
     os.killpg(proc.pid, signal.SIGKILL)

@@ -42,9 +42,9 @@ from shared.demo import DEMO_KB
 from shared.dispatch import flush_dispatch
 from shared.errors import AdmissionRefused, InvalidInput
 from shared.kb.ingest import ingest_paths
-from shared.procfile import TURN_PROCESSES, running_workers
 from shared.providers.registry import get_providers
 from shared.schemas import Topology
+from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
 
 MAX_TENANTS = 50
 MAX_SKEW = 1000.0

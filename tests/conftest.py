@@ -41,8 +41,8 @@ def services() -> Iterator[None]:
     os.environ["CHORDLINE_DATA_DIR"] = str(TEST_DATA_DIR)
     os.environ.setdefault("CHORDLINE_LOG_FORMAT", "json")
     from shared.db.migrations import migrate
-    from shared.runtime import reset_process_state
-    from shared.runtime import services as running_services
+    from shared.tools.stack.services import reset_process_state
+    from shared.tools.stack.services import services as running_services
 
     reset_process_state()
     try:
@@ -56,7 +56,7 @@ def services() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def workers(services: None) -> Iterator[None]:
     """One real worker process per turn queue, plus maintenance, as the Procfile runs them."""
-    from shared.procfile import TURN_PROCESSES, running_workers
+    from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
 
     # Simulated providers at a tenth of the default stage times: the header stages
     # really run side by side (40-80 ms and 30-70 ms), and a turn still takes ~0.2 s.

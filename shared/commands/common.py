@@ -64,7 +64,7 @@ class CommandGroup(TyperGroup):
 def needed_services(*, redis: bool = True) -> Iterator[None]:
     """Postgres (migrated) and, unless told otherwise, Redis: configured or embedded."""
     from shared.db.migrations import migrate
-    from shared.runtime import services
+    from shared.tools.stack.services import services
 
     with services(redis=redis):
         migrate()
@@ -74,7 +74,7 @@ def needed_services(*, redis: bool = True) -> Iterator[None]:
 @contextlib.contextmanager
 def turn_workers(log_dir: Path | None = None, env: dict[str, str] | None = None) -> Iterator[None]:
     """Use the workers that already run (e.g. `chordline up`); otherwise run our own."""
-    from shared.procfile import TURN_PROCESSES, running_workers, workers_answering
+    from shared.tools.stack.procfile import TURN_PROCESSES, running_workers, workers_answering
 
     if not env and workers_answering(TURN_PROCESSES):
         yield

@@ -39,7 +39,7 @@ def _services_for_ingest(mode: IngestMode) -> Iterator[bool]:
     """Postgres (migrated), and Redis unless inline; yields whether ingest workers answer."""
     from shared.db.migrations import migrate
     from shared.kb.jobs import ingest_workers_answer
-    from shared.runtime import services
+    from shared.tools.stack.services import services
 
     with services(redis=mode is not IngestMode.INLINE) as embedded:
         migrate()

@@ -88,7 +88,7 @@ def up(
 
     Postgres and Redis (embedded unless their URLs are set), the migrations, and every
     Procfile process."""
-    from shared.devstack import run_stack
+    from shared.tools.stack.devstack import run_stack
 
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
     code = run_stack(say=lambda line: console.print(line, highlight=False), only=names)
@@ -99,7 +99,7 @@ def proc(
     name: Annotated[str, typer.Argument(help="A Procfile entry, e.g. orchestrator or flower.")],
 ) -> None:
     """Replace this process with one Procfile entry (what a container runs)."""
-    from shared.procfile import PROJECT_ROOT, process_env, read_procfile
+    from shared.tools.stack.procfile import PROJECT_ROOT, process_env, read_procfile
 
     entries = read_procfile()
     if name not in entries:
@@ -116,7 +116,7 @@ def proc(
 def flower_gate() -> None:
     """Serve Flower's UI with basic auth, and its /metrics alone on a private port."""
     from shared.config import get_settings
-    from shared.flower_gate import open_gate
+    from shared.tools.stack.flower_gate import open_gate
 
     settings = get_settings().flower
     gate = open_gate(settings)

@@ -18,7 +18,7 @@ from shared.errors import InvalidInput
 from shared.schemas import StageModels
 
 if TYPE_CHECKING:
-    from shared.stack_checks import Check as StackCheck
+    from shared.tools.stack.checks import Check as StackCheck
 
 SIMULATED_DEMO_ENV = {
     "CHORDLINE_PROVIDERS": "simulated",
@@ -85,7 +85,7 @@ def doctor(
     Starts nothing. Never prints a key: endpoints are shown without credentials.
     """
     from shared.providers.health import check_stages
-    from shared.stack_checks import stack_checks
+    from shared.tools.stack.checks import stack_checks
 
     stack = [] if providers_only else stack_checks(get_settings())
     settings = get_settings().providers

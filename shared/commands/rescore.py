@@ -59,7 +59,7 @@ class RateColumn(ProgressColumn):
 @contextlib.contextmanager
 def rescoring_workers() -> Iterator[None]:
     """Use the rescoring workers that already run; otherwise run one for this command."""
-    from shared.procfile import running_workers, workers_answering
+    from shared.tools.stack.procfile import running_workers, workers_answering
 
     if workers_answering(["rescoring"]):
         yield

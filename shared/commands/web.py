@@ -63,7 +63,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def web_services() -> Iterator[None]:
     """Configured Postgres and Redis as they are (the release entry migrates them); with a
     URL unset, the embedded servers, migrated, as every other command does."""
-    from shared.runtime import services
+    from shared.tools.stack.services import services
 
     settings = get_settings()
     if settings.database_url and settings.redis_url:

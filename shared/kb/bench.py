@@ -94,7 +94,7 @@ def scratch_url(base_url: str, name: str) -> str:
 def scratch_database() -> Iterator[str]:
     """A fresh database on the configured server, migrated; this process uses it meanwhile."""
     from shared.db.migrations import migrate
-    from shared.runtime import reset_process_state
+    from shared.tools.stack.services import reset_process_state
 
     base_url = get_settings().database_url
     assert base_url is not None

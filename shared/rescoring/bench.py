@@ -26,11 +26,11 @@ from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
 from shared.demo import DEMO_KB
 from shared.kb.ingest import ingest_paths
-from shared.procfile import running_workers
 from shared.providers.registry import get_providers
 from shared.rescoring.runs import RunStatus, cancel_run, read_progress, start_run
 from shared.rescoring.selection import RunRequest
 from shared.rescoring.synthetic import generate_history
+from shared.tools.stack.procfile import running_workers
 
 BENCH_TENANT = "bench-rescore"
 ZERO_LATENCY_ENV = {"CHORDLINE_PROVIDERS": "simulated", "CHORDLINE_SIMULATED_LATENCY_SCALE": "0"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from shared.procfile import ProcessGroup, read_procfile
+from shared.tools.stack.procfile import ProcessGroup, read_procfile
 from tests.conftest import ARTIFACTS, new_tenant
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.procfile import ProcessGroup, read_procfile, wait_for_workers
+from shared.tools.stack.procfile import ProcessGroup, read_procfile, wait_for_workers
 
 TURN_WORKERS = ("orchestrator", "researcher", "merge", "agents")
 PROCESSES = (*TURN_WORKERS, "maintenance", "beat")

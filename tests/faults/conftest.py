@@ -42,7 +42,7 @@ def _two_tenants() -> list[str]:
 @pytest.fixture(scope="package")
 def rig() -> Iterator[Rig]:
     from shared.db.migrations import migrate
-    from shared.runtime import reset_process_state
+    from shared.tools.stack.services import reset_process_state
 
     saved = {name: os.environ.get(name) for name in CLIENT_ENV}
     data_dir = fresh_data_dir()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from shared import embedded
+from shared.tools.stack import embedded
 
 
 def free_port() -> int:

@@ -15,9 +15,9 @@ from shared.config import get_settings
 from shared.db.session import session_scope
 from shared.db.spans import spans_of
 from shared.dispatch import publish_now
-from shared.procfile import TURN_PROCESSES, running_workers
 from shared.redis_conn import get_redis
-from shared.runtime import reset_process_state
+from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
+from shared.tools.stack.services import reset_process_state
 from shared.turn.agents import FALLBACK_REPLY
 from tests.conftest import ARTIFACTS, accept_unpublished_turn, new_tenant
 

@@ -49,7 +49,7 @@ def chordline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 @pytest.fixture(scope="module")
 def ingest_worker(services: None) -> Iterator[Path]:
     """An `ingest` worker started from the Procfile; yields its log file."""
-    from shared.procfile import running_workers
+    from shared.tools.stack.procfile import running_workers
 
     log_dir = ARTIFACTS / "worker-logs"
     with running_workers(

@@ -11,7 +11,7 @@ from sqlalchemy import make_url, text
 from shared.config import get_settings
 from shared.db.session import session_scope
 from shared.kb.bench import scratch_database, scratch_url
-from shared.runtime import reset_process_state
+from shared.tools.stack.services import reset_process_state
 
 
 def test_the_scratch_url_keeps_credentials_host_and_query() -> None:

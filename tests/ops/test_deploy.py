@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from shared.contract import ALL_QUEUES
-from shared.procfile import read_procfile
+from shared.tools.stack.procfile import read_procfile
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBERNETES_VERSION = "1.30"

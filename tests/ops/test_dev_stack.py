@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from shared.procfile import read_procfile
+from shared.tools.stack.procfile import read_procfile
 from tests.conftest import ARTIFACTS, ROOT
 from tests.ops.test_flower import free_port
 

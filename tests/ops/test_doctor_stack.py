@@ -14,8 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from shared.heartbeat import SWEEPER_HEARTBEAT_KEY
-from shared.procfile import start_workers
 from shared.redis_conn import get_redis
+from shared.tools.stack.procfile import start_workers
 from tests.conftest import ARTIFACTS
 from tests.ops.test_flower import free_port
 from tests.ops.test_misconfiguration import run_chordline

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import embedded
+from shared.tools.stack import embedded
 from tests.conftest import ROOT
 
 pytestmark = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.embedded import ensure_redis, stop_redis
+from shared.tools.stack.embedded import ensure_redis, stop_redis
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

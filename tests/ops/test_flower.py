@@ -20,7 +20,7 @@ import pytest
 from shared.client import enqueue_turn, wait_for_turn
 from shared.contract import MAINTENANCE_QUEUE, RELAY_TASK, SWEEP_TASK
 from shared.dispatch import dispatch_app
-from shared.procfile import ProcessGroup, read_procfile, start_workers
+from shared.tools.stack.procfile import ProcessGroup, read_procfile, start_workers
 from tests.conftest import ARTIFACTS, new_tenant
 from tests.ops.browser import headless_chromium
 

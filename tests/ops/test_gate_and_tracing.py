@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from shared.cli import app
 from shared.config import reset_settings
 from shared.errors import InvalidInput
-from shared.flower_gate import authorised, parse_credentials
 from shared.telemetry import StageTracer, turn_trace_ids
+from shared.tools.stack.flower_gate import authorised, parse_credentials
 
 
 def basic(value: str) -> str:
@@ -100,7 +100,7 @@ def test_every_stage_of_a_turn_joins_the_trace_named_by_the_turn_id() -> None:
 def test_the_ui_listener_never_serves_metrics_and_asks_everyone_else_for_credentials() -> None:
     from types import SimpleNamespace
 
-    from shared.flower_gate import metrics_rules, ui_rules
+    from shared.tools.stack.flower_gate import metrics_rules, ui_rules
 
     decide = ui_rules(["ops:s3cret"])
 

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import redis
 
-from shared.devstack import moved_ports, write_env_file
-from shared.embedded import EmbeddedServices, ensure_services, stop_postgres, stop_redis
+from shared.tools.stack.devstack import moved_ports, write_env_file
+from shared.tools.stack.embedded import EmbeddedServices, ensure_services, stop_postgres, stop_redis
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

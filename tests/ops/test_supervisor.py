@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from shared.supervisor import Backoff, describe_exit
+from shared.tools.stack.supervisor import Backoff, describe_exit
 from tests.conftest import ARTIFACTS, ROOT
 from tests.ops.test_dev_stack import CHORDLINE, stop_leftovers, wait_for_line
 

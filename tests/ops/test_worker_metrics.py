@@ -151,7 +151,7 @@ def test_turns_are_measured_per_stage_per_queue_and_per_turn(workers: None) -> N
 
 @pytest.fixture(scope="module")
 def ingest_worker(services: None) -> Iterator[None]:
-    from shared.procfile import running_workers
+    from shared.tools.stack.procfile import running_workers
 
     with running_workers(["ingest"], log_dir=ARTIFACTS / "worker-logs"):
         yield

@@ -31,10 +31,10 @@ from shared.db.tenants import ensure_tenant
 from shared.db.usage import tenant_usage
 from shared.demo import DEMO_KB, SCRIPT, coverage_gaps, play_demo
 from shared.kb.ingest import ingest_paths
-from shared.procfile import TURN_PROCESSES, running_workers
 from shared.providers.registry import build_providers
 from shared.redis_conn import get_redis
-from shared.runtime import reset_process_state
+from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
+from shared.tools.stack.services import reset_process_state
 from shared.turn.agents import FALLBACK_REPLY
 from tests.conftest import ARTIFACTS
 from tests.providers.conftest import COHERE_KEY, OPENAI_KEY, fake_api_env, settings_for

@@ -8,8 +8,8 @@ import pytest
 
 from shared.dispatch import publish_agent, publish_turn
 from shared.errors import BrokerUnavailable, TransientError
-from shared.runtime import reset_process_state
 from shared.schemas import Agent
+from shared.tools.stack.services import reset_process_state
 
 
 @pytest.fixture

@@ -3,11 +3,12 @@
 Postgres and Redis are the configured ones (DATABASE_URL, REDIS_URL) or the embedded ones,
 started on the data dir (and stopped again on the way out when this command started them).
 The schema is migrated here, which is what the Procfile's ``release`` entry does in a
-deployment, and every other Procfile entry runs under the supervisor (shared/supervisor.py),
-each in its own process group: a process that exits is started again after a backoff (one
-line on the console says so) while the rest keeps running; on Ctrl-C (or SIGTERM) it sends
-SIGTERM to every group, which is Celery's warm shutdown, and SIGKILL to any group still
-there five seconds later, so no worker, pool child or Flower outlives the command.
+deployment, and every other Procfile entry runs under the supervisor
+(shared/tools/stack/supervisor.py), each in its own process group: a process that exits is
+started again after a backoff (one line on the console says so) while the rest keeps
+running; on Ctrl-C (or SIGTERM) it sends SIGTERM to every group, which is Celery's warm
+shutdown, and SIGKILL to any group still there five seconds later, so no worker, pool child
+or Flower outlives the command.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import Settings, get_settings
-from shared.embedded import EmbeddedServices
-from shared.procfile import PROJECT_ROOT, process_env, read_procfile
+from shared.tools.stack.embedded import EmbeddedServices
+from shared.tools.stack.procfile import PROJECT_ROOT, process_env, read_procfile
 
 SKIPPED_ENTRIES = ("release",)  # migrations run before the processes start
 READY_TIMEOUT_S = 180.0
@@ -163,8 +164,8 @@ def _clear_stale_targets(directory: Path) -> None:
 def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> int:
     """Start everything, restart what exits, stop everything on Ctrl-C or SIGTERM."""
     from shared.db.migrations import migrate
-    from shared.runtime import services
-    from shared.supervisor import Supervisor
+    from shared.tools.stack.services import services
+    from shared.tools.stack.supervisor import Supervisor
 
     processes = stack_processes(only)
     with services() as embedded:

@@ -16,9 +16,9 @@ from shared.connectivity import probe_postgres, probe_redis
 from shared.db.direct import dispose_direct_pool
 from shared.db.session import dispose_engine
 from shared.dispatch import reset_dispatch_app
-from shared.embedded import EmbeddedServices, ensure_services
 from shared.providers.registry import reset_providers
 from shared.redis_conn import reset_redis
+from shared.tools.stack.embedded import EmbeddedServices, ensure_services
 
 
 def _apply_urls(database_url: str | None, redis_url: str | None) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 PROCFILE = PROJECT_ROOT / "Procfile"
 TURN_PROCESSES = ("orchestrator", "researcher", "merge", "agents")
 

@@ -37,7 +37,7 @@ from shared.connectivity import (
 )
 from shared.contract import MAINTENANCE_QUEUE
 from shared.errors import ChordlineError
-from shared.procfile import TURN_PROCESSES
+from shared.tools.stack.procfile import TURN_PROCESSES
 
 WORKER_QUEUES = (*TURN_PROCESSES, MAINTENANCE_QUEUE)
 CHECK_TIMEOUT_S = 3.0
@@ -78,7 +78,7 @@ class Failed(ChordlineError):
 
 
 def _targets(settings: Settings) -> tuple[Target, Target]:
-    from shared.embedded import running_postgres_url, running_redis_url
+    from shared.tools.stack.embedded import running_postgres_url, running_redis_url
 
     postgres = (
         Target(DATABASE_SETTING, settings.database_url, False)
