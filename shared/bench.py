@@ -42,7 +42,6 @@ from shared.cpu_time import CpuMeter, Processes, listener_pid, ms_per_unit
 from shared.db.models import Turn, TurnSpan
 from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
-from shared.demo import DEMO_KB
 from shared.dispatch import flush_dispatch
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
@@ -50,6 +49,7 @@ from shared.overhead_hops import HOPS, chordline_hops, mean_hops
 from shared.providers.registry import get_providers
 from shared.schemas import TERMINAL_STATUSES, Topology
 from shared.stats import percentiles
+from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import TURN_PROCESSES, ProcessGroup, running_workers
 
 QUESTIONS = (

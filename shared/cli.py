@@ -164,7 +164,7 @@ def demo(
     ] = "auto",
 ) -> None:
     """Set up the demo tenant, play a scripted sales conversation, print what each turn did."""
-    from shared.demo import run_demo
+    from shared.tools.demo.conversation import run_demo
 
     env = provider_commands.demo_env(latency)
     with needed_services(), turn_workers(env=env):

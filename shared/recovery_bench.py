@@ -38,12 +38,12 @@ from shared.counts import counted
 from shared.db.models import Turn
 from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
-from shared.demo import DEMO_KB
 from shared.dispatch import dispatch_app, flush_dispatch
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import get_providers
 from shared.stats import percentile
+from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import (
     TURN_PROCESSES,
     ProcessGroup,

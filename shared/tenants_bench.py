@@ -38,12 +38,12 @@ from shared.bench import (
 )
 from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant, validate_settings
-from shared.demo import DEMO_KB
 from shared.dispatch import flush_dispatch
 from shared.errors import AdmissionRefused, InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import get_providers
 from shared.schemas import Topology
+from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
 
 MAX_TENANTS = 50

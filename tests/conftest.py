@@ -74,9 +74,9 @@ def workers(services: None) -> Iterator[None]:
 def new_tenant(settings: dict[str, object] | None = None, *, with_demo_kb: bool = True) -> str:
     from shared.db.session import session_scope
     from shared.db.tenants import ensure_tenant
-    from shared.demo import DEMO_KB
     from shared.kb.ingest import ingest_paths
     from shared.providers.registry import get_providers
+    from shared.tools.demo.conversation import DEMO_KB
 
     tenant = f"t-{uuid.uuid4().hex[:10]}"
     with session_scope() as session:

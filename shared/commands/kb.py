@@ -314,9 +314,9 @@ def _calibration_settings(tenant: str) -> TenantSettings:
     """The tenant's settings; the default calibration tenant gets the demo documents."""
     from shared.db.session import session_scope
     from shared.db.tenants import ensure_tenant, require_tenant
-    from shared.demo import DEMO_KB
     from shared.kb.ingest import ingest_paths
     from shared.providers.registry import get_providers
+    from shared.tools.demo.conversation import DEMO_KB
 
     with session_scope() as session:
         if tenant == CALIBRATION_TENANT:

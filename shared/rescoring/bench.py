@@ -24,12 +24,12 @@ from shared.counts import counted
 from shared.db.models import Tenant, Turn
 from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
-from shared.demo import DEMO_KB
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import get_providers
 from shared.rescoring.runs import RunStatus, cancel_run, read_progress, start_run
 from shared.rescoring.selection import RunRequest
 from shared.rescoring.synthetic import generate_history
+from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import running_workers
 
 BENCH_TENANT = "bench-rescore"

@@ -23,12 +23,12 @@ from shared.bench import QUESTIONS as BENCH_QUESTIONS
 from shared.db.models import Conversation, Turn
 from shared.db.session import session_scope
 from shared.db.tenants import require_tenant
-from shared.demo import SCRIPT
 from shared.errors import InvalidInput
 from shared.kb.research import research_question
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.intent import classify
 from shared.schemas import Orchestration, Research, RoutingDecision, TurnStatus
+from shared.tools.demo.conversation import SCRIPT
 from shared.turn.routing import route_turn
 
 QUESTIONS = (

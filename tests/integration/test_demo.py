@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from shared.demo import SCRIPT, coverage_gaps, parallel_evidence, play_demo
+from shared.tools.demo.conversation import SCRIPT, coverage_gaps, parallel_evidence, play_demo
 
 pytestmark = pytest.mark.integration
 

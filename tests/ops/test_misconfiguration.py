@@ -77,7 +77,13 @@ def assert_one_line_naming(outcome: Outcome, setting: str, problem: str) -> None
 COMMANDS = {
     "migrate": ("migrate",),
     "turn": ("turn", "Does it have a REST API?", "--tenant", "acme", "--conversation", "c1"),
-    "kb ingest": ("kb", "ingest", str(ROOT / "shared" / "demo_kb"), "--tenant", "acme"),
+    "kb ingest": (
+        "kb",
+        "ingest",
+        str(ROOT / "shared" / "tools" / "demo" / "demo_kb"),
+        "--tenant",
+        "acme",
+    ),
     "kb search": ("kb", "search", "webhooks", "--tenant", "acme"),
     "up": ("up",),
     "demo": ("demo", "--latency", "none"),

@@ -29,10 +29,10 @@ from shared.db.session import session_scope
 from shared.db.spans import spans_of
 from shared.db.tenants import ensure_tenant
 from shared.db.usage import tenant_usage
-from shared.demo import DEMO_KB, SCRIPT, coverage_gaps, play_demo
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import build_providers
 from shared.redis_conn import get_redis
+from shared.tools.demo.conversation import DEMO_KB, SCRIPT, coverage_gaps, play_demo
 from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
 from shared.tools.stack.services import reset_process_state
 from shared.turn.agents import FALLBACK_REPLY

@@ -19,7 +19,6 @@ from shared.client import enqueue_turn, wait_for_turn
 from shared.commands import rescore as rescore_commands
 from shared.db.models import Conversation, Turn, TurnSpan
 from shared.db.session import session_scope
-from shared.demo import SCRIPT
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import get_providers
 from shared.rescoring.batch import BatchEnd, score_batch
@@ -34,6 +33,7 @@ from shared.rescoring.runs import (
     start_run,
 )
 from shared.rescoring.selection import RunRequest, plan_run
+from shared.tools.demo.conversation import SCRIPT
 from tests.conftest import new_tenant
 from tests.rescoring.conftest import (
     FAST_ENV,

@@ -119,8 +119,8 @@ def moved_ports(embedded: EmbeddedServices) -> list[str]:
 def demo_tenant_ready() -> str:
     """On the embedded Postgres, the demo tenant with its knowledge base (unchanged documents
     are skipped), so a fresh stack answers at once: `chordline key create --tenant demo`."""
-    from shared.demo import DEMO_TENANT, prepare_tenant
     from shared.errors import ChordlineError
+    from shared.tools.demo.conversation import DEMO_TENANT, prepare_tenant
 
     try:
         report = prepare_tenant()
