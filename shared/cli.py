@@ -265,7 +265,7 @@ def tenant_show(tenant: Annotated[str, typer.Argument(help="Tenant id.")]) -> No
 
 def _above_zero(value: float) -> float:
     """Typer's ``min=`` is inclusive: a rate or duration of 0 (or NaN, or infinity) is refused
-    too. The upper limits are shared.bench's, checked before anything runs."""
+    too. The upper limits are those of shared.tools.bench.turns, checked before anything runs."""
     if not (value > 0 and math.isfinite(value)):
         raise typer.BadParameter(f"{value:g} is not a number above 0.")  # Typer names the option
     return value
@@ -352,8 +352,8 @@ def bench(
     overhead percentiles and the CPU milliseconds per turn of every process. With
     --tenants: latency per tenant with one tenant flooding, against the quiet tenants'
     solo run."""
-    from shared.bench import TOPOLOGIES, plot_cdfs, print_bench_table, run_bench
     from shared.schemas import Topology
+    from shared.tools.bench.turns import TOPOLOGIES, plot_cdfs, print_bench_table, run_bench
 
     if tenants is not None:
         _bench_tenants(
@@ -416,7 +416,7 @@ def _bench_tenants(
 ) -> None:
     from shared.db.tenants import apply_overrides, parse_setting_pairs
     from shared.schemas import TenantSettings
-    from shared.tenants_bench import print_tenants_table, run_tenants_bench, schedule
+    from shared.tools.bench.tenants import print_tenants_table, run_tenants_bench, schedule
 
     overrides = parse_setting_pairs(pairs, field="--set")
     settings = apply_overrides(TenantSettings(), overrides, field="--set")

@@ -38,7 +38,7 @@ from shared.counts import counted
 from shared.db.models import Turn, TurnSpan
 from shared.errors import InvalidInput
 from shared.schemas import TurnStatus
-from shared.stats import percentile
+from shared.tools.stats import percentile
 from shared.trace import CRITICAL_STAGES, TurnTrace, trace_of
 from shared.validation import check_slug
 

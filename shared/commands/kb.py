@@ -297,7 +297,7 @@ def kb_bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Ingestion and tenant-filtered search on a generated corpus, in a scratch database."""
-    from shared.kb.bench import run_kb_bench
+    from shared.tools.bench.kb import run_kb_bench
 
     with needed_services(redis=False):
         result = run_kb_bench(chunks=chunks, queries=queries, seed=seed, progress=err.print)

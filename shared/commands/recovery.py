@@ -25,7 +25,7 @@ def bench_recovery(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """SIGKILL one turn worker per round under load; time until its turns have ended."""
-    from shared.recovery_bench import print_recovery_table, run_recovery_bench
+    from shared.tools.bench.recovery import print_recovery_table, run_recovery_bench
 
     with needed_services():
         result = run_recovery_bench(

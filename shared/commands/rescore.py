@@ -367,8 +367,8 @@ def history(
 ) -> None:
     """Write a synthetic history of finished turns (for benchmarks). A tenant that does not
     exist yet is created with the demo knowledge base."""
-    from shared.rescoring.bench import prepare_history_tenant
-    from shared.rescoring.synthetic import generate_history
+    from shared.tools.bench.rescoring import prepare_history_tenant
+    from shared.tools.synthetic.rescoring import generate_history
 
     with needed_services(redis=False):
         prepare_history_tenant(tenant)
@@ -394,7 +394,7 @@ def bench(
 ) -> None:
     """Re-scoring throughput with zero-latency simulated providers, then live p99 from
     `chordline bench` without and with a full-speed re-scoring run alongside."""
-    from shared.rescoring.bench import print_rescore_bench, run_rescore_bench
+    from shared.tools.bench.rescoring import print_rescore_bench, run_rescore_bench
 
     with needed_services():
         result = run_rescore_bench(turns=turns, rate=rate, duration_s=duration, progress=err)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from shared.config import get_settings
-from shared.kb.bench import run_kb_bench
+from shared.tools.bench.kb import run_kb_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

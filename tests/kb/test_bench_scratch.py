@@ -10,7 +10,7 @@ from sqlalchemy import make_url, text
 
 from shared.config import get_settings
 from shared.db.session import session_scope
-from shared.kb.bench import scratch_database, scratch_url
+from shared.tools.bench.kb import scratch_database, scratch_url
 from shared.tools.stack.services import reset_process_state
 
 

@@ -19,7 +19,7 @@ import shared.cli
 import shared.client
 import shared.commands.recovery
 import shared.commands.turns
-import shared.recovery_bench
+import shared.tools.bench.recovery
 from shared.cli import app
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
@@ -172,7 +172,7 @@ def test_bench_refuses_a_rate_or_duration_that_is_not_above_zero(
 def test_the_arrival_schedule_refuses_a_load_that_would_never_end(
     rate: float, duration: float, field: str
 ) -> None:
-    from shared.bench import poisson_offsets
+    from shared.tools.bench.turns import poisson_offsets
 
     with pytest.raises(InvalidInput, match=rf"^{field}: is "):
         poisson_offsets(rate, duration, seed=7)
@@ -194,7 +194,7 @@ def test_bench_recovery_refuses_options_that_measure_nothing_before_starting(
         raise AssertionError("the run started although the options were refused")
 
     monkeypatch.setattr(shared.commands.recovery, "needed_services", no_services)
-    monkeypatch.setattr(shared.recovery_bench, "_prepare_tenant", started)
+    monkeypatch.setattr(shared.tools.bench.recovery, "_prepare_tenant", started)
     result = CliRunner().invoke(app, ["bench-recovery", *args])
     assert isinstance(result.exception, InvalidInput), result.exception
     assert result.exception.field == field

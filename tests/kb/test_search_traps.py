@@ -26,8 +26,8 @@ from shared.kb.search import (
     use_exact_search,
 )
 from shared.kb.stores import store_for, vector_literal
-from shared.kb.synthetic import SyntheticTenant, documents, make_tenant, question
 from shared.providers.local import LocalEmbedder
+from shared.tools.synthetic.kb import SyntheticTenant, documents, make_tenant, question
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.bench import Arrival, busy_s, summarise
-from shared.overhead_hops import HOPS
+from shared.tools.bench.overhead_hops import HOPS
+from shared.tools.bench.turns import Arrival, busy_s, summarise
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

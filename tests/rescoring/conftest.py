@@ -46,7 +46,7 @@ def wait_until_finished(run_id: str, *, timeout_s: float = 90) -> None:
 
 def history_tenant(turns: int, *, per_conversation: int = 5) -> str:
     """A fresh tenant with the demo knowledge base and a synthetic history."""
-    from shared.rescoring.synthetic import generate_history
+    from shared.tools.synthetic.rescoring import generate_history
 
     tenant = new_tenant()
     generate_history(

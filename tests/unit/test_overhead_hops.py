@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from shared.bench import hops_table
-from shared.overhead_hops import HOPS, StageTimes, mean_hops, turn_hops
+from shared.tools.bench.overhead_hops import HOPS, StageTimes, mean_hops, turn_hops
+from shared.tools.bench.turns import hops_table
 
 
 def test_the_hops_add_up_to_the_overhead_over_the_ideal_critical_path() -> None:

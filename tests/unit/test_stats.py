@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from shared.stats import percentile, percentiles
+from shared.tools.stats import percentile, percentiles
 
 
 def test_percentiles_interpolate_between_closest_ranks_like_statistics_inclusive() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import InvalidInput
-from shared.tenants_bench import rounds_of, schedule, tenant_rates
+from shared.tools.bench.tenants import rounds_of, schedule, tenant_rates
 
 
 def test_the_noisy_tenant_has_skew_shares_and_the_rates_add_up() -> None:
@@ -47,8 +47,8 @@ def test_a_bench_that_cannot_run_is_refused_naming_the_option(
 
 def test_the_turn_bench_tenants_admission_never_binds_at_a_rate_the_bench_accepts() -> None:
     from shared.admission import turn_lifetime_s
-    from shared.bench import BENCH_ADMISSION, MAX_RATE
     from shared.schemas import TenantSettings
+    from shared.tools.bench.turns import BENCH_ADMISSION, MAX_RATE
 
     admission = TenantSettings.model_validate({"admission": BENCH_ADMISSION}).admission
     assert admission.turns_per_s is not None and admission.turns_per_s >= MAX_RATE

@@ -23,7 +23,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from shared.bench import (
+from shared.db.session import session_scope
+from shared.db.tenants import ensure_tenant, validate_settings
+from shared.dispatch import flush_dispatch
+from shared.errors import AdmissionRefused, InvalidInput
+from shared.kb.ingest import ingest_paths
+from shared.providers.registry import get_providers
+from shared.schemas import Topology
+from shared.tools.bench.turns import (
     SIMULATED_ENV,
     Arrival,
     bench_log_dir,
@@ -36,13 +43,6 @@ from shared.bench import (
     summarise,
     wait_until_ended,
 )
-from shared.db.session import session_scope
-from shared.db.tenants import ensure_tenant, validate_settings
-from shared.dispatch import flush_dispatch
-from shared.errors import AdmissionRefused, InvalidInput
-from shared.kb.ingest import ingest_paths
-from shared.providers.registry import get_providers
-from shared.schemas import Topology
 from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
 

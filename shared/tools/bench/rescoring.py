@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from shared.bench import run_bench
 from shared.counts import counted
 from shared.db.models import Tenant, Turn
 from shared.db.session import session_scope
@@ -28,9 +27,10 @@ from shared.kb.ingest import ingest_paths
 from shared.providers.registry import get_providers
 from shared.rescoring.runs import RunStatus, cancel_run, read_progress, start_run
 from shared.rescoring.selection import RunRequest
-from shared.rescoring.synthetic import generate_history
+from shared.tools.bench.turns import run_bench
 from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import running_workers
+from shared.tools.synthetic.rescoring import generate_history
 
 BENCH_TENANT = "bench-rescore"
 ZERO_LATENCY_ENV = {"CHORDLINE_PROVIDERS": "simulated", "CHORDLINE_SIMULATED_LATENCY_SCALE": "0"}

@@ -10,10 +10,10 @@ work.
 overhead = latency - the ideal critical path of that turn's own simulated stages:
 parallel max(orchestrator, retrieval) + agent; sequential orchestrator + retrieval + agent.
 
-With ``baseline``, a bare Celery chord of the same shape (shared/bare_chord.py) runs first
+With ``baseline``, a bare Celery chord of the same shape (bare_chord.py) runs first
 on the same Redis with the same arrivals, stage times and pool sizes, and no Postgres: the
 yardstick for what chordline itself costs per turn. Each system's processes are sampled
-for CPU time over its run window (shared/cpu_time.py): milliseconds per turn per process
+for CPU time over its run window (cpu_time.py): milliseconds per turn per process
 kind.
 """
 
@@ -34,23 +34,23 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
-from shared import bare_chord
 from shared.client import enqueue_turn
 from shared.config import get_settings
 from shared.counts import counted
-from shared.cpu_time import CpuMeter, Processes, listener_pid, ms_per_unit
 from shared.db.models import Turn, TurnSpan
 from shared.db.session import session_scope
 from shared.db.tenants import ensure_tenant
 from shared.dispatch import flush_dispatch
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
-from shared.overhead_hops import HOPS, chordline_hops, mean_hops
 from shared.providers.registry import get_providers
 from shared.schemas import TERMINAL_STATUSES, Topology
-from shared.stats import percentiles
+from shared.tools.bench import bare_chord
+from shared.tools.bench.cpu_time import CpuMeter, Processes, listener_pid, ms_per_unit
+from shared.tools.bench.overhead_hops import HOPS, chordline_hops, mean_hops
 from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import TURN_PROCESSES, ProcessGroup, running_workers
+from shared.tools.stats import percentiles
 
 QUESTIONS = (
     "How much does the Growth plan cost?",
@@ -392,7 +392,7 @@ def run_bench(
         )
         systems = _chordline_systems(chordline, tag, topologies)
         if via_http:
-            from shared.bench_http import http_systems, running_web
+            from shared.tools.bench.via_http import http_systems, running_web
 
             web = stack.enter_context(running_web(log_dir=bench_log_dir()))
             systems += http_systems(systems, web)
@@ -575,7 +575,7 @@ CPU_KINDS = ("client", "web", *TURN_PROCESSES, "postgres", "redis", "total")
 
 
 def hops_table(baseline: dict[str, float], parallel: dict[str, float]) -> Table:
-    """Where the overhead goes, hop by hop (shared/overhead_hops.py), beside the bare chord."""
+    """Where the overhead goes, hop by hop (overhead_hops.py), beside the bare chord."""
     table = Table(title="Where the overhead goes: mean ms per turn, hop by hop")
     for column in ("hop", BASELINE, "parallel", "difference"):
         table.add_column(column, justify="left" if column == "hop" else "right")

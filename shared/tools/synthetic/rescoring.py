@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from shared.bench import QUESTIONS as BENCH_QUESTIONS
 from shared.db.models import Conversation, Turn
 from shared.db.session import session_scope
 from shared.db.tenants import require_tenant
@@ -28,6 +27,7 @@ from shared.kb.research import research_question
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.intent import classify
 from shared.schemas import Orchestration, Research, RoutingDecision, TurnStatus
+from shared.tools.bench.turns import QUESTIONS as BENCH_QUESTIONS
 from shared.tools.demo.conversation import SCRIPT
 from shared.turn.routing import route_turn
 

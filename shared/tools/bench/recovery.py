@@ -31,7 +31,6 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import and_, select
 
-from shared.bench import MAX_RATE, QUESTIONS, SIMULATED_ENV, check_positive
 from shared.client import enqueue_turn
 from shared.config import get_settings
 from shared.counts import counted
@@ -42,7 +41,7 @@ from shared.dispatch import dispatch_app, flush_dispatch
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import get_providers
-from shared.stats import percentile
+from shared.tools.bench.turns import MAX_RATE, QUESTIONS, SIMULATED_ENV, check_positive
 from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import (
     TURN_PROCESSES,
@@ -50,6 +49,7 @@ from shared.tools.stack.procfile import (
     start_workers,
     wait_for_workers,
 )
+from shared.tools.stats import percentile
 
 TENANT = "bench-recovery"
 PROCESSES = (*TURN_PROCESSES, "maintenance", "beat")

@@ -17,11 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from shared.bench import HTTP_RATE_LIMIT, HTTP_SUFFIX, Submit, System, prepare_bench_tenants
-from shared.cpu_time import Processes
 from shared.db.session import session_scope
 from shared.errors import TransientError
 from shared.schemas import Topology
+from shared.tools.bench.cpu_time import Processes
+from shared.tools.bench.turns import (
+    HTTP_RATE_LIMIT,
+    HTTP_SUFFIX,
+    Submit,
+    System,
+    prepare_bench_tenants,
+)
 from shared.tools.stack.procfile import ProcessGroup, read_procfile
 
 

@@ -1,10 +1,10 @@
 """`chordline kb bench`: ingestion and tenant-filtered search on a generated corpus.
 
 What the data is: product documentation generated from templates over a vocabulary with
-topical structure (``shared/kb/synthetic.py``), chunked by the real chunker and embedded by
-the offline embedder (``local-hash-384``) through the real ingestion path. Tenants come in
-three size classes: one large tenant with 45% of the chunks, five medium tenants with 7%
-each, fifty small tenants with 0.4% each.
+topical structure (``shared/tools/synthetic/kb.py``), chunked by the real chunker and
+embedded by the offline embedder (``local-hash-384``) through the real ingestion path.
+Tenants come in three size classes: one large tenant with 45% of the chunks, five medium
+tenants with 7% each, fifty small tenants with 0.4% each.
 
 How it runs: in a scratch database created next to the configured one and dropped at the
 end. The documents are loaded with the HNSW index dropped (a bulk load), the index is then
@@ -39,9 +39,9 @@ from shared.kb.documents import LoadedDocument
 from shared.kb.ingest import WRITE_GROUP_CHUNKS, StoreResult, ingest_documents
 from shared.kb.search import hybrid_search, nearest_chunks, tenant_sizes, use_exact_search
 from shared.kb.stores import VectorStore, store_for
-from shared.kb.synthetic import SyntheticTenant, documents, make_tenant, question
 from shared.providers.local import LocalEmbedder
-from shared.stats import percentiles
+from shared.tools.stats import percentiles
+from shared.tools.synthetic.kb import SyntheticTenant, documents, make_tenant, question
 
 DATA_DESCRIPTION = (
     "generated product documentation: template sentences over 24 topic vocabularies with "

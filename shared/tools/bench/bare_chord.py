@@ -30,8 +30,8 @@ from celery import Celery, chord
 
 from shared.config import get_settings
 from shared.kb.levels import question_parts
-from shared.overhead_hops import StageTimes, turn_hops
 from shared.providers.simulated import LatencyDistribution, StageLatencies, draw_ms
+from shared.tools.bench.overhead_hops import StageTimes, turn_hops
 from shared.tools.stack.procfile import TURN_PROCESSES, read_procfile
 
 QUEUE_PREFIX = "bare-"
@@ -182,7 +182,7 @@ def worker_commands() -> dict[str, str]:
             f"-c {size.group(1) if size else os.cpu_count()}"
         )
         commands[f"{QUEUE_PREFIX}{kind}"] = (
-            f"celery -A shared.bare_chord worker -Q {QUEUE_PREFIX}{kind} {pool_args} "
+            f"celery -A shared.tools.bench.bare_chord worker -Q {QUEUE_PREFIX}{kind} {pool_args} "
             f"-n {QUEUE_PREFIX}{kind}@%h --without-gossip --without-mingle -l WARNING"
         )
     return commands
