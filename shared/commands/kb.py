@@ -506,8 +506,8 @@ def kb_eval(
     matrix, per-class and balanced accuracy, and the routing table."""
     from shared.db.session import session_scope
     from shared.db.tenants import require_tenant
-    from shared.evaluation import evaluate_question, evaluation_report
     from shared.kb.calibration import load_questions
+    from shared.tools.reports.kb_eval import evaluate_question, evaluation_report
     from shared.validation import check_slug
 
     check_slug("tenant", tenant)

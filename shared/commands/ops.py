@@ -28,7 +28,8 @@ def trace(
     from shared.db.session import session_scope
     from shared.db.spans import spans_of
     from shared.db.turns import load_turn
-    from shared.trace import render_trace, trace_of
+    from shared.tools.reports.trace import render_trace
+    from shared.trace import trace_of
     from shared.validation import check_turn_id
 
     turn_id = check_turn_id(turn_id)
@@ -51,9 +52,14 @@ def critical_path(
 
     The orchestrator or the researcher before the merge, then queue waits, the merge and
     the agent."""
-    from shared.critical_path import check_last, recent_traces, render_report, summarise
     from shared.db.session import session_scope
     from shared.db.tenants import require_tenant
+    from shared.tools.reports.critical_path import (
+        check_last,
+        recent_traces,
+        render_report,
+        summarise,
+    )
     from shared.validation import check_slug
 
     check_last(last)

@@ -288,7 +288,7 @@ def report(
 ) -> None:
     """What would change: agent matrix, kb level shifts, share changed, examples, cost."""
     from shared.db.session import session_scope
-    from shared.rescoring.report import build_report, export_csv, print_report
+    from shared.tools.reports.rescoring import build_report, export_csv, print_report
 
     with needed_services(redis=False), session_scope() as session:
         result = build_report(session, run_id, examples=examples)

@@ -12,13 +12,13 @@ import pytest
 from shared.db.session import session_scope
 from shared.db.tenants import tenant_settings
 from shared.errors import InvalidInput
-from shared.evaluation import Evaluated, evaluation_report
 from shared.kb.calibration import load_questions
 from shared.kb.ingest import ingest_paths
 from shared.kb.research import research_question
 from shared.providers.base import Usage
 from shared.providers.local import LocalEmbedder
 from shared.schemas import Agent, KbLevel
+from shared.tools.reports.kb_eval import Evaluated, evaluation_report
 from tests.conftest import new_tenant
 from tests.kb.conftest import chordline
 

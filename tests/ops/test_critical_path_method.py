@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.critical_path import check_last, summarise
 from shared.errors import InvalidInput
-from shared.trace import StageBar, TurnTrace, critical_path, render_trace
+from shared.tools.reports.critical_path import check_last, summarise
+from shared.tools.reports.trace import render_trace
+from shared.trace import StageBar, TurnTrace, critical_path
 
 
 def bar(stage: str, start: float, end: float, *, queued: float | None = None) -> StageBar:

@@ -11,9 +11,9 @@ import pytest
 from shared.client import enqueue_turn, wait_for_turn
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
-from shared.rescoring.report import build_report
 from shared.rescoring.runs import RunStatus, cancel_run, read_progress, resume_run, start_run
 from shared.rescoring.selection import RunRequest
+from shared.tools.reports.rescoring import build_report
 from tests.rescoring.conftest import (
     SLOW_ENV,
     history_tenant,

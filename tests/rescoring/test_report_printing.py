@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from shared.rescoring.report import RunReport, print_report
+from shared.tools.reports.rescoring import RunReport, print_report
 
 
 def report_with(message: str, reason: str, *, overrides: dict[str, object]) -> RunReport:

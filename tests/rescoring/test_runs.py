@@ -24,7 +24,6 @@ from shared.providers.registry import get_providers
 from shared.rescoring.batch import BatchEnd, score_batch
 from shared.rescoring.fanout import publish_batches
 from shared.rescoring.models import RescoreResult
-from shared.rescoring.report import build_report, write_csv
 from shared.rescoring.runs import (
     RunStatus,
     create_run,
@@ -34,6 +33,7 @@ from shared.rescoring.runs import (
 )
 from shared.rescoring.selection import RunRequest, plan_run
 from shared.tools.demo.conversation import SCRIPT
+from shared.tools.reports.rescoring import build_report, write_csv
 from tests.conftest import new_tenant
 from tests.rescoring.conftest import (
     FAST_ENV,

@@ -24,7 +24,8 @@ from shared.db.turns import load_turn
 from shared.kb.ingest import IngestReport, ingest_paths
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, KbLevel
-from shared.trace import StageBar, overlap_ms, stage_bars, waterfall_lines
+from shared.tools.reports.trace import waterfall_lines
+from shared.trace import StageBar, overlap_ms, stage_bars
 
 DEMO_TENANT = "demo"
 DEMO_KB = Path(__file__).resolve().parent / "demo_kb"
