@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from shared.cli import app
-from shared.commands.turns import message_from
 from shared.db.models import Conversation, Turn
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
 from shared.kb.ingest import list_documents
+from shared.tools.cli.main import app
+from shared.tools.cli.turns import message_from
 from tests.conftest import new_tenant
 
 ROOT = Path(__file__).resolve().parents[2]

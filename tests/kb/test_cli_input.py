@@ -15,16 +15,16 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-import shared.cli
 import shared.client
-import shared.commands.recovery
-import shared.commands.turns
 import shared.tools.bench.recovery
-from shared.cli import app
+import shared.tools.cli.main
+import shared.tools.cli.recovery
+import shared.tools.cli.turns
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.providers.local import LocalEmbedder
+from shared.tools.cli.main import app
 from tests.conftest import new_tenant
 from tests.kb.conftest import chordline, write_docs
 
@@ -112,8 +112,8 @@ def test_a_turn_prints_the_reply_and_the_routing_reason_as_written(
         agent_response="[urgent] noted: reply by Friday [/x] or call us.",
         failure_reason=None,
     )
-    monkeypatch.setattr(shared.commands.turns, "needed_services", no_services)
-    monkeypatch.setattr(shared.commands.turns, "turn_workers", no_services)
+    monkeypatch.setattr(shared.tools.cli.turns, "needed_services", no_services)
+    monkeypatch.setattr(shared.tools.cli.turns, "turn_workers", no_services)
     monkeypatch.setattr(shared.client, "enqueue_turn", lambda *a, **k: "turn-1")
     monkeypatch.setattr(shared.client, "wait_for_turn", lambda *a, **k: view)
     result = CliRunner().invoke(app, ["turn", "[urgent] help [/x]", "-t", "acme", "-c", "c1"])
@@ -153,7 +153,7 @@ def test_kb_search_prints_titles_and_passages_as_written(services: None, tmp_pat
 def test_bench_refuses_a_rate_or_duration_that_is_not_above_zero(
     args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shared.cli, "needed_services", must_not_start)
+    monkeypatch.setattr(shared.tools.cli.main, "needed_services", must_not_start)
     result = CliRunner().invoke(app, ["bench", *args])
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{args[0]}'" in result.output
@@ -193,7 +193,7 @@ def test_bench_recovery_refuses_options_that_measure_nothing_before_starting(
     def started(*_: Any, **__: Any) -> None:
         raise AssertionError("the run started although the options were refused")
 
-    monkeypatch.setattr(shared.commands.recovery, "needed_services", no_services)
+    monkeypatch.setattr(shared.tools.cli.recovery, "needed_services", no_services)
     monkeypatch.setattr(shared.tools.bench.recovery, "_prepare_tenant", started)
     result = CliRunner().invoke(app, ["bench-recovery", *args])
     assert isinstance(result.exception, InvalidInput), result.exception

@@ -13,10 +13,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from typer.testing import CliRunner
 
-from shared.cli import app
 from shared.config import reset_settings
 from shared.errors import InvalidInput
 from shared.telemetry import StageTracer, turn_trace_ids
+from shared.tools.cli.main import app
 from shared.tools.stack.flower_gate import authorised, parse_credentials
 
 

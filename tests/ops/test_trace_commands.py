@@ -7,11 +7,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli import app
 from shared.client import enqueue_turn, wait_for_turn
 from shared.db.session import session_scope
 from shared.db.spans import spans_of
 from shared.errors import InvalidInput
+from shared.tools.cli.main import app
 from tests.conftest import new_tenant
 
 pytestmark = pytest.mark.integration

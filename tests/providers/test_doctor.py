@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli import app
 from shared.config import reset_settings
 from shared.providers.registry import reset_providers
+from shared.tools.cli.main import app
 from tests.providers.conftest import COHERE_KEY, OPENAI_KEY, fake_api_env
 from tests.providers.fake_apis import FakeAPI, Reply
 
@@ -91,8 +91,8 @@ def test_doctor_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_demo_runs_on_the_model_apis_when_keys_are_set(
     doctor_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.commands.providers import SIMULATED_DEMO_ENV, demo_env
     from shared.errors import InvalidInput
+    from shared.tools.cli.providers import SIMULATED_DEMO_ENV, demo_env
 
     assert demo_env("auto") == {}  # the workers inherit the keys and use the APIs
     assert demo_env("none") == {"CHORDLINE_PROVIDERS": "offline"}

@@ -23,7 +23,6 @@ from rich.console import Console
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from shared.cli import app
 from shared.client import TurnView, enqueue_turn, stream_turn, wait_for_turn
 from shared.db.session import session_scope
 from shared.db.spans import spans_of
@@ -32,6 +31,7 @@ from shared.db.usage import tenant_usage
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import build_providers
 from shared.redis_conn import get_redis
+from shared.tools.cli.main import app
 from shared.tools.demo.conversation import DEMO_KB, SCRIPT, coverage_gaps, play_demo
 from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
 from shared.tools.stack.services import reset_process_state

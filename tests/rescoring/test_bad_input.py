@@ -79,7 +79,7 @@ def test_the_command_line_names_the_field_and_exits_2(history: str) -> None:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "shared.tools.cli.main",
             "rescore",
             "--tenant",
             history,

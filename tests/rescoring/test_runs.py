@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
 from shared.client import enqueue_turn, wait_for_turn
-from shared.commands import rescore as rescore_commands
 from shared.db.models import Conversation, Turn, TurnSpan
 from shared.db.session import session_scope
 from shared.kb.ingest import ingest_paths
@@ -32,6 +31,7 @@ from shared.rescoring.runs import (
     start_run,
 )
 from shared.rescoring.selection import RunRequest, plan_run
+from shared.tools.cli import rescore as rescore_commands
 from shared.tools.demo.conversation import SCRIPT
 from shared.tools.reports.rescoring import build_report, write_csv
 from tests.conftest import new_tenant

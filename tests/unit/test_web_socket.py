@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from shared.commands.web import listening_socket
+from shared.tools.cli.web import listening_socket
 
 
 async def _nodelay_of_an_accepted_connection() -> int:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from shared.commands.common import BENCHMARKS, console, err, needed_services
+from shared.tools.cli.common import BENCHMARKS, console, err, needed_services
 
 
 def register(app: typer.Typer) -> None:

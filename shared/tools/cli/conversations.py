@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from shared.commands.common import START, CommandGroup, TenantOpt, console, needed_services
 from shared.errors import InvalidInput
+from shared.tools.cli.common import START, CommandGroup, TenantOpt, console, needed_services
 
 app = typer.Typer(
     cls=CommandGroup, help="Conversations: memory, qualification and turns.", no_args_is_help=True

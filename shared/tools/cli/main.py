@@ -14,15 +14,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared.commands import conversations as conversation_commands
-from shared.commands import kb as kb_commands
-from shared.commands import ops as ops_commands
-from shared.commands import providers as provider_commands
-from shared.commands import recovery as recovery_commands
-from shared.commands import rescore as rescore_commands
-from shared.commands import turns as turn_commands
-from shared.commands import web as web_commands
-from shared.commands.common import (
+from shared.config import get_settings
+from shared.counts import counted
+from shared.errors import ChordlineError
+from shared.logs import logging_config
+from shared.tools.cli import conversations as conversation_commands
+from shared.tools.cli import kb as kb_commands
+from shared.tools.cli import ops as ops_commands
+from shared.tools.cli import providers as provider_commands
+from shared.tools.cli import recovery as recovery_commands
+from shared.tools.cli import rescore as rescore_commands
+from shared.tools.cli import turns as turn_commands
+from shared.tools.cli import web as web_commands
+from shared.tools.cli.common import (
     BENCHMARKS,
     OPERATE,
     START,
@@ -32,10 +36,6 @@ from shared.commands.common import (
     needed_services,
     turn_workers,
 )
-from shared.config import get_settings
-from shared.counts import counted
-from shared.errors import ChordlineError
-from shared.logs import logging_config
 
 
 class TopLevel(CommandGroup):

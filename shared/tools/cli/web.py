@@ -13,9 +13,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from shared.commands.common import START, CommandGroup, TenantOpt, console, needed_services
 from shared.config import get_settings
 from shared.errors import InvalidSetting
+from shared.tools.cli.common import START, CommandGroup, TenantOpt, console, needed_services
 
 
 class KeyCommands(CommandGroup):

@@ -31,9 +31,9 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from shared.commands.common import INSPECT, CommandGroup, console, err, needed_services
 from shared.config import get_settings
 from shared.counts import counted
+from shared.tools.cli.common import INSPECT, CommandGroup, console, err, needed_services
 
 if TYPE_CHECKING:
     from shared.rescoring.runs import RunProgress

@@ -14,9 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.commands.common import CommandGroup, TenantOpt, console, err, needed_services
 from shared.config import get_settings
 from shared.counts import counted
+from shared.tools.cli.common import CommandGroup, TenantOpt, console, err, needed_services
 
 if TYPE_CHECKING:
     from shared.kb.documents import Discovery

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from shared.commands.common import INSPECT, OPERATE, START, console, needed_services
+from shared.tools.cli.common import INSPECT, OPERATE, START, console, needed_services
 
 TraceWidth = Annotated[int, typer.Option(help="Width of the timeline in characters.", min=20)]
 

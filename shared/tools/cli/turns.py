@@ -11,9 +11,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from shared.commands.common import CommandGroup, TenantOpt, console, needed_services, turn_workers
 from shared.config import get_settings
 from shared.errors import InvalidInput
+from shared.tools.cli.common import CommandGroup, TenantOpt, console, needed_services, turn_workers
 from shared.validation import check_message, check_slug
 
 if TYPE_CHECKING:

@@ -11,11 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared.commands.common import INSPECT, console, err, needed_services
 from shared.config import get_settings
 from shared.counts import counted
 from shared.errors import InvalidInput
 from shared.schemas import StageModels
+from shared.tools.cli.common import INSPECT, console, err, needed_services
 
 if TYPE_CHECKING:
     from shared.tools.stack.checks import Check as StackCheck

@@ -1,1 +1,0 @@
-"""Sub-commands of `chordline`, one module per area; shared/cli.py assembles them."""
