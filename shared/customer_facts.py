@@ -1,16 +1,18 @@
 """Facts about the customer, kept in the conversation's memory so nobody asks twice.
 
 The agent stage reads them from each message with patterns (offline, no model call) and
-merges them into ``memory["facts"]``, the conversation's qualification record: the company,
-how many sites and how many people, the tool in use today, what they need, the budget, the
-timeline and who decides. A later message that states a fact again replaces it (who decides
-and what they need accumulate). The discovery agent asks only for what is not known yet.
+merges them into the memory's ``facts`` (``CustomerFacts``), the conversation's
+qualification record: the company, how many sites and how many people, the tool in use
+today, what they need, the budget, the timeline and who decides. A later message that
+states a fact again replaces it (who decides and what they need accumulate). The discovery
+agent asks only for what is not known yet.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+
+from shared.schemas import ConversationMemory, CustomerFacts
 
 NUMBER_WORDS = {
     "one": 1,
@@ -92,9 +94,9 @@ def _count(raw: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def facts_in(message: str) -> dict[str, Any]:
+def facts_in(message: str) -> CustomerFacts:
     """The facts a message states about the customer."""
-    facts: dict[str, Any] = {}
+    facts = CustomerFacts()
     if (sites := SITES.search(message)) and (count := _count(sites.group(1))) is not None:
         facts["sites"] = count
     if (people := PEOPLE.search(message)) and (count := _count(people.group(1))) is not None:
@@ -114,18 +116,22 @@ def facts_in(message: str) -> dict[str, Any]:
     return facts
 
 
-ACCUMULATING = ("decision_makers", "needs")
-
-
-def remembered_facts(memory: dict[str, Any], message: str) -> dict[str, Any]:
-    """The facts memory holds, with those of this message merged in."""
-    earlier = memory.get("facts")
-    known = dict(earlier) if isinstance(earlier, dict) else {}
+def remembered_facts(memory: ConversationMemory, message: str) -> CustomerFacts:
+    """The facts memory holds, with those of this message merged in (who decides and what
+    they need accumulate; any other fact stated again replaces the one known)."""
+    known = memory.facts
     new = facts_in(message)
-    for key in ACCUMULATING:
-        if key in new and isinstance(known.get(key), list):
-            new[key] = list(dict.fromkeys([*known[key], *new[key]]))
-    return {**known, **new}
+    if "decision_makers" in new and "decision_makers" in known:
+        new["decision_makers"] = _accumulated(known["decision_makers"], new["decision_makers"])
+    if "needs" in new and "needs" in known:
+        new["needs"] = _accumulated(known["needs"], new["needs"])
+    merged = known.copy()
+    merged.update(new)
+    return merged
+
+
+def _accumulated(known: list[str], new: list[str]) -> list[str]:
+    return list(dict.fromkeys([*known, *new]))
 
 
 # What discovery asks for, in order, and how.
@@ -140,7 +146,7 @@ QUESTIONS = (
 )
 
 
-def discovery_question(facts: dict[str, Any]) -> str:
+def discovery_question(facts: CustomerFacts) -> str:
     """The next one or two things to ask, without any the customer already said."""
     wanted: list[str] = []
     asked: set[str] = set()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator, with_config
+from typing_extensions import TypedDict
 
 
 class Agent(StrEnum):
@@ -44,6 +45,98 @@ class TurnStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({TurnStatus.COMPLETED, TurnStatus.FAILED, TurnStatus.CANCELLED})
+
+
+class Qualification(StrEnum):
+    """How far along a conversation is (conversations.qualification_status), in order: a
+    turn moves it forward, never back (shared/turn/agents.py ``next_qualification``)."""
+
+    UNKNOWN = "unknown"
+    ENGAGED = "engaged"
+    QUALIFYING = "qualifying"
+    EVALUATING = "evaluating"
+    QUALIFIED = "qualified"
+    CUSTOMER = "customer"
+    HANDED_OFF = "handed_off"
+
+
+@with_config(ConfigDict(extra="allow"))
+class CustomerFacts(TypedDict, total=False):
+    """What the customer said about themselves (shared/customer_facts.py): the
+    conversation's qualification record, in its memory as ``facts``."""
+
+    company: str
+    sites: int
+    people: int
+    current_tool: str
+    budget: str
+    timeline: str
+    decision_makers: list[str]
+    needs: list[str]
+
+
+class ConversationMemory(BaseModel):
+    """What a conversation remembers (conversations.contextual_memory), as the agent that
+    ends each turn leaves it.
+
+    Stored as the JSON ``to_stored`` gives. ``from_stored`` reads any stored document:
+    keys it does not know are kept (and written back), and a value of the wrong type is
+    dropped, as if it had never been written, rather than failing the turn.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    turns: int = Field(default=0, ge=0)  # turns answered
+    last_agent: Agent | None = None
+    last_phase: Phase | None = None
+    last_intent: str | None = None
+    topics: list[str] = Field(default_factory=list)  # titles of the top hits, last 8
+    furthest_phase: Phase | None = None  # the furthest sales phase reached
+    facts: CustomerFacts = Field(default_factory=CustomerFacts)
+
+    @classmethod
+    def from_stored(cls, stored: Any) -> ConversationMemory:
+        data = dict(stored) if isinstance(stored, dict) else {}
+        for _ in range(32):  # each pass drops one bad value
+            try:
+                return cls.model_validate(data)
+            except ValidationError as exc:
+                data = _without(data, exc.errors()[0]["loc"])
+        return cls()
+
+    def to_stored(self) -> dict[str, Any]:
+        """The JSON document kept in the conversation's row: ``furthest_phase`` and
+        ``facts`` only once known, as they have always been written."""
+        stored = self.model_dump(mode="json")
+        if self.furthest_phase is None:
+            del stored["furthest_phase"]
+        if not self.facts:
+            del stored["facts"]
+        return stored
+
+
+def _without(data: Any, loc: tuple[int | str, ...]) -> Any:
+    """A copy of ``data`` without the value at ``loc`` (a key of a dict, an item of a list)."""
+    if not loc:
+        return {}
+    head, rest = loc[0], loc[1:]
+    if isinstance(data, dict):
+        if head not in data:
+            return data
+        copy = dict(data)
+        if rest and isinstance(copy[head], dict | list):
+            copy[head] = _without(copy[head], rest)
+        else:
+            del copy[head]
+        return copy
+    if isinstance(data, list) and isinstance(head, int) and 0 <= head < len(data):
+        items = list(data)
+        if rest and isinstance(items[head], dict | list):
+            items[head] = _without(items[head], rest)
+        else:
+            del items[head]
+        return items
+    return data
 
 
 class Stage(StrEnum):

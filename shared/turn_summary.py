@@ -61,7 +61,7 @@ def memory_written(session: Session, turn: Turn) -> dict[str, object] | None:
     if turn.status != TurnStatus.COMPLETED.value or not turn.next_agent:
         return None
     before = contexts_before(session, [turn])[turn.id].memory
-    return updated_memory(before, turn, Agent(turn.next_agent), stored_research(turn))
+    return updated_memory(before, turn, Agent(turn.next_agent), stored_research(turn)).to_stored()
 
 
 def _timings_ms(turn: Turn) -> dict[str, float | None]:

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.schemas import Qualification
+
 
 class TurnRequest(BaseModel):
     """A message from the customer, to be answered in its conversation."""
@@ -75,7 +77,7 @@ class ConversationOut(BaseModel):
     """A conversation: its turns in order, its memory and its qualification status."""
 
     id: str
-    qualification_status: str
+    qualification_status: Qualification
     memory: dict[str, Any]
     created_at: str
     updated_at: str

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Conversation, Turn
 from shared.errors import ConversationNotFound
+from shared.schemas import Qualification
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class TurnBrief:
 class ConversationView:
     id: str  # the caller's id
     tenant_id: str
-    qualification_status: str
-    memory: dict[str, Any]
+    qualification_status: Qualification
+    memory: dict[str, Any]  # as stored (shared/schemas.py ``ConversationMemory``)
     created_at: str
     updated_at: str
     turns: list[TurnBrief] = field(default_factory=list)
@@ -59,7 +60,7 @@ def conversation_of(
     return ConversationView(
         id=row.external_id,
         tenant_id=row.tenant_id,
-        qualification_status=row.qualification_status,
+        qualification_status=Qualification(row.qualification_status),
         memory=dict(row.contextual_memory),
         created_at=row.created_at.isoformat(),
         updated_at=row.updated_at.isoformat(),

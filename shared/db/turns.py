@@ -24,7 +24,7 @@ from shared.db.direct import transaction_pipeline
 from shared.db.models import Conversation, Turn, TurnOutbox
 from shared.db.spans import INSERT_SPAN_FROM, SpanRecord, span_params
 from shared.errors import ConversationBusy, OwnershipViolation, TurnNotFound
-from shared.schemas import Stage, TurnStatus
+from shared.schemas import ConversationMemory, Qualification, Stage, TurnStatus
 
 TURNS = cast(Table, Turn.__table__)
 TERMINAL = (TurnStatus.COMPLETED.value, TurnStatus.FAILED.value, TurnStatus.CANCELLED.value)
@@ -419,8 +419,8 @@ def complete_turn(
     values: dict[str, Any],
     span: SpanRecord,
     usage: dict[str, int] | None,
-    memory: dict[str, Any],
-    qualification_status: str,
+    memory: ConversationMemory,
+    qualification_status: Qualification,
     stage_deadline_s: float,
 ) -> Completion:
     """The agent's reply and span, the conversation's memory and qualification, and the
@@ -432,8 +432,8 @@ def complete_turn(
     params = _stage_params(Stage.AGENT, turn_id=turn_id, values=values, span=span, usage=usage)
     params.update(
         conversation_id=conversation_id,
-        memory=Jsonb(memory),
-        qualification_status=qualification_status,
+        memory=Jsonb(memory.to_stored()),
+        qualification_status=qualification_status.value,
         next_deadline_at=_deadline(stage_deadline_s),
     )
     ctes = _stage_ctes(Stage.AGENT, tuple(sorted(values)), bool(usage))

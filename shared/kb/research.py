@@ -138,9 +138,7 @@ def gate_skips(*, message: str, tenant_id: str, settings: TenantSettings) -> boo
     """Whether the tenant's researcher gate skips retrieval for this message."""
     if settings.researcher_gate != "gated":
         return False
-    quick = ConversationContext(
-        tenant_id=tenant_id, message=message, qualification_status="", memory={}
-    )
+    quick = ConversationContext(tenant_id=tenant_id, message=message)
     return classify(quick).intent in GATE_SKIPS
 
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from shared.schemas import Agent, KbLevel, Orchestration, ResearchHit
+from shared.schemas import (
+    Agent,
+    ConversationMemory,
+    KbLevel,
+    Orchestration,
+    Qualification,
+    ResearchHit,
+)
 
 
 @dataclass
@@ -51,8 +58,8 @@ class ConversationContext:
 
     tenant_id: str
     message: str
-    qualification_status: str
-    memory: dict[str, Any]
+    qualification_status: Qualification = Qualification.UNKNOWN
+    memory: ConversationMemory = field(default_factory=ConversationMemory)
     history: list[dict[str, str]] = field(default_factory=list)
 
 

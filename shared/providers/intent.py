@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.providers.base import ConversationContext
-from shared.schemas import Agent, Orchestration, Phase
+from shared.schemas import Agent, ConversationMemory, Orchestration, Phase
 
 
 @dataclass(frozen=True)
@@ -359,12 +359,12 @@ def _phase(value: Any, default: Phase) -> Phase:
         return default
 
 
-def next_phase(proposed: Phase, memory: dict[str, Any], message: str) -> Phase:
+def next_phase(proposed: Phase, memory: ConversationMemory, message: str) -> Phase:
     """The sales phases move forward only, unless the customer goes back; a side trip
     (support, handoff) is its own phase."""
     if proposed not in RANK:
         return proposed
-    furthest = _phase(memory.get("furthest_phase", memory.get("last_phase")), Phase.OPENING)
+    furthest = memory.furthest_phase or memory.last_phase or Phase.OPENING
     if furthest not in RANK or GOING_BACK.search(message):
         return proposed
     return proposed if RANK[proposed] >= RANK[furthest] else furthest
@@ -374,13 +374,13 @@ def _continued(context: ConversationContext) -> Orchestration:
     """No evidence in the message: a question about the product goes to the technical
     consultant; otherwise the conversation continues where it was."""
     memory = context.memory
-    last_agent = memory.get("last_agent")
-    phase = _phase(memory.get("last_phase"), Phase.DISCOVERY)
-    if last_agent in {Agent.TECHNICAL_CONSULTANT.value, Agent.SUPPORT.value, Agent.DISCOVERY.value}:
+    last_agent = memory.last_agent
+    phase = memory.last_phase or Phase.DISCOVERY
+    if last_agent in {Agent.TECHNICAL_CONSULTANT, Agent.SUPPORT, Agent.DISCOVERY}:
         return Orchestration(
             phase=phase,
             intent="follow_up",
-            proposed_agent=Agent(last_agent),
+            proposed_agent=last_agent,
             confidence=0.5,
         )
     if is_question(context.message):
@@ -401,7 +401,7 @@ def classify(context: ConversationContext) -> Orchestration:
     off_topic, ranked = message_evidence(context.message)
     if off_topic:
         return Orchestration(
-            phase=_phase(memory.get("last_phase"), Phase.DISCOVERY),
+            phase=memory.last_phase or Phase.DISCOVERY,
             intent="off_topic",
             proposed_agent=Agent.ADAPTIVE_RESPONSE,
             confidence=0.7,
@@ -418,13 +418,13 @@ def classify(context: ConversationContext) -> Orchestration:
     )
 
 
-def furthest_phase(memory: dict[str, Any], phase: str | None) -> str | None:
+def furthest_phase(memory: ConversationMemory, phase: str | None) -> Phase | None:
     """The furthest sales phase the conversation has reached, with this turn's."""
-    earlier = _phase(memory.get("furthest_phase"), Phase.OPENING)
     current = _phase(phase, Phase.OPENING)
-    if current not in RANK:
-        return earlier.value if "furthest_phase" in memory else None
-    return max((earlier, current), key=lambda p: RANK.get(p, 0)).value
+    if current not in RANK:  # a side trip: the furthest phase stays what it was
+        return memory.furthest_phase
+    earlier = memory.furthest_phase or Phase.OPENING
+    return max((earlier, current), key=lambda p: RANK.get(p, 0))
 
 
 def evidence_table(message: str) -> Sequence[tuple[str, float]]:

@@ -100,7 +100,7 @@ def compose_reply(request: ReplyRequest) -> str:
         body = " ".join(facts) or "Let me check the details with our engineers."
         return f"{body}{sources} Want me to go deeper on any part of that?"
     if agent is Agent.CONTENT_GENERATOR:
-        topics = ", ".join(ctx.memory.get("topics", [])[-4:]) or "your evaluation"
+        topics = ", ".join(ctx.memory.topics[-4:]) or "your evaluation"
         bullet_lines = "\n".join(f"- {fact}" for fact in facts[:3])
         return (
             f"Here is a draft you can send:\n\nSubject: Summary of our evaluation\n\n"

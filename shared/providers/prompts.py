@@ -94,8 +94,8 @@ def _history_messages(context: ConversationContext) -> list[dict[str, str]]:
 
 def orchestrator_messages(context: ConversationContext) -> list[dict[str, str]]:
     state = {
-        "qualification_status": context.qualification_status,
-        "memory": context.memory,
+        "qualification_status": context.qualification_status.value,
+        "memory": context.memory.to_stored(),
     }
     return [
         {"role": "system", "content": ORCHESTRATOR_SYSTEM},

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from shared.db.models import Turn
 from shared.db.turns import stage_message
 from shared.providers.base import ConversationContext
-from shared.schemas import Agent, TurnStatus
+from shared.schemas import Agent, ConversationMemory, Qualification, TurnStatus
 from shared.turn.agents import next_qualification, updated_memory
 from shared.turn.researcher import stored_research
 from shared.turn.stage import HISTORY_TURNS
@@ -45,8 +45,8 @@ def _conversation_turns(session: Session, turns: Sequence[Turn]) -> dict[uuid.UU
 def _replay(
     conversation: list[Turn], wanted: set[uuid.UUID]
 ) -> dict[uuid.UUID, ConversationContext]:
-    memory: dict[str, object] = {}
-    qualification = "unknown"
+    memory = ConversationMemory()
+    qualification = Qualification.UNKNOWN
     history: list[dict[str, str]] = []
     contexts: dict[uuid.UUID, ConversationContext] = {}
     for turn in conversation:
@@ -55,7 +55,7 @@ def _replay(
                 tenant_id=turn.tenant_id,
                 message=stage_message(turn),
                 qualification_status=qualification,
-                memory=dict(memory),
+                memory=memory,
                 history=list(history[-HISTORY_TURNS:]),
             )
         if turn.status == TurnStatus.CANCELLED.value:

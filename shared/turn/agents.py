@@ -20,7 +20,17 @@ from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import ReplyRequest, Usage
 from shared.providers.intent import furthest_phase
 from shared.providers.registry import get_providers
-from shared.schemas import Agent, AgentReply, KbLevel, Research, Stage, TurnStatus
+from shared.schemas import (
+    Agent,
+    AgentReply,
+    ConversationMemory,
+    KbLevel,
+    Phase,
+    Qualification,
+    Research,
+    Stage,
+    TurnStatus,
+)
 from shared.streaming import ReplyStream, announce_end
 from shared.turn.researcher import run_researcher, stored_research
 from shared.turn.stage import (
@@ -40,62 +50,53 @@ FALLBACK_REPLY = (
     "will follow up with you shortly."
 )
 
-# How far along a conversation is; a turn moves it forward, never back.
-QUALIFICATION_BY_PHASE = {
-    "opening": "engaged",
-    "discovery": "engaged",
-    "qualification": "qualifying",
-    "technical_evaluation": "evaluating",
-    "content": "qualified",
-    "closing": "qualified",
-    "support": "customer",
-    "handoff": "handed_off",
+# The qualification each phase reaches; a turn moves it forward, never back (in the order
+# of ``Qualification``).
+QUALIFICATION_BY_PHASE: dict[str, Qualification] = {
+    Phase.OPENING: Qualification.ENGAGED,
+    Phase.DISCOVERY: Qualification.ENGAGED,
+    Phase.QUALIFICATION: Qualification.QUALIFYING,
+    Phase.TECHNICAL_EVALUATION: Qualification.EVALUATING,
+    Phase.CONTENT: Qualification.QUALIFIED,
+    Phase.CLOSING: Qualification.QUALIFIED,
+    Phase.SUPPORT: Qualification.CUSTOMER,
+    Phase.HANDOFF: Qualification.HANDED_OFF,
 }
-QUALIFICATION_ORDER = [
-    "unknown",
-    "engaged",
-    "qualifying",
-    "evaluating",
-    "qualified",
-    "customer",
-    "handed_off",
-]
+_QUALIFICATION_RANK = {q: i for i, q in enumerate(Qualification)}
+_PHASES = frozenset(Phase)
 
 
-def next_qualification(current: str, phase: str | None) -> str:
+def next_qualification(current: Qualification, phase: str | None) -> Qualification:
     proposed = QUALIFICATION_BY_PHASE.get(phase or "", current)
-    rank = {name: i for i, name in enumerate(QUALIFICATION_ORDER)}
-    return proposed if rank.get(proposed, 0) > rank.get(current, 0) else current
+    return proposed if _QUALIFICATION_RANK[proposed] > _QUALIFICATION_RANK[current] else current
 
 
 def updated_memory(
-    memory: dict[str, object], turn: TurnRecord, agent: Agent, research: Research | None
-) -> dict[str, object]:
-    earlier = memory.get("topics")
-    topics = [str(t) for t in earlier] if isinstance(earlier, list) else []
+    memory: ConversationMemory, turn: TurnRecord, agent: Agent, research: Research | None
+) -> ConversationMemory:
+    """The memory as the turn's agent leaves it (keys it does not know are kept)."""
+    topics = list(memory.topics)
     for hit in research.hits[:1] if research else []:
         if hit.title not in topics:
             topics.append(hit.title)
-    turns = memory.get("turns", 0)
-    updated = {
-        **memory,
-        "turns": (turns if isinstance(turns, int) else 0) + 1,
-        "last_agent": agent.value,
-        "last_phase": turn.phase,
-        "last_intent": turn.intent,
-        "topics": topics[-8:],
-    }
-    if furthest := furthest_phase(memory, turn.phase):
-        updated["furthest_phase"] = furthest
-    if facts := remembered_facts(memory, turn.message):
-        updated["facts"] = facts
-    return updated
+    return memory.model_copy(
+        update={
+            "turns": memory.turns + 1,
+            "last_agent": agent,
+            "last_phase": Phase(turn.phase) if turn.phase in _PHASES else None,
+            "last_intent": turn.intent,
+            "topics": topics[-8:],
+            "furthest_phase": furthest_phase(memory, turn.phase),
+            "facts": remembered_facts(memory, turn.message),
+        }
+    )
 
 
-def memory_fields_written(before: dict[str, object], after: dict[str, object]) -> list[str]:
+def memory_fields_written(before: ConversationMemory, after: ConversationMemory) -> list[str]:
     """The conversation memory's fields a turn changed, as the trace lists them
     (``memory.facts``, ``memory.furthest_phase``...)."""
-    return [f"memory.{key}" for key in sorted(after) if before.get(key) != after[key]]
+    earlier, now = before.to_stored(), after.to_stored()
+    return [f"memory.{key}" for key in sorted(now) if earlier.get(key) != now[key]]
 
 
 def _generate(

@@ -20,7 +20,7 @@ from shared.db.turns import TurnRecord, stage_message, write_stage_output
 from shared.errors import TurnNotFound
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.failures import ProviderBudgetExceeded
-from shared.schemas import Stage, TenantSettings
+from shared.schemas import ConversationMemory, Qualification, Stage, TenantSettings
 
 log = logging.getLogger(__name__)
 
@@ -191,15 +191,13 @@ def load_stage_inputs(turn_id: str, *, conversation: bool = True) -> StageInputs
     if found is None:
         raise TurnNotFound(f"turn {turn_id} does not exist")
     row: Any = found  # the turn's columns and the conversation's, by name
-    context = ConversationContext(
-        tenant_id=row.tenant_id, message=stage_message(row), qualification_status="", memory={}
-    )
+    context = ConversationContext(tenant_id=row.tenant_id, message=stage_message(row))
     if conversation:
         context = ConversationContext(
             tenant_id=row.tenant_id,
             message=stage_message(row),
-            qualification_status=row.conversation_qualification,
-            memory=dict(row.conversation_memory),
+            qualification_status=Qualification(row.conversation_qualification),
+            memory=ConversationMemory.from_stored(row.conversation_memory),
             history=[
                 {"message": h["message"], "reply": h["reply"] or ""}
                 for h in row.conversation_history

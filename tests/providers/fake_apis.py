@@ -317,11 +317,7 @@ class FakeAPI:
         elif reply.refusal is not None:
             content = None
         else:
-            route = classify(
-                ConversationContext(
-                    tenant_id="-", message=message, qualification_status="", memory={}
-                )
-            )
+            route = classify(ConversationContext(tenant_id="-", message=message))
             content = json.dumps(
                 {
                     "phase": route.phase.value,

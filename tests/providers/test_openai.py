@@ -16,13 +16,16 @@ from shared.providers.openai import OpenAIChatModel, OpenAIEmbedder
 from shared.providers.prompts import ROUTE_SCHEMA
 from shared.providers.registry import build_providers
 from shared.providers.retry import Clock
-from shared.schemas import Agent, KbLevel, ResearchHit
+from shared.schemas import Agent, ConversationMemory, KbLevel, Qualification, ResearchHit
 from tests.providers.conftest import OPENAI_KEY, settings_for, timeout_for
 from tests.providers.fake_apis import FakeAPI, Reply, malformed, rate_limited, server_error
 
 QUESTION = "Does Halyard have a REST API and webhooks?"
 CONTEXT = ConversationContext(
-    tenant_id="acme", message=QUESTION, qualification_status="engaged", memory={"turns": 1}
+    tenant_id="acme",
+    message=QUESTION,
+    qualification_status=Qualification.ENGAGED,
+    memory=ConversationMemory(turns=1),
 )
 HIT = ResearchHit(
     chunk_id=1,

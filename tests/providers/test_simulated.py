@@ -23,9 +23,7 @@ from shared.providers.simulated import (
 from shared.providers.timing import operation
 from shared.schemas import Agent, KbLevel
 
-CONTEXT = ConversationContext(
-    tenant_id="t", message="How much is the Growth plan?", qualification_status="", memory={}
-)
+CONTEXT = ConversationContext(tenant_id="t", message="How much is the Growth plan?")
 
 
 def simulated(**values: object) -> tuple[SimulatedChatModel, SimulatedReranker]:

@@ -4,12 +4,12 @@ import pytest
 
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.local import LocalEmbedder, LocalReranker, classify
-from shared.schemas import Agent
+from shared.schemas import Agent, ConversationMemory
 
 
 def ctx(message: str, memory: dict[str, object] | None = None) -> ConversationContext:
     return ConversationContext(
-        tenant_id="t", message=message, qualification_status="unknown", memory=memory or {}
+        tenant_id="t", message=message, memory=ConversationMemory.from_stored(memory or {})
     )
 
 

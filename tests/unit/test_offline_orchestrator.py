@@ -13,14 +13,16 @@ from shared.db.turns import TurnRecord
 from shared.providers.base import ConversationContext, ReplyRequest
 from shared.providers.intent import classify, confidence_for
 from shared.providers.local import compose_reply
-from shared.schemas import Agent, KbLevel, Phase, ResearchHit
+from shared.schemas import Agent, ConversationMemory, KbLevel, Phase, ResearchHit
 from shared.turn.agents import updated_memory
 
 
-def ctx(message: str, memory: dict[str, Any] | None = None) -> ConversationContext:
-    return ConversationContext(
-        tenant_id="t", message=message, qualification_status="unknown", memory=memory or {}
-    )
+def ctx(
+    message: str, memory: ConversationMemory | dict[str, Any] | None = None
+) -> ConversationContext:
+    if not isinstance(memory, ConversationMemory):
+        memory = ConversationMemory.from_stored(memory or {})
+    return ConversationContext(tenant_id="t", message=message, memory=memory)
 
 
 @pytest.mark.parametrize(
@@ -103,13 +105,13 @@ def _turn(message: str, phase: str) -> TurnRecord:
 
 def test_discovery_never_asks_for_a_fact_memory_holds() -> None:
     memory = updated_memory(
-        {},
+        ConversationMemory(),
         _turn("Hi, we run three warehouses with 40 people and use spreadsheets.", "discovery"),
         Agent.DISCOVERY,
         None,
     )
-    assert memory["facts"] == {"sites": 3, "people": 40, "current_tool": "spreadsheets"}
-    assert memory["furthest_phase"] == "discovery"
+    assert memory.facts == {"sites": 3, "people": 40, "current_tool": "spreadsheets"}
+    assert memory.furthest_phase == "discovery"
     reply = compose_reply(
         ReplyRequest(
             agent=Agent.DISCOVERY,
@@ -185,7 +187,7 @@ def test_offline_replies_read_as_sentences_from_the_documents() -> None:
 
 def test_the_qualification_record_holds_company_needs_and_who_decides() -> None:
     memory = updated_memory(
-        {},
+        ConversationMemory(),
         _turn(
             "Hi, I am the ops lead at Brightwater Logistics and we need barcode scanning "
             "for returns.",
@@ -200,7 +202,7 @@ def test_the_qualification_record_holds_company_needs_and_who_decides() -> None:
         Agent.DISCOVERY,
         None,
     )
-    assert memory["facts"] == {
+    assert memory.facts == {
         "company": "Brightwater Logistics",
         "needs": ["barcode scanning for returns"],
         "sites": 12,
@@ -210,4 +212,4 @@ def test_the_qualification_record_holds_company_needs_and_who_decides() -> None:
     more = updated_memory(
         memory, _turn("Our finance director signs off too.", "qualification"), Agent.DISCOVERY, None
     )
-    assert more["facts"]["decision_makers"] == ["CFO", "IT team", "finance director"]
+    assert more.facts["decision_makers"] == ["CFO", "IT team", "finance director"]

@@ -52,9 +52,7 @@ def evaluate_question(
         deadline=deadline,
     )
     orchestration = get_providers().chat.orchestrate(
-        context=ConversationContext(
-            tenant_id=tenant_id, message=item.question, qualification_status="unknown", memory={}
-        ),
+        context=ConversationContext(tenant_id=tenant_id, message=item.question),
         model=settings.models.orchestrator,
         usage=Usage(),
         deadline=deadline,

@@ -65,9 +65,7 @@ def decide(tenant_id: str, message: str) -> HistoricalDecision:
     """What the pipeline decides for a message opening a conversation, offline."""
     with session_scope() as session:
         settings = require_tenant(session, tenant_id)
-    context = ConversationContext(
-        tenant_id=tenant_id, message=message, qualification_status="unknown", memory={}
-    )
+    context = ConversationContext(tenant_id=tenant_id, message=message)
     orchestration = classify(context)
     research = research_question(
         tenant_id=tenant_id,
