@@ -95,7 +95,11 @@ class BodyTooLarge(InvalidInput):
 
 
 class OwnershipViolation(PermanentError):
-    """A stage tried to write a field it does not own."""
+    """A stage, or another writer of turns, tried to write a field it does not own."""
+
+
+class IllegalTransition(PermanentError):
+    """A writer tried to move a turn between statuses it may not (shared/turn_state.py)."""
 
 
 class StageConflict(PermanentError):

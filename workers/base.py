@@ -33,6 +33,7 @@ from shared.contract import SENT_AT_HEADER
 from shared.errors import InvalidInput, TransientError
 from shared.redis_conn import get_redis
 from shared.turn.stage import StageOrigin
+from shared.turn_state import Actor
 from workers import fault_hooks
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def validate(model: Any, payload: dict[str, Any]) -> Any:
 def _end_turn(turn_id: str, reason: str) -> dict[str, Any]:
     from shared.turn.recovery import end_turn_failed, relay_one
 
-    ending = end_turn_failed(turn_id, reason)
+    ending = end_turn_failed(turn_id, reason, actor=Actor.TASK_GUARD)
     if ending.released:
         relay_one(*ending.released)
     # "failed" only when this call ended the turn: the metrics count those

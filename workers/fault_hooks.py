@@ -37,10 +37,10 @@ from sqlalchemy import Engine, event, select
 from shared.config import get_settings
 from shared.db.models import Turn
 from shared.db.session import session_scope
-from shared.db.turns import STAGE_OUTPUT
 from shared.errors import ProviderError
 from shared.redis_conn import get_redis
 from shared.schemas import Stage
+from shared.turn_state import STAGE_OUTPUT
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
-"""The turn row: acceptance, and each stage's write of the fields it owns.
+"""The turn row and its conversation: every write to either, each by its actor.
 
-State ownership (DESIGN): each stage owns the fields it writes, and no two stages that can
-run at once share one. A stage that tries to write outside its fields fails loudly with
-``OwnershipViolation``, before the database sees the statement. Every stage write is a
-conditional UPDATE (``WHERE <owned output> IS NULL``), so a re-delivered task changes
-nothing twice.
+Who may write which fields, and which status changes are legal, is declared once in
+shared/turn_state.py; every write here goes through it. A stage's write is checked when it
+is made: one that tries to write outside its fields fails loudly with
+``OwnershipViolation``, before the database sees the statement. The fixed statements are
+built from the rules when this module is imported, and their ``WHERE status IN (...)``
+guards are rendered from the declared transitions. Every stage write is a conditional
+UPDATE (``WHERE <owned output> IS NULL``), so a re-delivered task changes nothing twice.
 """
 
 from __future__ import annotations
@@ -13,51 +15,34 @@ import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Table, bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.db.direct import transaction_pipeline
 from shared.db.models import Conversation, Turn, TurnOutbox
 from shared.db.spans import INSERT_SPAN_FROM, SpanRecord, span_params
-from shared.errors import ConversationBusy, OwnershipViolation, TurnNotFound
+from shared.errors import ConversationBusy, IllegalTransition, TurnNotFound
 from shared.schemas import ConversationMemory, Qualification, Stage, TurnStatus
-
-TURNS = cast(Table, Turn.__table__)
-TERMINAL = (TurnStatus.COMPLETED.value, TurnStatus.FAILED.value, TurnStatus.CANCELLED.value)
-
-OWNED_FIELDS: dict[Stage, frozenset[str]] = {
-    Stage.ORCHESTRATOR: frozenset(
-        {
-            "phase",
-            "intent",
-            "proposed_agent",
-            "confidence",
-            "handoff",
-            "orchestration_note",
-            "orchestrated_at",
-        }
-    ),
-    Stage.RESEARCHER: frozenset(
-        {"research_results", "kb_information_level", "research_note", "researched_at"}
-    ),
-    Stage.MERGE: frozenset(
-        {"next_agent", "routing_reason", "routed_at", "status", "stage_deadline_at"}
-    ),
-    Stage.AGENT: frozenset(
-        {"agent_response", "agent_fallback", "agent_note", "completed_at", "status"}
-    ),
-}
-# The column whose presence means "this stage's output is durable".
-STAGE_OUTPUT: dict[Stage, str] = {
-    Stage.ORCHESTRATOR: "orchestrated_at",
-    Stage.RESEARCHER: "researched_at",
-    Stage.MERGE: "routed_at",
-    Stage.AGENT: "completed_at",
-}
+from shared.turn_state import (
+    AWAITING_CONVERSATION,
+    GRANTS,
+    STAGE_ACTORS,
+    STAGE_OUTPUT,
+    Actor,
+    Table,
+    assignments,
+    check_transition,
+    check_write,
+    columns,
+    sources,
+    sql_in,
+    sql_status,
+    status_guard,
+)
 
 
 class TurnRecord(Protocol):
@@ -170,25 +155,56 @@ def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Ke
 # counters, in one statement: enqueue_turn runs it for every turn, in the caller's process.
 # The conversation upsert's row lock orders concurrent turns of one conversation, and
 # ``active_turn_id`` says which of them may run now.
-_ACCEPT_TURN = """
-    WITH conv AS (
-        INSERT INTO conversations (id, tenant_id, external_id, next_seq, active_turn_id)
-        VALUES (%(conversation_row_id)s, %(tenant_id)s, %(external_id)s, 2, %(id)s)
-        ON CONFLICT (tenant_id, external_id) DO UPDATE
-        SET next_seq = conversations.next_seq + 1,
-            active_turn_id = CASE WHEN conversations.active_turn_id = %(interrupted_id)s
+for _accepted in (TurnStatus.HELD, TurnStatus.QUEUED, TurnStatus.WAITING):
+    check_transition(Actor.CLIENT, None, _accepted)
+_NEW_CONVERSATION = columns(
+    Actor.CLIENT,
+    Table.CONVERSATIONS,
+    ("id", "tenant_id", "external_id", "next_seq", "active_turn_id"),
+)
+_NEXT_IN_CONVERSATION = assignments(
+    Actor.CLIENT,
+    Table.CONVERSATIONS,
+    {
+        "next_seq": "conversations.next_seq + 1",
+        "active_turn_id": """CASE WHEN conversations.active_turn_id = %(interrupted_id)s
                                   THEN EXCLUDED.active_turn_id
                                   ELSE COALESCE(conversations.active_turn_id,
-                                                EXCLUDED.active_turn_id) END,
-            updated_at = now()
+                                                EXCLUDED.active_turn_id) END""",
+        "updated_at": "now()",
+    },
+)
+_NEW_TURN = columns(
+    Actor.CLIENT,
+    Table.TURNS,
+    (
+        "id",
+        "tenant_id",
+        "conversation_id",
+        "seq",
+        "idempotency_key",
+        "message",
+        "carried_message",
+        "topology",
+        "status",
+        "accepted_at",
+        "stage_deadline_at",
+    ),
+)
+_ACCEPT_TURN = f"""
+    WITH conv AS (
+        INSERT INTO conversations ({_NEW_CONVERSATION})
+        VALUES (%(conversation_row_id)s, %(tenant_id)s, %(external_id)s, 2, %(id)s)
+        ON CONFLICT (tenant_id, external_id) DO UPDATE
+        SET {_NEXT_IN_CONVERSATION}
         RETURNING id, next_seq, active_turn_id
     ), turn AS (
-        INSERT INTO turns (id, tenant_id, conversation_id, seq, idempotency_key, message,
-                           carried_message, topology, status, accepted_at, stage_deadline_at)
+        INSERT INTO turns ({_NEW_TURN})
         SELECT %(id)s, %(tenant_id)s, conv.id, conv.next_seq - 1, %(idempotency_key)s,
                %(message)s, %(carried_message)s, %(topology)s,
-               CASE WHEN %(held)s THEN 'held'
-                    WHEN conv.active_turn_id = %(id)s THEN 'queued' ELSE 'waiting' END,
+               CASE WHEN %(held)s THEN {sql_status(TurnStatus.HELD)}
+                    WHEN conv.active_turn_id = %(id)s THEN {sql_status(TurnStatus.QUEUED)}
+                    ELSE {sql_status(TurnStatus.WAITING)} END,
                %(accepted_at)s,
                CASE WHEN conv.active_turn_id = %(id)s AND NOT %(held)s
                     THEN %(stage_deadline_at)s END
@@ -196,7 +212,8 @@ _ACCEPT_TURN = """
         WHERE conv.active_turn_id = %(id)s OR NOT %(reject_when_busy)s
         RETURNING id, status
     ), intent AS (
-        INSERT INTO turn_outbox (turn_id) SELECT id FROM turn WHERE status = 'queued'
+        INSERT INTO turn_outbox (turn_id)
+        SELECT id FROM turn WHERE status = {sql_status(TurnStatus.QUEUED)}
     )
     SELECT (SELECT status FROM turn) AS status
 """
@@ -275,17 +292,6 @@ def turn_exists(conn: psycopg.Connection[Any], turn_id: str) -> bool:
     return conn.execute(_TURN_EXISTS, {"turn_id": uuid.UUID(turn_id)}).fetchone() is not None
 
 
-def check_ownership(stage: Stage, values: dict[str, Any]) -> None:
-    """A stage may write only the fields it owns; anything else fails before the database
-    sees a statement."""
-    foreign = set(values) - OWNED_FIELDS[stage]
-    if foreign:
-        raise OwnershipViolation(
-            f"stage {stage.value!r} tried to write {sorted(foreign)}, which it does not own; "
-            f"it owns {sorted(OWNED_FIELDS[stage])}"
-        )
-
-
 def _stage_params(
     stage: Stage,
     *,
@@ -294,7 +300,6 @@ def _stage_params(
     span: SpanRecord,
     usage: dict[str, int] | None,
 ) -> dict[str, Any]:
-    check_ownership(stage, values)
     params: dict[str, Any] = {f"new_{k}": _param(v) for k, v in values.items()}
     params.update(span_params(span))
     params["turn_id"] = uuid.UUID(turn_id)
@@ -323,24 +328,34 @@ def write_stage_output(
     first; that one stands) or, for the merge and the agent, when the turn has ended.
     Nothing is written then, not even the span.
     """
+    statement = _stage_write(stage, tuple(sorted(values)), bool(usage), values.get("status"))
     params = _stage_params(stage, turn_id=turn_id, values=values, span=span, usage=usage)
-    statement = _stage_write(stage, tuple(sorted(values)), bool(usage))
     return conn.execute(statement, params).fetchone() is not None
 
 
 @functools.cache
-def _stage_ctes(stage: Stage, columns: tuple[str, ...], usage: bool) -> str:
+def _stage_ctes(stage: Stage, fields: tuple[str, ...], usage: bool, status: str | None) -> str:
     """The conditional UPDATE of one stage's fields (``written``) and the INSERT of its span
-    (``span``), as the CTEs of one statement, built once per shape."""
-    assignments = [f"{column} = %(new_{column})s" for column in columns]
+    (``span``), as the CTEs of one statement, built once per shape: the shape (its fields,
+    and the status it sets) is checked against the stage's grant (shared/turn_state.py)
+    then, before the database sees it; OwnershipViolation or IllegalTransition otherwise.
+
+    A stage that moves the turn's status (the merge, the agent) writes only when the turn
+    is in a status the declared transitions move from (never once it has ended)."""
+    actor = STAGE_ACTORS[stage]
+    values = {field: f"%(new_{field})s" for field in fields}
     if usage:  # one JSONB column with a key per stage; each stage writes only its key
-        assignments.append("usage = usage || %(stage_usage)s")
+        values["usage"] = "usage || %(stage_usage)s"
+    check_write(actor, Table.TURNS, values.keys())
+    targets = () if status is None else (_status(status),)
+    if GRANTS[actor].transitions and not targets:
+        raise IllegalTransition(f"{actor.value!r} writes the turn's status with its output")
     conditions = [f"{STAGE_OUTPUT[stage]} IS NULL"]
-    if stage in (Stage.MERGE, Stage.AGENT):
-        conditions.append("status NOT IN ('completed', 'failed', 'cancelled')")
+    if targets:
+        conditions.append(status_guard(actor, *targets))
     return f"""
         written AS (
-            UPDATE turns SET {", ".join(assignments)}
+            UPDATE turns SET {assignments(actor, Table.TURNS, values, to=targets)}
             WHERE id = %(turn_id)s AND {" AND ".join(conditions)}
             RETURNING id
         ), span AS (
@@ -361,9 +376,16 @@ RELAXED_COMMIT_STAGES = frozenset({Stage.ORCHESTRATOR, Stage.RESEARCHER, Stage.M
 _RELAXED_COMMIT = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS off)"
 
 
+def _status(value: str) -> TurnStatus:
+    try:
+        return TurnStatus(value)
+    except ValueError:
+        raise IllegalTransition(f"{value!r} is not a turn status") from None
+
+
 @functools.cache
-def _stage_write(stage: Stage, columns: tuple[str, ...], usage: bool) -> str:
-    ctes = _stage_ctes(stage, columns, usage)
+def _stage_write(stage: Stage, fields: tuple[str, ...], usage: bool, status: str | None) -> str:
+    ctes = _stage_ctes(stage, fields, usage, status)
     if stage in RELAXED_COMMIT_STAGES:
         return f"WITH {ctes}, {_RELAXED_COMMIT} SELECT turn_id FROM span, relaxed"
     return f"WITH {ctes} SELECT turn_id FROM span"
@@ -381,22 +403,45 @@ _LOCK_ENDED_CONVERSATION = """
     WHERE id = %(conversation_id)s AND EXISTS (SELECT 1 FROM span)
     FOR UPDATE
 """
-_RELEASE_CONVERSATION = """
+# The conversation's next turn: the first of its turns that may still be queued.
+_NEXT_TURN = f"""(SELECT id FROM turns
+                   WHERE conversation_id = %(conversation_id)s
+                     AND {sql_in(AWAITING_CONVERSATION)}
+                   ORDER BY seq LIMIT 1)"""
+# The agent's share of the conversation (its memory and qualification) and the hand-over's
+# (the turn that may run now), in one UPDATE; then the hand-over queues that turn.
+_MEMORY_AND_HANDOVER = ", ".join(
+    (
+        assignments(
+            Actor.AGENT,
+            Table.CONVERSATIONS,
+            {
+                "contextual_memory": "%(memory)s",
+                "qualification_status": "%(qualification_status)s",
+                "updated_at": "now()",
+            },
+        ),
+        assignments(Actor.HANDOVER, Table.CONVERSATIONS, {"active_turn_id": _NEXT_TURN}),
+    )
+)
+_QUEUE_NEXT = assignments(
+    Actor.HANDOVER,
+    Table.TURNS,
+    {"status": sql_status(TurnStatus.QUEUED), "stage_deadline_at": "%(next_deadline_at)s"},
+    to=[TurnStatus.QUEUED],
+)
+_RELEASE_CONVERSATION = f"""
     WITH released AS (
         UPDATE conversations
-        SET active_turn_id = (SELECT id FROM turns
-                               WHERE conversation_id = %(conversation_id)s
-                                 AND status IN ('waiting', 'held')
-                               ORDER BY seq LIMIT 1),
-            contextual_memory = %(memory)s,
-            qualification_status = %(qualification_status)s,
-            updated_at = now()
+        SET {_MEMORY_AND_HANDOVER}
         WHERE id = %(conversation_id)s AND active_turn_id = %(turn_id)s
-          AND EXISTS (SELECT 1 FROM turns WHERE id = %(turn_id)s AND status = 'completed')
+          AND EXISTS (SELECT 1 FROM turns
+                       WHERE id = %(turn_id)s AND status = {sql_status(TurnStatus.COMPLETED)})
         RETURNING active_turn_id
     ), queued AS (
-        UPDATE turns SET status = 'queued', stage_deadline_at = %(next_deadline_at)s
-        FROM released WHERE turns.id = released.active_turn_id AND turns.status = 'waiting'
+        UPDATE turns SET {_QUEUE_NEXT}
+        FROM released WHERE turns.id = released.active_turn_id
+          AND {status_guard(Actor.HANDOVER, TurnStatus.QUEUED, column="turns.status")}
         RETURNING turns.id, turns.topology
     ), intent AS (
         INSERT INTO turn_outbox (turn_id) SELECT id FROM queued
@@ -429,6 +474,7 @@ def complete_turn(
     ``ended`` is False when the turn had already ended (another run, the sweeper): then
     nothing is written.
     """
+    ctes = _stage_ctes(Stage.AGENT, tuple(sorted(values)), bool(usage), values.get("status"))
     params = _stage_params(Stage.AGENT, turn_id=turn_id, values=values, span=span, usage=usage)
     params.update(
         conversation_id=conversation_id,
@@ -436,7 +482,6 @@ def complete_turn(
         qualification_status=qualification_status.value,
         next_deadline_at=_deadline(stage_deadline_s),
     )
-    ctes = _stage_ctes(Stage.AGENT, tuple(sorted(values)), bool(usage))
     ending, release = conn.cursor(), conn.cursor()
     with transaction_pipeline(conn):
         ending.execute(_LOCK_ENDED_CONVERSATION.format(ctes=ctes), params)
@@ -454,8 +499,6 @@ def release_conversation(
     turn_id: str,
     conversation_id: uuid.UUID,
     stage_deadline_s: float,
-    memory: dict[str, Any] | None = None,
-    qualification_status: str | None = None,
 ) -> str | None:
     """The turn has ended: hand its conversation to the next waiting turn, if any.
 
@@ -471,17 +514,14 @@ def release_conversation(
         select(Turn.id)
         .where(
             Turn.conversation_id == conversation_id,
-            Turn.status.in_([TurnStatus.WAITING.value, TurnStatus.HELD.value]),
+            Turn.status.in_(_AWAITING_CONVERSATION),
         )
         .order_by(Turn.seq)
         .limit(1)
         .scalar_subquery()
     )
     values: dict[str, Any] = {"active_turn_id": next_waiting, "updated_at": func.now()}
-    if memory is not None:
-        values["contextual_memory"] = memory
-    if qualification_status is not None:
-        values["qualification_status"] = qualification_status
+    check_write(Actor.HANDOVER, Table.CONVERSATIONS, values.keys())
     released = session.execute(
         update(Conversation)
         .where(
@@ -494,10 +534,12 @@ def release_conversation(
     if released is None or released.active_turn_id is None:
         return None
     next_id = released.active_turn_id
+    queue = {"status": TurnStatus.QUEUED.value, "stage_deadline_at": _deadline(stage_deadline_s)}
+    check_write(Actor.HANDOVER, Table.TURNS, queue.keys())
     queued = session.execute(
         update(Turn)
-        .where(Turn.id == next_id, Turn.status == TurnStatus.WAITING.value)
-        .values(status=TurnStatus.QUEUED.value, stage_deadline_at=_deadline(stage_deadline_s))
+        .where(Turn.id == next_id, Turn.status.in_(_HANDOVER_QUEUES))
+        .values(queue)
         .returning(Turn.id)
     ).first()
     if queued is None:  # a held turn: it is queued when its tenant has room (promote_held)
@@ -506,23 +548,31 @@ def release_conversation(
     return str(next_id)
 
 
+_AWAITING_CONVERSATION = sorted(AWAITING_CONVERSATION)
+_HANDOVER_QUEUES = sorted(sources(Actor.HANDOVER, TurnStatus.QUEUED))
+
+
 def fail_turn(
-    session: Session, *, turn_id: str, reason: str, fallback_reply: str | None
+    session: Session, *, actor: Actor, turn_id: str, reason: str, fallback_reply: str | None
 ) -> Turn | None:
-    """End a turn failed, with a reason (and a fallback reply for the user), exactly once."""
+    """End a turn failed, with a reason (and a fallback reply for the user), exactly once:
+    only from a status ``actor`` may fail a turn in (shared/turn_state.py). None when the
+    turn is in none of them (it has ended, or moved on)."""
+    values = {
+        "status": TurnStatus.FAILED.value,
+        "failure_reason": reason[:2000],
+        "agent_response": func.coalesce(Turn.agent_response, fallback_reply),
+        "agent_fallback": True,
+        "completed_at": text("extract(epoch from clock_timestamp())"),
+    }
+    check_write(actor, Table.TURNS, values.keys())
     row = session.execute(
         update(Turn)
         .where(
             Turn.id == uuid.UUID(turn_id),
-            Turn.status.notin_(TERMINAL),
+            Turn.status.in_(sorted(sources(actor, TurnStatus.FAILED))),
         )
-        .values(
-            status=TurnStatus.FAILED.value,
-            failure_reason=reason[:2000],
-            agent_response=func.coalesce(Turn.agent_response, fallback_reply),
-            agent_fallback=True,
-            completed_at=text("extract(epoch from clock_timestamp())"),
-        )
+        .values(values)
         .returning(Turn.id)
     ).first()
     if row is None:
@@ -536,16 +586,25 @@ def fail_turn(
 # the conversation), so the two never deadlock. A turn that ends at the same moment (its
 # agent committing its reply) and this UPDATE take the row one after the other: exactly one
 # of them ends it.
-_INTERRUPT = """
+_CANCEL = assignments(
+    Actor.INTERRUPT,
+    Table.TURNS,
+    {
+        "status": sql_status(TurnStatus.CANCELLED),
+        "failure_reason": "%(reason)s",
+        "completed_at": "extract(epoch from clock_timestamp())",
+    },
+    to=[TurnStatus.CANCELLED],
+)
+_INTERRUPT = f"""
     UPDATE turns t
-    SET status = 'cancelled',
-        failure_reason = %(reason)s,
-        completed_at = extract(epoch from clock_timestamp())
+    SET {_CANCEL}
     FROM conversations c
     WHERE c.tenant_id = %(tenant_id)s AND c.external_id = %(external_id)s
-      AND t.id = c.active_turn_id AND t.status NOT IN ('completed', 'failed', 'cancelled')
+      AND t.id = c.active_turn_id
+      AND {status_guard(Actor.INTERRUPT, TurnStatus.CANCELLED, column="t.status")}
     RETURNING t.id, t.tenant_id, t.status AS was,
-              concat_ws(E'\n\n', t.carried_message, t.message) AS carried
+              concat_ws(E'\\n\\n', t.carried_message, t.message) AS carried
 """
 _ACTIVE_TURN = """
     SELECT active_turn_id FROM conversations
@@ -585,20 +644,34 @@ _LOCK_HELD_CONVERSATIONS = """
     ORDER BY id
     FOR UPDATE
 """
-_PROMOTE_HELD = """
+_PROMOTE = assignments(
+    Actor.ADMISSION,
+    Table.TURNS,
+    {
+        "status": f"""CASE WHEN c.active_turn_id = t.id THEN {sql_status(TurnStatus.QUEUED)}
+                           ELSE {sql_status(TurnStatus.WAITING)} END""",
+        "stage_deadline_at": "CASE WHEN c.active_turn_id = t.id THEN %(deadline_at)s END",
+        "released_at": "extract(epoch from clock_timestamp())",
+    },
+    to=[TurnStatus.QUEUED, TurnStatus.WAITING],
+)
+_PROMOTABLE = status_guard(
+    Actor.ADMISSION, TurnStatus.QUEUED, TurnStatus.WAITING, column="t.status"
+)
+_PROMOTE_HELD = f"""
     WITH promoted AS (
         UPDATE turns t
-        SET status = CASE WHEN c.active_turn_id = t.id THEN 'queued' ELSE 'waiting' END,
-            stage_deadline_at = CASE WHEN c.active_turn_id = t.id THEN %(deadline_at)s END,
-            released_at = extract(epoch from clock_timestamp())
+        SET {_PROMOTE}
         FROM conversations c
-        WHERE t.id = ANY(%(ids)s) AND t.status = 'held' AND c.id = t.conversation_id
+        WHERE t.id = ANY(%(ids)s) AND c.id = t.conversation_id AND {_PROMOTABLE}
         RETURNING t.id, t.status, t.topology, t.accepted_at
     ), intent AS (
-        INSERT INTO turn_outbox (turn_id) SELECT id FROM promoted WHERE status = 'queued'
+        INSERT INTO turn_outbox (turn_id)
+        SELECT id FROM promoted WHERE status = {sql_status(TurnStatus.QUEUED)}
         ON CONFLICT DO NOTHING
     )
-    SELECT id, topology FROM promoted WHERE status = 'queued' ORDER BY accepted_at
+    SELECT id, topology FROM promoted
+     WHERE status = {sql_status(TurnStatus.QUEUED)} ORDER BY accepted_at
 """
 
 
@@ -616,8 +689,8 @@ def promote_held(
     return [(str(row[0]), str(row[1])) for row in rows]
 
 
-_HELD_TURNS = """
-    SELECT tenant_id, id, accepted_at FROM turns WHERE status = 'held'
+_HELD_TURNS = f"""
+    SELECT tenant_id, id, accepted_at FROM turns WHERE status = {sql_status(TurnStatus.HELD)}
     ORDER BY tenant_id, accepted_at
 """
 

@@ -35,6 +35,7 @@ from shared.dispatch import dispatch_app, publish_agent, publish_turn
 from shared.errors import BrokerUnavailable, UnknownTenant
 from shared.schemas import Admission, Agent, Topology, TurnStatus
 from shared.turn.agents import FALLBACK_REPLY
+from shared.turn_state import Actor, Table, check_write, sources
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,13 @@ class TurnEnding:
     released: tuple[str, str] | None  # the conversation's next turn (id, topology), if any
 
 
-def end_turn_failed(turn_id: str, reason: str) -> TurnEnding:
-    """Fail a turn with a reason and the fallback reply, unless it has already ended."""
+def end_turn_failed(turn_id: str, reason: str, *, actor: Actor) -> TurnEnding:
+    """Fail a turn with a reason and the fallback reply, unless it has already ended (or is
+    in no status ``actor`` may fail a turn in: shared/turn_state.py)."""
     with session_scope() as session:
-        turn = fail_turn(session, turn_id=turn_id, reason=reason, fallback_reply=FALLBACK_REPLY)
+        turn = fail_turn(
+            session, actor=actor, turn_id=turn_id, reason=reason, fallback_reply=FALLBACK_REPLY
+        )
         released = None
         if turn is not None:
             next_id = release_conversation(
@@ -141,7 +145,7 @@ def release_held_turns() -> HeldReport:
                     f"limits, longer than admission.hold_max_s ({policy.hold_max_s:g} s); "
                     "never dispatched"
                 )
-                if end_turn_failed(turn_id, reason).ended:
+                if end_turn_failed(turn_id, reason, actor=Actor.ADMISSION).ended:
                     report.expired.append(turn_id)
             else:
                 waiting.append((turn_id, accepted_at))
@@ -165,6 +169,11 @@ def release_held_turns() -> HeldReport:
     return report
 
 
+# What the sweeper watches: turns whose workflow was dispatched, each with a stage deadline
+# (the statuses it may fail a turn from, as ix_turns_open_by_deadline holds them).
+_STUCK = sorted(sources(Actor.SWEEPER, TurnStatus.FAILED))
+
+
 def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:
     settings = get_settings().turn
     now = datetime.now(UTC)
@@ -181,10 +190,7 @@ def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:
                 Turn.orchestrated_at,
                 Turn.researched_at,
             )
-            .where(
-                Turn.status.in_([TurnStatus.QUEUED.value, TurnStatus.ROUTED.value]),
-                Turn.stage_deadline_at < now,
-            )
+            .where(Turn.status.in_(_STUCK), Turn.stage_deadline_at < now)
             .order_by(Turn.stage_deadline_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -198,14 +204,12 @@ def _claim_stuck(limit: int) -> tuple[list[_Redrive], list[tuple[str, str]]]:
                     )
                 )
                 continue
-            session.execute(
-                update(Turn)
-                .where(Turn.id == row.id)
-                .values(
-                    attempts=Turn.attempts + 1,
-                    stage_deadline_at=now + timedelta(seconds=settings.stage_deadline_s),
-                )
-            )
+            redrive = {
+                "attempts": Turn.attempts + 1,
+                "stage_deadline_at": now + timedelta(seconds=settings.stage_deadline_s),
+            }
+            check_write(Actor.SWEEPER, Table.TURNS, redrive.keys())
+            session.execute(update(Turn).where(Turn.id == row.id).values(redrive))
             redrives.append(
                 _Redrive(
                     str(row.id), row.status, row.topology, row.next_agent, _headers_durable(row)
@@ -219,7 +223,7 @@ def sweep_stuck_turns(limit: int = 200) -> SweepReport:
     report = SweepReport()
     redrives, exhausted = _claim_stuck(limit)
     for turn_id, reason in exhausted:
-        ending = end_turn_failed(turn_id, reason)
+        ending = end_turn_failed(turn_id, reason, actor=Actor.SWEEPER)
         if ending.ended:  # another sweeper, or the turn's own agent, may have ended it
             report.failed.append(turn_id)
         if ending.released:

@@ -35,6 +35,7 @@ from shared.errors import (
 from shared.redis_conn import get_redis
 from shared.streaming import ReplyStream, publish_end
 from shared.turn.recovery import end_turn_failed
+from shared.turn_state import Actor
 from tests.conftest import accept_unpublished_turn, new_tenant
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def ended_after(services: None) -> Iterator[list[str]]:
     turns: list[str] = []
     yield turns
     for turn_id in turns:
-        end_turn_failed(turn_id, "test over")
+        end_turn_failed(turn_id, "test over", actor=Actor.SWEEPER)
 
 
 def _queued_messages() -> set[str]:

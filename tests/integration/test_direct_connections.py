@@ -73,5 +73,6 @@ def test_a_stage_write_relaxes_only_its_own_commit(services: None, tenant: str) 
         assert wrote
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
     from shared.turn.recovery import end_turn_failed
+    from shared.turn_state import Actor
 
-    end_turn_failed(turn_id, "test over")
+    end_turn_failed(turn_id, "test over", actor=Actor.SWEEPER)

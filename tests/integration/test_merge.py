@@ -11,6 +11,7 @@ from shared.schemas import Agent
 from shared.turn.merge import outputs_from_headers, run_merge
 from shared.turn.recovery import end_turn_failed
 from shared.turn.stage import StageOrigin, read_turn
+from shared.turn_state import Actor
 from tests.conftest import accept_unpublished_turn
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def accepted(services: None, tenant: str) -> Iterator[Callable[[], str]]:
 
     yield make
     for turn_id in made:
-        end_turn_failed(turn_id, "test over")
+        end_turn_failed(turn_id, "test over", actor=Actor.SWEEPER)
 
 
 def test_the_merge_routes_on_the_header_outputs_without_reading_them_from_the_row(

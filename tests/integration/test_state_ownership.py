@@ -33,7 +33,7 @@ def test_writing_a_foreign_field_raises_and_changes_nothing(
     turn_id = enqueue_turn(tenant, "c1", "How much does the Growth plan cost?")
     before = wait_for_turn(turn_id, timeout=90)
     with (
-        pytest.raises(OwnershipViolation, match=f"stage '{stage.value}' tried to write"),
+        pytest.raises(OwnershipViolation, match=f"'{stage.value}' tried to write turns"),
         direct_connection() as conn,
     ):
         write_stage_output(
