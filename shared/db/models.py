@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Computed,
     DateTime,
     Float,
@@ -26,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.schemas import Agent, KbLevel, Phase, Qualification, Topology, TurnStatus
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -38,6 +42,13 @@ NAMING = {
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+def one_of(column: str, values: type[StrEnum]) -> CheckConstraint:
+    """The column holds one of the enum's values (or NULL): ``ck_<table>_<column>``
+    (migration 0011 added them)."""
+    listed = ", ".join(f"'{value.value}'" for value in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
 
 
 def _now() -> Any:
@@ -59,6 +70,7 @@ class Conversation(Base):
     __tablename__ = "conversations"
     __table_args__ = (
         UniqueConstraint("tenant_id", "external_id"),
+        one_of("qualification_status", Qualification),
         {"postgresql_with": {"fillfactor": 70}},  # room for in-page (HOT) updates
     )
 
@@ -102,6 +114,14 @@ class Turn(Base):
             "accepted_at",
             postgresql_where=text("status = 'held'"),
         ),
+        # The statuses (shared/turn_state.py moves a turn between them) and the other
+        # columns that hold one of a fixed set of values.
+        one_of("status", TurnStatus),
+        one_of("topology", Topology),
+        one_of("phase", Phase),
+        one_of("proposed_agent", Agent),
+        one_of("kb_information_level", KbLevel),
+        one_of("next_agent", Agent),
         # Four stages update each row: leave room for those that change no indexed column
         # to be done in place (HOT), writing no index entries.
         {"postgresql_with": {"fillfactor": 70}},
