@@ -34,7 +34,6 @@ from shared.errors import InvalidInput, TransientError
 from shared.redis_conn import get_redis
 from shared.turn.stage import StageOrigin
 from shared.turn_state import Actor
-from workers import fault_hooks
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +216,6 @@ def run_turn_stage(task: ChordlineTask, payload: dict[str, Any], model: Any, sta
     if task.over_delivered(origin):
         return _end_turn(ref.turn_id, _poison_reason(task, origin))
     try:
-        fault_hooks.before_stage(task_name=task.name, turn_id=ref.turn_id)
         return stage(ref, origin)
     except RETRYABLE as exc:
         wait_s = retry_after_s(exc)
@@ -225,7 +223,6 @@ def run_turn_stage(task: ChordlineTask, payload: dict[str, Any], model: Any, sta
             return _end_turn(ref.turn_id, _wait_too_long_reason(task, exc, wait_s))
         raise
     finally:
-        fault_hooks.after_stage()
         _mark_finished(task)
 
 
@@ -237,3 +234,13 @@ def _mark_finished(task: ChordlineTask) -> None:
             "delivery not marked finished",
             extra={"action": "delivery_mark_failed", "stage": task.name},
         )
+
+
+# Test-only: the fault-injection suite starts its workers with CHORDLINE_FAULT_MARKER set.
+# Only then is workers/fault_hooks.py imported, and it wraps each stage this runner runs;
+# a worker started without it never loads the hooks. Read once, when the worker imports its
+# tasks (every task module imports this runner from here).
+if os.environ.get("CHORDLINE_FAULT_MARKER"):
+    from workers.fault_hooks import installed
+
+    run_turn_stage = installed(run_turn_stage)

@@ -17,7 +17,7 @@ from shared.db.session import dispose_engine
 from shared.logs import logging_config
 from shared.providers.registry import reset_providers, warm_providers
 from shared.redis_conn import get_redis, reset_redis
-from workers import broker_guard, fault_hooks
+from workers import broker_guard
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,3 @@ def _warm_providers(**_: Any) -> None:
     # SDK imports and HTTP clients are made before the first task, not inside a turn's
     # budget (logging is set up by now). A prefork child drops them and makes its own.
     warm_providers()
-
-
-@signals.worker_init.connect
-def _arm_fault_hooks(**_: Any) -> None:
-    # Test-only, and only when the worker starts with CHORDLINE_FAULT_MARKER set.
-    fault_hooks.install_from_env()
