@@ -79,6 +79,15 @@ class Rig:
         """The text that makes a worker misbehave on purpose (workers/fault_hooks.py)."""
         return f"{self.marker}:{kind}:{stage}" + (f":{seconds:g}" if seconds else "")
 
+    def fired(self, kind: str, turn_id: str | None, stage: str) -> int:
+        """How often a worker's hook acted on this fault of this turn (its Redis counter): a
+        scenario checks it, so a hook that stops firing fails the scenario instead of
+        leaving it passing without its fault."""
+        from shared.redis_conn import get_redis
+        from workers.fault_hooks import count_key
+
+        return int(get_redis().get(count_key(kind, turn_id or "", stage)) or 0)
+
     @contextlib.contextmanager
     def chaos(
         self, *, rate: float = 3.0, kill_every_s: float | None = 4.0, spare: tuple[str, ...] = ()

@@ -16,9 +16,10 @@ from shared.db.session import session_scope
 from shared.redis_conn import get_redis
 from tests.faults.load import MESSAGES
 from tests.faults.rig import SETTINGS, Rig
-from tests.faults.servers import free_port
+from tests.faults.servers import free_port, wait_until
 from tests.providers.conftest import COHERE_KEY, FAST_RETRIES, OPENAI_KEY
 from tests.providers.fake_apis import FakeAPI, Reply, rate_limited, server_error
+from workers.fault_hooks import pid_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,11 +47,6 @@ def test_10_connections_reset_mid_task_leave_one_row_and_one_reply(rig: Rig) -> 
     assert not [r for r in reasons if "keeps killing its worker" in (r or "")], reasons
 
 
-def _stage_runs(turn_id: str, stage: str) -> int:
-    """How often the stage started for this turn with its fault armed (counted by the hook)."""
-    return int(get_redis().get(f"chordline:fault:ratelimit:{turn_id}:{stage}") or 0)
-
-
 def test_11_a_retry_after_longer_than_the_visibility_timeout_runs_nothing_twice(
     rig: Rig,
 ) -> None:
@@ -60,14 +56,18 @@ def test_11_a_retry_after_longer_than_the_visibility_timeout_runs_nothing_twice(
         brief = load.send(f"{MESSAGES[1]} {rig.fault('ratelimit', 'orchestrator', 1)}")
         # Long enough for Redis to have redelivered a message held past the visibility timeout.
         time.sleep(VISIBILITY_TIMEOUT_S + 4)
-    rig.verify("11. 429 with Retry-After > visibility timeout", load, meant_to_fail=1)
+    outcome = rig.verify("11. 429 with Retry-After > visibility timeout", load, meant_to_fail=1)
     assert held_back and brief
+    outcome.notes["faults_fired"] = sum(
+        rig.fired("ratelimit", t, "orchestrator") > 0 for t in (held_back, brief)
+    )
     view = get_turn(held_back)
     assert view.status == "failed"
     assert f"retry after {long_wait:g} s" in (view.failure_reason or "")
-    assert _stage_runs(held_back, "orchestrator") == 1  # no retry, no redelivery
+    # the hook counts each start of the stage with the fault armed; it raised the 429 once
+    assert rig.fired("ratelimit", held_back, "orchestrator") == 1  # no retry, no redelivery
     assert get_turn(brief).status == "completed"
-    assert _stage_runs(brief, "orchestrator") >= 2  # the 429, then a retry after 1 s
+    assert rig.fired("ratelimit", brief, "orchestrator") >= 2  # the 429, then a retry after 1 s
 
 
 def test_11b_work_that_outlives_the_visibility_timeout_changes_nothing_twice(
@@ -83,12 +83,13 @@ def test_11b_work_that_outlives_the_visibility_timeout_changes_nothing_twice(
     with rig.chaos(spare=("agents",)) as load:
         slow = load.send(f"{MESSAGES[1]} {rig.fault('hang', 'agent', VISIBILITY_TIMEOUT_S + 5)}")
         time.sleep(VISIBILITY_TIMEOUT_S + 8)
-    rig.verify("11b. work outlives the visibility timeout", load)
+    outcome = rig.verify("11b. work outlives the visibility timeout", load)
     assert slow is not None
+    outcome.notes["faults_fired"] = int(rig.fired("hang", slow, "agent") > 0)
     view = get_turn(slow)
     assert view.status == "completed"
     # delivered twice (the hang, then the redelivery that answered), replied once
-    assert int(get_redis().get(f"chordline:fault:hang:{slow}:agent") or 0) >= 2
+    assert rig.fired("hang", slow, "agent") >= 2
 
 
 def _turns_in_flight(turn_ids: list[str]) -> int:
@@ -110,13 +111,19 @@ def test_12_postgres_stopped_immediately_during_merges_then_restarted(rig: Rig) 
     with rig.chaos() as load:
         time.sleep(2)
         merging = [load.send(f"{MESSAGES[0]} {rig.fault('hang', 'merge', 2)}") for _ in range(3)]
-        time.sleep(1)  # the merges are running now, before their writes
+        # the hook has stopped each merge at its start, before its write: stop Postgres now
+        wait_until(
+            lambda: all(get_redis().get(pid_key(t or "", "merge")) for t in merging),
+            timeout_s=30,
+            what="the marked merges hang",
+        )
         rig.postgres.stop_immediately()
         time.sleep(3)
         rig.postgres.start()
         time.sleep(3)
     outcome = rig.verify("12. Postgres stopped immediately, restarted", load)
     assert all(merging)
+    outcome.notes["faults_fired"] = sum(rig.fired("hang", t, "merge") > 0 for t in merging)
     assert all(get_turn(t or "").status == "completed" for t in merging)
     outcome.notes["refused_while_down"] = sum(load.refused.values())
 
