@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
 from shared.contract import SENT_AT_HEADER
+from shared.dispatch import publish_committed
 from shared.errors import InvalidInput, TransientError
 from shared.redis_conn import get_redis
 from shared.turn.stage import StageOrigin
@@ -184,11 +185,11 @@ def validate(model: Any, payload: dict[str, Any]) -> Any:
 
 
 def _end_turn(turn_id: str, reason: str) -> dict[str, Any]:
-    from shared.turn.recovery import end_turn_failed, relay_one
+    from shared.turn.recovery import end_turn_failed
 
     ending = end_turn_failed(turn_id, reason, actor=Actor.TASK_GUARD)
     if ending.released:
-        relay_one(*ending.released)
+        publish_committed([ending.released])
     # "failed" only when this call ended the turn: the metrics count those
     return {"status": "failed" if ending.ended else "ended", "reason": reason}
 

@@ -5,20 +5,16 @@ Worker tasks call exactly one of these; each runs its stage and publishes what f
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
-from shared.dispatch import publish_agent, publish_now
-from shared.errors import BrokerUnavailable
+from shared.dispatch import publish_agent, publish_committed
 from shared.schemas import Agent, Topology
 from shared.turn.agents import run_agent
 from shared.turn.merge import run_merge
 from shared.turn.orchestrator import run_orchestrator
 from shared.turn.researcher import run_researcher
 from shared.turn.stage import StageOrigin
-
-log = logging.getLogger(__name__)
 
 
 def orchestrate(turn_id: str, origin: StageOrigin) -> dict[str, object]:
@@ -52,20 +48,11 @@ def route(
 
 def answer(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin) -> dict[str, object]:
     completion = run_agent(turn_id, agent=agent, retrieve=retrieve, origin=origin)
+    next_turn = None
     if completion.next_turn is not None:
-        _publish_next_turn(*completion.next_turn)
-    next_turn = completion.next_turn[0] if completion.next_turn else None
+        # Started now. Its outbox row was committed with this turn's reply, so if the
+        # broker is down the relay publishes it: this turn is done either way, and
+        # retrying its agent task would only find it ended.
+        publish_committed([completion.next_turn])
+        next_turn = completion.next_turn[0]
     return {"agent": agent.value, "ended": completion.ended, "next_turn": next_turn}
-
-
-def _publish_next_turn(turn_id: str, topology: str) -> None:
-    """Start the conversation's next turn now. Its outbox row was committed with this turn's
-    reply, so if the broker is down the relay publishes it: this turn is done either way,
-    and retrying its agent task would only find it ended."""
-    try:
-        publish_now(turn_id, topology)
-    except BrokerUnavailable as exc:
-        log.warning(
-            "next turn left to the outbox relay",
-            extra={"action": "dispatch_failed", "turn_id": turn_id, "reason": str(exc)},
-        )
