@@ -2,21 +2,29 @@
 
 The client builds a turn's workflow from task *names* (Celery signatures by name), and
 ``workers/`` registers its tasks under the same names, so ``shared/`` never imports
-``workers/``. The wire-level Celery settings (serialisation, routes, transport) live here
-because both sides must agree on them; worker-only tuning lives in ``workers/app.py``.
+``workers/``. Everything that crosses the broker is declared here:
+
+- each task's payload (its kwargs) as a pydantic model, ``PAYLOADS`` by task name, which
+  the workers validate at the door (``validate``: a bad payload is ``InvalidInput`` naming
+  the field);
+- every signature a process publishes, built by a function of this module;
+- the wire-level Celery settings (serialisation, routes, transport), because both sides
+  must agree on them; worker-only tuning lives in ``workers/app.py``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 from celery import Celery, chain, chord, signals
 from celery.backends.redis import RedisBackend
 from celery.canvas import Signature
+from pydantic import BaseModel, Field, ValidationError
 
 from shared.config import Settings
-from shared.schemas import Agent, Topology
+from shared.errors import InvalidInput
+from shared.schemas import Agent, Frozen, Topology
 
 # Queues, one Procfile process type each.
 ORCHESTRATOR_QUEUE = "orchestrator"
@@ -149,31 +157,118 @@ def make_celery(main: str, settings: Settings) -> Celery:
     return app
 
 
-def _turn_sig(
-    app: Celery, name: str, turn_id: str, *, immutable: bool = True, **kwargs: Any
+# --------------------------------------------------------------------------- payloads
+
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``data`` as ``model``; anything else is a permanent error naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "payload"
+        raise InvalidInput(field, first.get("msg", "invalid")) from None
+
+
+class Payload(Frozen):
+    """A task's kwargs: ids and flags, never an object. Unknown keys are refused."""
+
+
+class TurnRef(Payload):
+    """The payload of the orchestrator, the researcher and the merge: the turn's id."""
+
+    turn_id: Uuid
+
+
+class AgentTaskPayload(TurnRef):
+    retrieve: bool = False  # sequential topology: the agent does its own retrieval
+
+
+class IngestPayload(Payload):
+    """One queued document: the id of its job row, which holds the text."""
+
+    job_id: Uuid
+
+
+class RescoreBatchPayload(Payload):
+    """Which run, which batch of it."""
+
+    run_id: Uuid
+    batch: Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class NoPayload(Payload):
+    """The maintenance tasks (run by beat) take nothing."""
+
+
+PAYLOADS: dict[str, type[Payload]] = {
+    ORCHESTRATOR_TASK: TurnRef,
+    RESEARCHER_TASK: TurnRef,
+    MERGE_TASK: TurnRef,
+    **{name: AgentTaskPayload for name in AGENT_TASKS.values()},
+    INGEST_TASK: IngestPayload,
+    RESCORE_BATCH_TASK: RescoreBatchPayload,
+    RELAY_TASK: NoPayload,
+    SWEEP_TASK: NoPayload,
+}
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def payload_of(name: str, **fields: Any) -> dict[str, Any]:
+    """The kwargs of task ``name``, validated with its payload model (``InvalidInput``
+    naming the field): a producer never publishes what the worker would refuse."""
+    return validate(PAYLOADS[name], fields).model_dump()
+
+
+def _signature(
+    app: Celery, name: str, kwargs: dict[str, Any], *, immutable: bool = True
 ) -> Signature:
-    return app.signature(name, kwargs={"turn_id": turn_id, **kwargs}, immutable=immutable)
+    return app.signature(name, kwargs=dict(kwargs), immutable=immutable)
 
 
 def turn_workflow(app: Celery, *, turn_id: str, topology: Topology) -> Signature:
     """The Celery canvas that runs one turn up to its routing decision."""
+    ref = payload_of(MERGE_TASK, turn_id=turn_id)  # each stage before the agent takes it
     if topology is Topology.PARALLEL:
         header = [
-            _turn_sig(app, ORCHESTRATOR_TASK, turn_id),
-            _turn_sig(app, RESEARCHER_TASK, turn_id),
+            _signature(app, ORCHESTRATOR_TASK, ref),
+            _signature(app, RESEARCHER_TASK, ref),
         ]
         # The callback receives the header tasks' results: the outputs they committed.
-        return chord(header, _turn_sig(app, MERGE_TASK, turn_id, immutable=False), app=app)
+        return chord(header, _signature(app, MERGE_TASK, ref, immutable=False), app=app)
     if topology is Topology.KB_FIRST:
         return chain(
-            _turn_sig(app, RESEARCHER_TASK, turn_id),
-            _turn_sig(app, ORCHESTRATOR_TASK, turn_id),
-            _turn_sig(app, MERGE_TASK, turn_id),
+            _signature(app, RESEARCHER_TASK, ref),
+            _signature(app, ORCHESTRATOR_TASK, ref),
+            _signature(app, MERGE_TASK, ref),
             app=app,
         )
     # Sequential: the orchestrator routes on its own and the agent does its own retrieval.
-    return _turn_sig(app, ORCHESTRATOR_TASK, turn_id)
+    return _signature(app, ORCHESTRATOR_TASK, ref)
+
+
+def merge_signature(app: Celery, *, turn_id: str) -> Signature:
+    """The merge alone, outside any chord: the sweeper's re-drive once both header outputs
+    are durable (it then reads them from the turn's row)."""
+    return _signature(app, MERGE_TASK, payload_of(MERGE_TASK, turn_id=turn_id))
 
 
 def agent_signature(app: Celery, *, turn_id: str, agent: Agent, retrieve: bool) -> Signature:
-    return _turn_sig(app, AGENT_TASKS[agent], turn_id, retrieve=retrieve)
+    name = AGENT_TASKS[agent]
+    return _signature(app, name, payload_of(name, turn_id=turn_id, retrieve=retrieve))
+
+
+def ingest_signature(app: Celery, *, job_id: str) -> Signature:
+    return _signature(app, INGEST_TASK, payload_of(INGEST_TASK, job_id=job_id))
+
+
+def rescore_batch_signature(app: Celery, *, run_id: str, batch: int) -> Signature:
+    kwargs = payload_of(RESCORE_BATCH_TASK, run_id=run_id, batch=batch)
+    return _signature(app, RESCORE_BATCH_TASK, kwargs)

@@ -31,7 +31,7 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.contract import agent_signature, make_celery, turn_workflow
+from shared.contract import agent_signature, make_celery, merge_signature, turn_workflow
 from shared.db.direct import direct_connection
 from shared.db.outbox import PendingDispatch, mark_dispatched
 from shared.errors import BrokerUnavailable
@@ -87,6 +87,12 @@ def publish_agent(turn_id: str, agent: Agent, *, retrieve: bool) -> None:
     with _broker_failures(f"{agent.value} agent", turn_id):
         signature = agent_signature(dispatch_app(), turn_id=turn_id, agent=agent, retrieve=retrieve)
         signature.apply_async()
+
+
+def publish_merge(turn_id: str) -> None:
+    """The merge alone, outside any chord (a re-drive once both header outputs are durable)."""
+    with _broker_failures("merge", turn_id):
+        merge_signature(dispatch_app(), turn_id=turn_id).apply_async()
 
 
 MarkSent = Session | Callable[[list[str]], None] | None

@@ -1,5 +1,8 @@
 """The base of every chordline task: payload validation, origin, delivery-count guard, retries.
 
+Each task reads its kwargs through ``ChordlineTask.payload``, validated with its model in
+shared/contract.py.
+
 Delivery is at least once (acks_late, reject_on_worker_lost), so every turn stage may run
 again; three things keep that safe and bounded:
 
@@ -23,15 +26,14 @@ from typing import Any
 
 import psycopg
 from celery import Task
-from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
-from shared.contract import SENT_AT_HEADER
+from shared.contract import PAYLOADS, SENT_AT_HEADER, validate
 from shared.dispatch import publish_committed
-from shared.errors import InvalidInput, TransientError
+from shared.errors import TransientError
 from shared.redis_conn import get_redis
 from shared.turn.stage import StageOrigin
 from shared.turn_state import Actor
@@ -99,6 +101,11 @@ class ChordlineTask(Task[Any, Any]):
             max_retries=max_retries,
             **options,
         )
+
+    def payload(self, kwargs: dict[str, Any]) -> Any:
+        """This task's kwargs, validated with its payload model (shared/contract.py
+        ``PAYLOADS``); a bad payload is a permanent error naming the field."""
+        return validate(PAYLOADS[self.name], kwargs)
 
     def origin(self) -> StageOrigin:
         request = self.request
@@ -174,16 +181,6 @@ class ChordlineTask(Task[Any, Any]):
         return self.crashed_deliveries(origin) >= get_settings().celery.max_deliveries
 
 
-def validate(model: Any, payload: dict[str, Any]) -> Any:
-    """Validate a task payload at the door; a bad payload is a permanent error."""
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "payload"
-        raise InvalidInput(field, first.get("msg", "invalid")) from None
-
-
 def _end_turn(turn_id: str, reason: str) -> dict[str, Any]:
     from shared.turn.recovery import end_turn_failed
 
@@ -211,9 +208,9 @@ def _wait_too_long_reason(task: ChordlineTask, exc: BaseException, wait_s: float
     )
 
 
-def run_turn_stage(task: ChordlineTask, payload: dict[str, Any], model: Any, stage: Any) -> Any:
+def run_turn_stage(task: ChordlineTask, payload: dict[str, Any], stage: Any) -> Any:
     """Validate, guard against poison pills, then run one stage of the turn."""
-    ref = validate(model, payload)
+    ref = task.payload(payload)
     origin = task.origin()
     if task.over_delivered(origin):
         return _end_turn(ref.turn_id, _poison_reason(task, origin))

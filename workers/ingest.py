@@ -10,22 +10,15 @@ import logging
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from pydantic import BaseModel, ConfigDict, Field
 
 from shared.config import get_settings
-from shared.contract import INGEST_TASK
+from shared.contract import INGEST_TASK, IngestPayload
 from shared.kb.jobs import fail_ingest_job, run_ingest_job
 from shared.providers.registry import get_providers
 from workers.app import app
-from workers.base import ChordlineTask, validate
+from workers.base import ChordlineTask
 
 log = logging.getLogger(__name__)
-
-
-class IngestPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    job_id: str = Field(min_length=36, max_length=36)
 
 
 class IngestTask(ChordlineTask):
@@ -49,7 +42,7 @@ class IngestTask(ChordlineTask):
 
 @app.task(name=INGEST_TASK, bind=True, base=IngestTask, ignore_result=True)
 def ingest_document(self: IngestTask, /, **payload: Any) -> str:
-    ref: IngestPayload = validate(IngestPayload, payload)
+    ref: IngestPayload = self.payload(payload)
     try:
         return run_ingest_job(ref.job_id, embedder=get_providers().embedder)
     except SoftTimeLimitExceeded:

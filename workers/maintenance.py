@@ -28,7 +28,8 @@ MAINTENANCE_OPTIONS: dict[str, Any] = {
 
 
 @app.task(name=RELAY_TASK, **MAINTENANCE_OPTIONS)
-def relay(self: ChordlineTask) -> dict[str, Any]:
+def relay(self: ChordlineTask, /, **payload: Any) -> dict[str, Any]:
+    self.payload(payload)
     held = release_held_turns()
     return {
         "sent": relay_outbox(),
@@ -38,7 +39,8 @@ def relay(self: ChordlineTask) -> dict[str, Any]:
 
 
 @app.task(name=SWEEP_TASK, **MAINTENANCE_OPTIONS)
-def sweep(self: ChordlineTask) -> dict[str, Any]:
+def sweep(self: ChordlineTask, /, **payload: Any) -> dict[str, Any]:
+    self.payload(payload)
     record_sweeper_heartbeat(get_redis())
     report = sweep_stuck_turns()
     return {"redriven": len(report.redriven), "failed": len(report.failed)}

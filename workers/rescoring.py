@@ -9,18 +9,17 @@ from typing import Any
 
 from celery import signals
 
-from shared.contract import RESCORE_BATCH_TASK, RESCORING_QUEUE
+from shared.contract import RESCORE_BATCH_TASK, RESCORING_QUEUE, RescoreBatchPayload
 from shared.rescoring.batch import score_batch
-from shared.rescoring.fanout import RescoreBatchRef
 from workers.app import app
-from workers.base import RETRYABLE, ChordlineTask, validate
+from workers.base import RETRYABLE, ChordlineTask
 
 log = logging.getLogger(__name__)
 
 
 @app.task(name=RESCORE_BATCH_TASK, bind=True, base=ChordlineTask, ignore_result=True)
 def score_rescoring_batch(self: ChordlineTask, /, **payload: Any) -> dict[str, Any]:
-    ref: RescoreBatchRef = validate(RescoreBatchRef, payload)
+    ref: RescoreBatchPayload = self.payload(payload)
     origin = self.origin()
     if self.over_delivered(origin):
         # It keeps killing its worker: leave its turns unscored (resume can try again).

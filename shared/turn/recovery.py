@@ -23,7 +23,6 @@ from shared.admission import (
     release,
 )
 from shared.config import get_settings
-from shared.contract import MERGE_TASK
 from shared.counts import counted
 from shared.db.direct import direct_connection
 from shared.db.models import Turn
@@ -31,7 +30,7 @@ from shared.db.outbox import claim_undispatched
 from shared.db.session import session_scope
 from shared.db.tenants import recent_tenant_settings
 from shared.db.turns import fail_turn, held_turns, release_conversation
-from shared.dispatch import dispatch_app, publish_agent, publish_committed, publish_turn
+from shared.dispatch import publish_agent, publish_committed, publish_merge, publish_turn
 from shared.errors import UnknownTenant
 from shared.schemas import Admission, Agent, Topology, TurnStatus
 from shared.turn.agents import FALLBACK_REPLY
@@ -261,9 +260,7 @@ def _redrive(item: _Redrive) -> None:
         # Both header outputs are durable, the route is not: the chord's callback was lost
         # (a lost counter, a flushed result backend). Publish the merge alone, without
         # depending on chord state again.
-        dispatch_app().signature(
-            MERGE_TASK, kwargs={"turn_id": item.turn_id}, immutable=True
-        ).apply_async()
+        publish_merge(item.turn_id)
     else:  # header stages whose output is already durable return it without running again
         publish_turn(item.turn_id, item.topology)
 

@@ -88,7 +88,11 @@ def test_the_chord_hands_the_header_results_to_the_merge() -> None:
     from shared.contract import MERGE_TASK, turn_workflow
     from shared.schemas import Topology
 
-    workflow = turn_workflow(Celery(set_as_current=False), turn_id="t", topology=Topology.PARALLEL)
+    turn_id = "5c1e0000-0000-4000-8000-000000000001"
+    workflow = turn_workflow(
+        Celery(set_as_current=False), turn_id=turn_id, topology=Topology.PARALLEL
+    )
     assert workflow.body.name == MERGE_TASK
     assert not workflow.body.immutable  # an immutable callback would get no results
     assert all(header.immutable for header in workflow.tasks)  # headers take only the id
+    assert [header.kwargs for header in workflow.tasks] == [{"turn_id": turn_id}] * 2
