@@ -1,4 +1,4 @@
-"""The wire between the client and the workers: task names, queues and payloads.
+"""The wire between the client and the workers: task names, queues, payloads and results.
 
 The client builds a turn's workflow from task *names* (Celery signatures by name), and
 ``workers/`` registers its tasks under the same names, so ``shared/`` never imports
@@ -8,6 +8,9 @@ The client builds a turn's workflow from task *names* (Celery signatures by name
   the workers validate at the door (``validate``: a bad payload is ``InvalidInput`` naming
   the field);
 - every signature a process publishes, built by a function of this module;
+- each task's result as a typed model, turned into JSON for Celery by ``to_wire`` and read
+  back (by the merge from its chord's header results, by the workers' metrics) with
+  ``from_wire``;
 - the wire-level Celery settings (serialisation, routes, transport), because both sides
   must agree on them; worker-only tuning lives in ``workers/app.py``.
 """
@@ -15,7 +18,8 @@ The client builds a turn's workflow from task *names* (Celery signatures by name
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, TypeVar
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from celery import Celery, chain, chord, signals
 from celery.backends.redis import RedisBackend
@@ -24,7 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.config import Settings
 from shared.errors import InvalidInput
-from shared.schemas import Agent, Frozen, Topology
+from shared.schemas import Agent, Frozen, KbLevel, Orchestration, Topology
 
 # Queues, one Procfile process type each.
 ORCHESTRATOR_QUEUE = "orchestrator"
@@ -272,3 +276,125 @@ def ingest_signature(app: Celery, *, job_id: str) -> Signature:
 def rescore_batch_signature(app: Celery, *, run_id: str, batch: int) -> Signature:
     kwargs = payload_of(RESCORE_BATCH_TASK, run_id=run_id, batch=batch)
     return _signature(app, RESCORE_BATCH_TASK, kwargs)
+
+
+# --------------------------------------------------------------------------- results
+
+
+class TaskResult(Frozen):
+    """What a task returns. Celery carries it as JSON (``to_wire``), tagged with its
+    ``kind`` (a field of each result type); ``from_wire`` reads it back."""
+
+
+class OrchestratorResult(TaskResult):
+    """The orchestration the orchestrator committed (or found committed): a chord header
+    result, routed on by the merge."""
+
+    kind: Literal["orchestrator"] = "orchestrator"
+    orchestration: Orchestration
+
+
+class ResearcherResult(TaskResult):
+    """The researcher's committed output as the merge routes on it: a chord header result.
+    The hits stay in the turn's row, where the agent reads them; only their count travels."""
+
+    kind: Literal["researcher"] = "researcher"
+    kb_information_level: KbLevel
+    retrieval_failed: bool = False
+    hits: int = Field(default=0, ge=0)
+
+
+class MergeResult(TaskResult):
+    """The route the merge wrote (or found written), whose agent it published."""
+
+    kind: Literal["merge"] = "merge"
+    next_agent: Agent
+    routing_reason: str
+
+
+class AgentResult(TaskResult):
+    kind: Literal["agent"] = "agent"
+    agent: Agent
+    ended: bool  # this run ended the turn (committed its one reply), not a later duplicate
+    next_turn: Uuid | None = None  # the conversation's turn this one handed over to
+
+
+class TurnEnded(TaskResult):
+    """A turn stage that did not run on: the turn had ended (``failed`` False), or this
+    run ended it failed (the task guard: a poison pill, a retry it could not wait for)."""
+
+    kind: Literal["turn_ended"] = "turn_ended"
+    failed: bool = False
+    reason: str | None = None
+
+
+class IngestResult(TaskResult):
+    kind: Literal["ingest"] = "ingest"
+    outcome: str  # the document's outcome (stored, unchanged, rejected, ...) or the job's
+
+
+class BatchEnd(StrEnum):
+    DONE = "done"  # every turn of the batch has a result
+    YIELDED = "yielded"  # its time slice ran out (or the budget said wait): re-enqueued
+    CANCELLED = "cancelled"  # the run was cancelled (before or while it ran)
+    NOT_RUNNING = "not_running"  # the run is completed, or gone
+    BUSY = "busy"  # another copy of the batch holds its claim and scores it
+    DROPPED = "dropped"  # it kept killing its worker: its turns stay unscored
+
+
+class RescoreBatchResult(TaskResult):
+    kind: Literal["rescore_batch"] = "rescore_batch"
+    run_id: Uuid
+    batch: int
+    end: BatchEnd
+    scored: int = 0  # results this task wrote
+    already: int = 0  # results another copy of this batch wrote first
+
+
+class RelayResult(TaskResult):
+    kind: Literal["relay"] = "relay"
+    sent: int  # dispatch intents published from the outbox
+    held_released: int  # held turns let go
+    held_expired: int  # held turns failed, held too long
+
+
+class SweepResult(TaskResult):
+    kind: Literal["sweep"] = "sweep"
+    redriven: int  # turns published again from their last durable stage
+    failed: int  # turns this sweep ended failed, out of attempts
+
+
+RESULT_TYPES: tuple[type[TaskResult], ...] = (
+    OrchestratorResult,
+    ResearcherResult,
+    MergeResult,
+    AgentResult,
+    TurnEnded,
+    IngestResult,
+    RescoreBatchResult,
+    RelayResult,
+    SweepResult,
+)
+_RESULT_OF_KIND: dict[str, type[TaskResult]] = {
+    cast(str, cls.model_fields["kind"].default): cls for cls in RESULT_TYPES
+}
+
+R = TypeVar("R", bound=TaskResult)
+
+
+def to_wire(result: TaskResult) -> dict[str, Any]:
+    """A task's result as Celery carries it: JSON, tagged with its kind."""
+    return result.model_dump(mode="json")
+
+
+def from_wire(wire: Any, kind: type[R] | tuple[type[R], ...]) -> R | None:
+    """The result ``to_wire`` made, if it is one of ``kind`` (a type, or a tuple of them;
+    ``TaskResult`` for any); None for anything else: another kind, no kind, not a result.
+
+    Only a wanted kind is validated, once; a malformed one raises ``InvalidInput``.
+    """
+    tag = wire.get("kind") if isinstance(wire, dict) else None
+    found = _RESULT_OF_KIND.get(tag) if isinstance(tag, str) else None
+    if found is None or not issubclass(found, kind):
+        return None
+    return validate(found, wire)

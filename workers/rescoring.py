@@ -9,7 +9,14 @@ from typing import Any
 
 from celery import signals
 
-from shared.contract import RESCORE_BATCH_TASK, RESCORING_QUEUE, RescoreBatchPayload
+from shared.contract import (
+    RESCORE_BATCH_TASK,
+    RESCORING_QUEUE,
+    BatchEnd,
+    RescoreBatchPayload,
+    RescoreBatchResult,
+    to_wire,
+)
 from shared.rescoring.batch import score_batch
 from workers.app import app
 from workers.base import RETRYABLE, ChordlineTask
@@ -28,9 +35,10 @@ def score_rescoring_batch(self: ChordlineTask, /, **payload: Any) -> dict[str, A
             f"{origin.delivery} deliveries",
             extra={"action": "rescore_batch_dropped", "queue": origin.queue},
         )
-        return {"run_id": ref.run_id, "batch": ref.batch, "end": "dropped"}
+        dropped = RescoreBatchResult(run_id=ref.run_id, batch=ref.batch, end=BatchEnd.DROPPED)
+        return to_wire(dropped)
     try:
-        return score_batch(ref.run_id, ref.batch).as_dict()
+        return to_wire(score_batch(ref.run_id, ref.batch))
     finally:
         _finished(self)
 

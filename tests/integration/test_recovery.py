@@ -214,7 +214,7 @@ def test_a_next_turn_the_broker_refuses_is_left_to_the_relay_and_the_agent_succe
 
     monkeypatch.setattr(dispatch, "publish_turn", broker_down)
     result = flow.answer(first, agent=Agent(routed[0].next_agent), retrieve=False, origin=origin)
-    assert result["ended"] is True and result["next_turn"] == waiting  # no retry of this task
+    assert result.ended is True and result.next_turn == waiting  # no retry of this task
     with session_scope() as session:
         intent = session.execute(
             select(TurnOutbox.turn_id, TurnOutbox.dispatched_at).where(

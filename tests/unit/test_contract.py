@@ -1,5 +1,5 @@
 """The wire contract (shared/contract.py): every task's payload typed and checked at the door,
-every signature built from it."""
+every signature built from it, every result to JSON and back through one pair of functions."""
 
 from __future__ import annotations
 
@@ -16,16 +16,30 @@ from shared import contract
 from shared.contract import (
     PAYLOADS,
     RELAY_TASK,
+    RESULT_TYPES,
     SWEEP_TASK,
+    AgentResult,
     AgentTaskPayload,
+    BatchEnd,
     IngestPayload,
+    IngestResult,
+    MergeResult,
     NoPayload,
+    OrchestratorResult,
+    RelayResult,
     RescoreBatchPayload,
+    RescoreBatchResult,
+    ResearcherResult,
+    SweepResult,
+    TaskResult,
+    TurnEnded,
     TurnRef,
+    from_wire,
+    to_wire,
     validate,
 )
 from shared.errors import InvalidInput
-from shared.schemas import Agent, Topology
+from shared.schemas import Agent, KbLevel, Orchestration, Phase, Topology
 
 TURN = str(uuid.uuid4())
 OTHER = str(uuid.uuid4())
@@ -133,6 +147,71 @@ def test_signatures_of_one_workflow_do_not_share_their_kwargs() -> None:
     orchestrator, researcher = workflow.tasks
     orchestrator.kwargs["turn_id"] = OTHER
     assert researcher.kwargs == workflow.body.kwargs == {"turn_id": TURN}
+
+
+# --------------------------------------------------------------------------- results
+
+SAMPLES: list[TaskResult] = [
+    OrchestratorResult(
+        orchestration=Orchestration(
+            phase=Phase.DISCOVERY,
+            intent="pricing",
+            proposed_agent=Agent.DISCOVERY,
+            confidence=0.8,
+        )
+    ),
+    ResearcherResult(kb_information_level=KbLevel.PARTIAL, retrieval_failed=True, hits=2),
+    MergeResult(next_agent=Agent.SUPPORT, routing_reason="support question, kb ACCURATE"),
+    AgentResult(agent=Agent.SUPPORT, ended=True, next_turn=OTHER),
+    AgentResult(agent=Agent.DISCOVERY, ended=False),
+    TurnEnded(),
+    TurnEnded(failed=True, reason="it keeps killing its worker"),
+    IngestResult(outcome="stored"),
+    RescoreBatchResult(run_id=TURN, batch=4, end=BatchEnd.YIELDED, scored=3, already=1),
+    RelayResult(sent=2, held_released=1, held_expired=0),
+    SweepResult(redriven=1, failed=3),
+]
+
+
+def test_the_samples_cover_every_result_type() -> None:
+    assert {type(sample) for sample in SAMPLES} == set(RESULT_TYPES)
+    kinds = [cls.model_fields["kind"].default for cls in RESULT_TYPES]
+    assert len(set(kinds)) == len(kinds)  # one kind, one type
+
+
+@pytest.mark.parametrize("result", SAMPLES, ids=lambda r: type(r).__name__)
+def test_a_result_goes_to_json_and_back_unchanged(result: TaskResult) -> None:
+    wire = json.loads(json.dumps(to_wire(result)))  # what Celery stores and hands over
+    assert from_wire(wire, type(result)) == result
+    assert from_wire(wire, TaskResult) == result
+    others = tuple(cls for cls in RESULT_TYPES if cls is not type(result))
+    assert from_wire(wire, others) is None  # another kind is not read as this one
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [None, "done", 3, [], {}, {"ended": True}, {"kind": "nothing"}, {"kind": ["agent"]}],
+)
+def test_what_is_no_result_reads_as_none(wire: object) -> None:
+    assert from_wire(wire, TaskResult) is None
+
+
+def test_a_malformed_result_is_invalid_input_naming_the_field() -> None:
+    wire = to_wire(AgentResult(agent=Agent.SUPPORT, ended=True))
+    with pytest.raises(InvalidInput) as caught:
+        from_wire({**wire, "agent": "oracle"}, AgentResult)
+    assert caught.value.field == "agent"
+    orchestrated = to_wire(SAMPLES[0])
+    with pytest.raises(InvalidInput) as caught:
+        from_wire({**orchestrated, "orchestration": {"phase": "lunch"}}, TaskResult)
+    assert caught.value.field == "orchestration.phase"
+
+
+def test_only_a_wanted_kind_is_validated() -> None:
+    broken = {"kind": "orchestrator", "orchestration": "not an orchestration"}
+    assert from_wire(broken, (AgentResult, TurnEnded, SweepResult)) is None
+    with pytest.raises(InvalidInput):
+        from_wire(broken, OrchestratorResult)
 
 
 # --------------------------------------------------------------------------- workers
