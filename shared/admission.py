@@ -39,7 +39,7 @@ from shared.config import get_settings
 from shared.db.direct import direct_connection
 from shared.db.tenants import recent_tenant_settings
 from shared.db.turns import promote_held
-from shared.dispatch import publish_now
+from shared.dispatch import publish_committed
 from shared.errors import AdmissionRefused
 from shared.redis_conn import get_redis
 from shared.schemas import Admission
@@ -493,20 +493,8 @@ def let_go(tenant: str, released: Released | None) -> list[str]:
             ready = promote_held(
                 conn, released.promoted, stage_deadline_s=get_settings().turn.stage_deadline_s
             )
-        for turn_id, topology in ready:
-            try:
-                publish_now(turn_id, topology)
-                published.append(turn_id)
-            except Exception as exc:  # its outbox row is committed: the relay sends it
-                log.warning(
-                    "held turn left to the outbox relay",
-                    extra={
-                        "action": "dispatch_failed",
-                        "turn_id": turn_id,
-                        "tenant_id": tenant,
-                        "reason": type(exc).__name__,
-                    },
-                )
+        # their outbox rows are committed: one the broker refuses, the relay sends later
+        published = publish_committed(ready)
         if promoted_count := len(released.promoted):
             log.info(
                 "held turns let go",

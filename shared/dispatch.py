@@ -6,6 +6,10 @@ the turn's workflow and marks the outbox rows as dispatched, in batches. If the 
 first, or Redis is down, the rows stay undispatched and the relay (a periodic maintenance
 task) publishes them. Stages are idempotent, so a turn published twice runs once.
 
+Every publish of a committed turn goes through ``publish_committed`` (publish, then mark
+the rows of the turns sent): the dispatcher thread, the relay, the sweeper's hand-over,
+admission's release of held turns, and an agent starting its conversation's next turn.
+
 This is the one narrow place where ``shared/`` reaches the Celery app: workers hand theirs
 in with ``set_dispatch_app``; a client process builds a producer-only app from settings.
 """
@@ -18,18 +22,18 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import kombu.exceptions
 import redis
 from celery import Celery
+from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.contract import agent_signature, make_celery, turn_workflow
+from shared.contract import agent_signature, make_celery, merge_signature, turn_workflow
 from shared.db.direct import direct_connection
-from shared.db.outbox import mark_dispatched
+from shared.db.outbox import PendingDispatch, mark_dispatched
 from shared.errors import BrokerUnavailable
 from shared.schemas import Agent, Topology
 
@@ -85,13 +89,72 @@ def publish_agent(turn_id: str, agent: Agent, *, retrieve: bool) -> None:
         signature.apply_async()
 
 
-@dataclass(frozen=True)
-class _Intent:
-    turn_id: str
-    topology: str
+def publish_merge(turn_id: str) -> None:
+    """The merge alone, outside any chord (a re-drive once both header outputs are durable)."""
+    with _broker_failures("merge", turn_id):
+        merge_signature(dispatch_app(), turn_id=turn_id).apply_async()
 
 
-_WAKE = _Intent("", "")  # no turn: wakes the thread to mark what it has published
+MarkSent = Session | Callable[[list[str]], None] | None
+
+
+def publish_committed(
+    turns: Iterable[tuple[str, str]], *, mark: MarkSent = None, stop_at_outage: bool = False
+) -> list[str]:
+    """Publish the workflows of committed turns, (turn id, topology) each, then mark the
+    outbox rows of those sent as dispatched. Returns the turns sent.
+
+    A turn that cannot be published is logged and left undispatched: the outbox relay sends
+    it later. ``stop_at_outage`` ends the pass at the first BrokerUnavailable (the rest would
+    fail too); otherwise one bad turn never holds back the ones behind it.
+
+    Where the rows are marked, ``mark``: None, at once on a direct connection (a failure is
+    logged: an unmarked row only costs a duplicate publish by the relay, which the stages
+    absorb); a Session, in its transaction (the relay marks what it claimed in the
+    transaction holding the claim); a callable, handed the ids sent (the dispatcher
+    thread, which marks its batches after a linger, with ``mark_sent``).
+    """
+    sent: list[str] = []
+    for turn_id, topology in turns:
+        try:
+            publish_turn(turn_id, topology)
+        except Exception as exc:
+            log.warning(
+                "publish failed; the outbox relay will retry",
+                extra={
+                    "action": "dispatch_failed",
+                    "turn_id": turn_id,
+                    "reason": type(exc).__name__,
+                },
+            )
+            if stop_at_outage and isinstance(exc, BrokerUnavailable):
+                break
+            continue
+        sent.append(turn_id)
+    if not sent:
+        return sent
+    if mark is None:
+        mark_sent(sent)
+    elif isinstance(mark, Session):
+        mark_dispatched(mark, sent)
+    else:
+        mark(sent)
+    return sent
+
+
+def mark_sent(turn_ids: Sequence[str]) -> None:
+    """Mark these turns' outbox rows dispatched on a direct connection of their own."""
+    try:
+        with direct_connection() as conn:
+            mark_dispatched(conn, turn_ids)
+    except Exception as exc:  # unmarked rows are re-sent by the relay: a harmless duplicate
+        log.warning(
+            "could not mark outbox rows dispatched",
+            extra={"action": "outbox_mark_failed", "reason": type(exc).__name__},
+        )
+
+
+_WAKE = PendingDispatch("", "")  # no turn: wakes the thread to mark what it has published
 
 
 class Dispatcher:
@@ -105,7 +168,7 @@ class Dispatcher:
     MARK_LINGER_S = 0.2
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[_Intent] = queue.Queue()
+        self._queue: queue.Queue[PendingDispatch] = queue.Queue()
         self._pending = 0  # submitted, and not yet published and marked (or failed)
         self._idle = threading.Condition()
         self._flush_wanted = threading.Event()
@@ -117,7 +180,7 @@ class Dispatcher:
     def submit(self, turn_id: str, topology: str) -> None:
         with self._idle:
             self._pending += 1
-        self._queue.put(_Intent(turn_id, topology))
+        self._queue.put(PendingDispatch(turn_id, topology))
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything submitted so far is published and marked (or failed)."""
@@ -126,7 +189,7 @@ class Dispatcher:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout_s)
 
-    def _next_batch(self) -> list[_Intent]:
+    def _next_batch(self) -> list[PendingDispatch]:
         timeout = None
         if self._unmarked:
             timeout = max(0.0, self._oldest_unmarked + self.MARK_LINGER_S - time.monotonic())
@@ -143,51 +206,26 @@ class Dispatcher:
     def _run(self) -> None:
         while True:
             batch = self._next_batch()
-            sent = self._publish(batch)
-            if sent and not self._unmarked:
-                self._oldest_unmarked = time.monotonic()
-            self._unmarked.extend(sent)
+            sent = publish_committed(batch, mark=self._mark_later)
             self._done(len(batch) - len(sent))  # failures: the relay has them
             due = time.monotonic() >= self._oldest_unmarked + self.MARK_LINGER_S
             if self._unmarked and (due or self._flush_wanted.is_set()):
                 marked, self._unmarked = self._unmarked, []
-                self._mark(marked)
+                mark_sent(marked)
                 self._done(len(marked))
             if self._queue.empty() and not self._unmarked:
                 self._flush_wanted.clear()
+
+    def _mark_later(self, sent: list[str]) -> None:
+        if not self._unmarked:
+            self._oldest_unmarked = time.monotonic()
+        self._unmarked.extend(sent)
 
     def _done(self, count: int) -> None:
         if count:
             with self._idle:
                 self._pending -= count
                 self._idle.notify_all()
-
-    def _publish(self, batch: list[_Intent]) -> list[str]:
-        sent: list[str] = []
-        for intent in batch:
-            try:
-                publish_turn(intent.turn_id, intent.topology)
-                sent.append(intent.turn_id)
-            except Exception as exc:  # the relay will publish it from the outbox
-                log.warning(
-                    "dispatch failed; the outbox relay will retry",
-                    extra={
-                        "action": "dispatch_failed",
-                        "turn_id": intent.turn_id,
-                        "reason": type(exc).__name__,
-                    },
-                )
-        return sent
-
-    def _mark(self, sent: list[str]) -> None:
-        try:
-            with direct_connection() as conn:
-                mark_dispatched(conn, sent)
-        except Exception as exc:  # unmarked rows are re-sent by the relay: a harmless duplicate
-            log.warning(
-                "could not mark outbox rows dispatched",
-                extra={"action": "outbox_mark_failed", "reason": type(exc).__name__},
-            )
 
 
 _dispatcher: Dispatcher | None = None
@@ -214,10 +252,3 @@ def dispatch_committed(turn_ids_and_topologies: list[tuple[str, str]]) -> None:
 
 def flush_dispatch(timeout_s: float = 10.0) -> bool:
     return get_dispatcher().flush(timeout_s) if _dispatcher is not None else True
-
-
-def publish_now(turn_id: str, topology: str) -> None:
-    """Publish synchronously and mark the outbox row: for relays and workers."""
-    publish_turn(turn_id, topology)
-    with direct_connection() as conn:
-        mark_dispatched(conn, [turn_id])

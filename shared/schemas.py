@@ -282,15 +282,3 @@ class TenantSettings(Frozen):
                 raise KeyError(dotted)
             target[leaf] = value
         return TenantSettings.model_validate(data)
-
-
-class TurnRef(Frozen):
-    """The payload of every turn task: an id, never an object."""
-
-    turn_id: Annotated[
-        str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-    ]
-
-
-class AgentTaskPayload(TurnRef):
-    retrieve: bool = False  # sequential topology: the agent does its own retrieval

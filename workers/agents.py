@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.contract import AGENT_TASKS
-from shared.schemas import Agent, AgentTaskPayload
+from shared.schemas import Agent
 from shared.turn import flow
 from workers.app import app
 from workers.base import ChordlineTask, run_turn_stage
@@ -16,7 +16,6 @@ def _register(agent: Agent) -> Any:
         return run_turn_stage(
             self,
             payload,
-            AgentTaskPayload,
             lambda ref, origin: flow.answer(
                 ref.turn_id, agent=agent, retrieve=ref.retrieve, origin=origin
             ),

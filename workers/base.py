@@ -1,5 +1,8 @@
 """The base of every chordline task: payload validation, origin, delivery-count guard, retries.
 
+Each task reads its kwargs through ``ChordlineTask.payload``, validated with its model in
+shared/contract.py, and hands Celery its typed result as JSON through ``to_wire``.
+
 Delivery is at least once (acks_late, reject_on_worker_lost), so every turn stage may run
 again; three things keep that safe and bounded:
 
@@ -19,18 +22,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from celery import Task
-from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
-from shared.contract import SENT_AT_HEADER
-from shared.errors import InvalidInput, TransientError
+from shared.contract import PAYLOADS, SENT_AT_HEADER, TaskResult, TurnEnded, to_wire, validate
+from shared.dispatch import publish_committed
+from shared.errors import TransientError
 from shared.redis_conn import get_redis
 from shared.turn.stage import StageOrigin
 from shared.turn_state import Actor
@@ -97,6 +101,11 @@ class ChordlineTask(Task[Any, Any]):
             max_retries=max_retries,
             **options,
         )
+
+    def payload(self, kwargs: dict[str, Any]) -> Any:
+        """This task's kwargs, validated with its payload model (shared/contract.py
+        ``PAYLOADS``); a bad payload is a permanent error naming the field."""
+        return validate(PAYLOADS[self.name], kwargs)
 
     def origin(self) -> StageOrigin:
         request = self.request
@@ -172,24 +181,14 @@ class ChordlineTask(Task[Any, Any]):
         return self.crashed_deliveries(origin) >= get_settings().celery.max_deliveries
 
 
-def validate(model: Any, payload: dict[str, Any]) -> Any:
-    """Validate a task payload at the door; a bad payload is a permanent error."""
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "payload"
-        raise InvalidInput(field, first.get("msg", "invalid")) from None
-
-
-def _end_turn(turn_id: str, reason: str) -> dict[str, Any]:
-    from shared.turn.recovery import end_turn_failed, relay_one
+def _end_turn(turn_id: str, reason: str) -> TurnEnded:
+    from shared.turn.recovery import end_turn_failed
 
     ending = end_turn_failed(turn_id, reason, actor=Actor.TASK_GUARD)
     if ending.released:
-        relay_one(*ending.released)
-    # "failed" only when this call ended the turn: the metrics count those
-    return {"status": "failed" if ending.ended else "ended", "reason": reason}
+        publish_committed([ending.released])
+    # failed only when this call ended the turn: the metrics count those
+    return TurnEnded(failed=ending.ended, reason=reason)
 
 
 def _poison_reason(task: ChordlineTask, origin: StageOrigin) -> str:
@@ -209,18 +208,21 @@ def _wait_too_long_reason(task: ChordlineTask, exc: BaseException, wait_s: float
     )
 
 
-def run_turn_stage(task: ChordlineTask, payload: dict[str, Any], model: Any, stage: Any) -> Any:
-    """Validate, guard against poison pills, then run one stage of the turn."""
-    ref = validate(model, payload)
+def run_turn_stage(
+    task: ChordlineTask, payload: dict[str, Any], stage: Callable[[Any, StageOrigin], TaskResult]
+) -> dict[str, Any]:
+    """Validate, guard against poison pills, then run one stage of the turn; its result as
+    Celery carries it."""
+    ref = task.payload(payload)
     origin = task.origin()
     if task.over_delivered(origin):
-        return _end_turn(ref.turn_id, _poison_reason(task, origin))
+        return to_wire(_end_turn(ref.turn_id, _poison_reason(task, origin)))
     try:
-        return stage(ref, origin)
+        return to_wire(stage(ref, origin))
     except RETRYABLE as exc:
         wait_s = retry_after_s(exc)
         if wait_s is not None and wait_s > max_retry_countdown_s():
-            return _end_turn(ref.turn_id, _wait_too_long_reason(task, exc, wait_s))
+            return to_wire(_end_turn(ref.turn_id, _wait_too_long_reason(task, exc, wait_s)))
         raise
     finally:
         _mark_finished(task)

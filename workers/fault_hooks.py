@@ -93,8 +93,8 @@ def installed(run_turn_stage: StageRunner) -> StageRunner:
     signals.worker_init.connect(_arm_at_worker_start, weak=False)
 
     @functools.wraps(run_turn_stage)
-    def run_with_fault_hooks(task: Any, payload: dict[str, Any], model: Any, stage: Any) -> Any:
-        return run_turn_stage(task, payload, model, _with_hooks(task.name, stage))
+    def run_with_fault_hooks(task: Any, payload: dict[str, Any], stage: Any) -> Any:
+        return run_turn_stage(task, payload, _with_hooks(task.name, stage))
 
     return cast(StageRunner, run_with_fault_hooks)
 

@@ -10,22 +10,15 @@ import logging
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from pydantic import BaseModel, ConfigDict, Field
 
 from shared.config import get_settings
-from shared.contract import INGEST_TASK
-from shared.kb.jobs import fail_ingest_job, run_ingest_job
+from shared.contract import INGEST_TASK, IngestPayload, IngestResult, to_wire
+from shared.kb.jobs import JobStatus, fail_ingest_job, run_ingest_job
 from shared.providers.registry import get_providers
 from workers.app import app
-from workers.base import ChordlineTask, validate
+from workers.base import ChordlineTask
 
 log = logging.getLogger(__name__)
-
-
-class IngestPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    job_id: str = Field(min_length=36, max_length=36)
 
 
 class IngestTask(ChordlineTask):
@@ -48,16 +41,20 @@ class IngestTask(ChordlineTask):
 
 
 @app.task(name=INGEST_TASK, bind=True, base=IngestTask, ignore_result=True)
-def ingest_document(self: IngestTask, /, **payload: Any) -> str:
-    ref: IngestPayload = validate(IngestPayload, payload)
+def ingest_document(self: IngestTask, /, **payload: Any) -> dict[str, Any]:
+    ref: IngestPayload = self.payload(payload)
+    return to_wire(IngestResult(outcome=_ingest(ref.job_id)))
+
+
+def _ingest(job_id: str) -> str:
     try:
-        return run_ingest_job(ref.job_id, embedder=get_providers().embedder)
+        return run_ingest_job(job_id, embedder=get_providers().embedder)
     except SoftTimeLimitExceeded:
         limit = get_settings().celery.soft_time_limit_s
         fail_ingest_job(
-            ref.job_id,
+            job_id,
             error=f"storing it took longer than the task time limit ({limit} s, "
             "CHORDLINE_CELERY_SOFT_TIME_LIMIT_S); split the document or ingest it with "
             "`kb ingest --mode inline`",
         )
-        return "failed"
+        return JobStatus.FAILED.value

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.contract import RELAY_TASK, SWEEP_TASK
+from shared.contract import RELAY_TASK, SWEEP_TASK, RelayResult, SweepResult, to_wire
 from shared.heartbeat import record_sweeper_heartbeat
 from shared.redis_conn import get_redis
 from shared.turn.recovery import relay_outbox, release_held_turns, sweep_stuck_turns
@@ -28,17 +28,18 @@ MAINTENANCE_OPTIONS: dict[str, Any] = {
 
 
 @app.task(name=RELAY_TASK, **MAINTENANCE_OPTIONS)
-def relay(self: ChordlineTask) -> dict[str, Any]:
+def relay(self: ChordlineTask, /, **payload: Any) -> dict[str, Any]:
+    self.payload(payload)
     held = release_held_turns()
-    return {
-        "sent": relay_outbox(),
-        "held_released": held.released,
-        "held_expired": len(held.expired),
-    }
+    sent = relay_outbox()
+    return to_wire(
+        RelayResult(sent=sent, held_released=held.released, held_expired=len(held.expired))
+    )
 
 
 @app.task(name=SWEEP_TASK, **MAINTENANCE_OPTIONS)
-def sweep(self: ChordlineTask) -> dict[str, Any]:
+def sweep(self: ChordlineTask, /, **payload: Any) -> dict[str, Any]:
+    self.payload(payload)
     record_sweeper_heartbeat(get_redis())
     report = sweep_stuck_turns()
-    return {"redriven": len(report.redriven), "failed": len(report.failed)}
+    return to_wire(SweepResult(redriven=len(report.redriven), failed=len(report.failed)))

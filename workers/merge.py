@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from shared.contract import MERGE_TASK
-from shared.schemas import TurnRef
 from shared.turn import flow
 from workers.app import app
 from workers.base import ChordlineTask, run_turn_stage
@@ -17,5 +16,5 @@ def merge(self: ChordlineTask, /, *header_results: Any, **payload: Any) -> Any:
     # Postgres. The merge routes on them; without them (a re-driven merge) it reads the row.
     outputs = header_results[0] if header_results else ()
     return run_turn_stage(
-        self, payload, TurnRef, lambda ref, origin: flow.route(ref.turn_id, origin, outputs)
+        self, payload, lambda ref, origin: flow.route(ref.turn_id, origin, outputs)
     )

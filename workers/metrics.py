@@ -26,7 +26,10 @@ from shared.contract import (
     ORCHESTRATOR_TASK,
     RESEARCHER_TASK,
     SENT_AT_HEADER,
-    SWEEP_TASK,
+    AgentResult,
+    SweepResult,
+    TurnEnded,
+    from_wire,
 )
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,6 @@ STAGE_OF_TASK = {
     INGEST_TASK: "ingest",
     **{name: "agent" for name in AGENT_TASKS.values()},
 }
-AGENT_TASK_NAMES = frozenset(AGENT_TASKS.values())
 
 _started: dict[str, float] = {}  # task id → perf_counter at start; dict ops are atomic
 _recorder = metrics.TurnRecorder()
@@ -133,24 +135,26 @@ def _task_finished(
             "reason": state,
         },
     )
-    if name in AGENT_TASK_NAMES and _ended_the_turn(state, retval) and isinstance(turn_id, str):
-        _recorder.turn_finished(turn_id)
-    _count_failed_turns(name, retval)
+    _count_turns(state, turn_id, retval)
 
 
-def _ended_the_turn(state: str | None, retval: Any) -> bool:
-    """An agent run that committed the turn's reply (not a duplicate that found it ended)."""
-    return state == "SUCCESS" and isinstance(retval, dict) and retval.get("ended") is True
+# The results the metrics read: only these kinds are validated, none of the others.
+_COUNTED = (AgentResult, TurnEnded, SweepResult)
 
 
-def _count_failed_turns(task_name: str, retval: Any) -> None:
-    """Turns ended failed by the sweeper, or by a stage that kept killing its worker."""
-    if not isinstance(retval, dict):
-        return
-    if task_name == SWEEP_TASK and isinstance(retval.get("failed"), int) and retval["failed"]:
-        metrics.instruments().turns.labels("failed").inc(retval["failed"])
-    elif task_name in STAGE_OF_TASK and retval.get("status") == "failed":
-        metrics.instruments().turns.labels("failed").inc()
+def _count_turns(state: str | None, turn_id: Any, retval: Any) -> None:
+    """Turns an agent ended (it committed the reply, not a duplicate that found the turn
+    ended), which the per-turn recorder reads; and turns ended failed, by the sweeper or
+    by a stage that kept killing its worker."""
+    result = from_wire(retval, _COUNTED)
+    if isinstance(result, AgentResult):
+        if state == "SUCCESS" and result.ended and isinstance(turn_id, str):
+            _recorder.turn_finished(turn_id)
+    elif isinstance(result, TurnEnded):
+        if result.failed:
+            metrics.instruments().turns.labels("failed").inc()
+    elif isinstance(result, SweepResult) and result.failed:
+        metrics.instruments().turns.labels("failed").inc(result.failed)
 
 
 @signals.task_retry.connect

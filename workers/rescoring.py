@@ -9,18 +9,24 @@ from typing import Any
 
 from celery import signals
 
-from shared.contract import RESCORE_BATCH_TASK, RESCORING_QUEUE
+from shared.contract import (
+    RESCORE_BATCH_TASK,
+    RESCORING_QUEUE,
+    BatchEnd,
+    RescoreBatchPayload,
+    RescoreBatchResult,
+    to_wire,
+)
 from shared.rescoring.batch import score_batch
-from shared.rescoring.fanout import RescoreBatchRef
 from workers.app import app
-from workers.base import RETRYABLE, ChordlineTask, validate
+from workers.base import RETRYABLE, ChordlineTask
 
 log = logging.getLogger(__name__)
 
 
 @app.task(name=RESCORE_BATCH_TASK, bind=True, base=ChordlineTask, ignore_result=True)
 def score_rescoring_batch(self: ChordlineTask, /, **payload: Any) -> dict[str, Any]:
-    ref: RescoreBatchRef = validate(RescoreBatchRef, payload)
+    ref: RescoreBatchPayload = self.payload(payload)
     origin = self.origin()
     if self.over_delivered(origin):
         # It keeps killing its worker: leave its turns unscored (resume can try again).
@@ -29,9 +35,10 @@ def score_rescoring_batch(self: ChordlineTask, /, **payload: Any) -> dict[str, A
             f"{origin.delivery} deliveries",
             extra={"action": "rescore_batch_dropped", "queue": origin.queue},
         )
-        return {"run_id": ref.run_id, "batch": ref.batch, "end": "dropped"}
+        dropped = RescoreBatchResult(run_id=ref.run_id, batch=ref.batch, end=BatchEnd.DROPPED)
+        return to_wire(dropped)
     try:
-        return score_batch(ref.run_id, ref.batch).as_dict()
+        return to_wire(score_batch(ref.run_id, ref.batch))
     finally:
         _finished(self)
 

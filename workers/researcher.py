@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from shared.contract import RESEARCHER_TASK
-from shared.schemas import TurnRef
 from shared.turn import flow
 from workers.app import app
 from workers.base import ChordlineTask, run_turn_stage
@@ -16,6 +15,4 @@ from workers.base import ChordlineTask, run_turn_stage
 # reads (a SET and a PUBLISH per task) is skipped.
 @app.task(name=RESEARCHER_TASK, bind=True, base=ChordlineTask, ignore_result=True)
 def researcher(self: ChordlineTask, /, **payload: Any) -> Any:
-    return run_turn_stage(
-        self, payload, TurnRef, lambda ref, origin: flow.research(ref.turn_id, origin)
-    )
+    return run_turn_stage(self, payload, lambda ref, origin: flow.research(ref.turn_id, origin))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import func, select
@@ -14,8 +13,9 @@ from sqlalchemy.orm import Session
 from shared.db.models import Turn, TurnOutbox
 
 
-@dataclass(frozen=True)
-class PendingDispatch:
+class PendingDispatch(NamedTuple):
+    """A committed turn whose workflow is to be published."""
+
     turn_id: str
     topology: str
 

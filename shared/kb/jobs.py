@@ -26,7 +26,7 @@ from sqlalchemy import CursorResult, delete, func, text, update
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.contract import INGEST_TASK
+from shared.contract import ingest_signature
 from shared.db.models import KbIngestJob
 from shared.db.session import session_scope
 from shared.errors import InvalidInput, PermanentError
@@ -134,7 +134,7 @@ def publish_jobs(job_ids: Sequence[uuid.UUID]) -> None:
 
     app = dispatch_app()
     for job_id in job_ids:
-        app.send_task(INGEST_TASK, kwargs={"job_id": str(job_id)})
+        ingest_signature(app, job_id=str(job_id)).apply_async()
 
 
 def collect_finished(session: Session, batch_id: uuid.UUID) -> list[FinishedJob]:

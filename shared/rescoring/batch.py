@@ -31,7 +31,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import cast
 
 from sqlalchemy import Table, bindparam, select, text, update
@@ -39,6 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
+from shared.contract import BatchEnd, RescoreBatchResult
 from shared.db.models import Turn
 from shared.db.session import get_engine, session_scope
 from shared.providers.base import ConversationContext
@@ -55,32 +55,6 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY_TURNS = 10
 FLUSH_EVERY_S = 1.0
-
-
-class BatchEnd(StrEnum):
-    DONE = "done"  # every turn of the batch has a result
-    YIELDED = "yielded"  # its time slice ran out (or the budget said wait): re-enqueued
-    CANCELLED = "cancelled"  # the run was cancelled (before or while it ran)
-    NOT_RUNNING = "not_running"  # the run is completed, or gone
-    BUSY = "busy"  # another copy of the batch holds its claim and scores it
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    run_id: str
-    batch: int
-    end: BatchEnd
-    scored: int  # results this task wrote
-    already: int = 0  # results another copy of this batch wrote first
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "run_id": self.run_id,
-            "batch": self.batch,
-            "end": self.end.value,
-            "scored": self.scored,
-            "already": self.already,
-        }
 
 
 @dataclass(frozen=True)
@@ -203,7 +177,7 @@ def time_slice_s() -> float:
     return min(settings.rescoring.batch_slice_s, 0.5 * settings.celery.visibility_timeout_s)
 
 
-def score_batch(run_id: str, batch: int) -> BatchOutcome:
+def score_batch(run_id: str, batch: int) -> RescoreBatchResult:
     rid = uuid.UUID(run_id)
     with batch_claim(rid, batch) as claimed:
         if not claimed:
@@ -211,7 +185,7 @@ def score_batch(run_id: str, batch: int) -> BatchOutcome:
                 f"rescoring run {run_id} batch {batch}: another copy is scoring it",
                 extra={"action": "rescore_batch_busy"},
             )
-            return BatchOutcome(run_id, batch, BatchEnd.BUSY, 0)
+            return RescoreBatchResult(run_id=run_id, batch=batch, end=BatchEnd.BUSY)
         scored = _score_claimed(rid, batch)
     # The claim is released before a yielded batch is re-enqueued: its next copy must find
     # the batch free.
@@ -257,7 +231,7 @@ def _score_claimed(rid: uuid.UUID, batch: int) -> _Scored:
     return _Scored(spec, end, written, already)
 
 
-def _finish(run_id: str, batch: int, scored: _Scored) -> BatchOutcome:
+def _finish(run_id: str, batch: int, scored: _Scored) -> RescoreBatchResult:
     end, written, already = scored.end, scored.written, scored.already
     if end is BatchEnd.YIELDED:
         publish_batches(run_id, [batch])
@@ -278,4 +252,4 @@ def _finish(run_id: str, batch: int, scored: _Scored) -> BatchOutcome:
             + (f", {already} already scored elsewhere" if already else ""),
             extra={"action": f"rescore_batch_{end.value}", "tenant_id": scored.spec.tenant_id},
         )
-    return BatchOutcome(run_id, batch, end, written, already)
+    return RescoreBatchResult(run_id=run_id, batch=batch, end=end, scored=written, already=already)

@@ -14,16 +14,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from shared.config import get_settings
-from shared.errors import StageConflict
+from shared.contract import OrchestratorResult, ResearcherResult, from_wire
+from shared.errors import InvalidInput, StageConflict
 from shared.schemas import (
     TERMINAL_STATUSES,
     Agent,
-    KbLevel,
     Orchestration,
-    Research,
     RoutingDecision,
     Stage,
     Topology,
@@ -52,21 +49,22 @@ def run_merge(
     return _after_refused_write(turn_id)
 
 
-def outputs_from_headers(results: Sequence[Any]) -> tuple[Orchestration, Research] | None:
-    """The orchestration and the research the chord's header tasks returned, or None when
-    they are not both there (the merge then reads them from the turn's row)."""
+def outputs_from_headers(
+    results: Sequence[Any],
+) -> tuple[Orchestration, ResearcherResult] | None:
+    """The orchestration and the research the chord's header tasks returned (as
+    shared/contract.py's ``to_wire`` made them), or None when they are not both there (the
+    merge then reads them from the turn's row). Each is validated once, here."""
     orchestration = research = None
-    for result in results if isinstance(results, list | tuple) else ():
+    for wire in results if isinstance(results, list | tuple) else ():
         try:
-            if isinstance(result, dict) and "proposed_agent" in result:
-                orchestration = Orchestration.model_validate(result)
-            elif isinstance(result, dict) and "kb_information_level" in result:
-                research = Research(
-                    kb_information_level=KbLevel(result["kb_information_level"]),
-                    retrieval_failed=bool(result.get("retrieval_failed", False)),
-                )
-        except (ValidationError, ValueError):
+            output = from_wire(wire, (OrchestratorResult, ResearcherResult))
+        except InvalidInput:
             return None
+        if isinstance(output, OrchestratorResult):
+            orchestration = output.orchestration
+        elif isinstance(output, ResearcherResult):
+            research = output  # what routing reads of the research
     return (orchestration, research) if orchestration and research else None
 
 

@@ -23,16 +23,15 @@ from shared.admission import (
     release,
 )
 from shared.config import get_settings
-from shared.contract import MERGE_TASK
 from shared.counts import counted
 from shared.db.direct import direct_connection
 from shared.db.models import Turn
-from shared.db.outbox import claim_undispatched, mark_dispatched
+from shared.db.outbox import claim_undispatched
 from shared.db.session import session_scope
 from shared.db.tenants import recent_tenant_settings
 from shared.db.turns import fail_turn, held_turns, release_conversation
-from shared.dispatch import dispatch_app, publish_agent, publish_turn
-from shared.errors import BrokerUnavailable, UnknownTenant
+from shared.dispatch import publish_agent, publish_committed, publish_merge, publish_turn
+from shared.errors import UnknownTenant
 from shared.schemas import Admission, Agent, Topology, TurnStatus
 from shared.turn.agents import FALLBACK_REPLY
 from shared.turn_state import Actor, Table, check_write, sources
@@ -245,8 +244,7 @@ def sweep_stuck_turns(limit: int = 200) -> SweepReport:
                     "reason": type(exc).__name__,
                 },
             )
-    for turn_id, topology in report.released:
-        relay_one(turn_id, topology)
+    publish_committed(report.released)
     return report
 
 
@@ -262,47 +260,17 @@ def _redrive(item: _Redrive) -> None:
         # Both header outputs are durable, the route is not: the chord's callback was lost
         # (a lost counter, a flushed result backend). Publish the merge alone, without
         # depending on chord state again.
-        dispatch_app().signature(
-            MERGE_TASK, kwargs={"turn_id": item.turn_id}, immutable=True
-        ).apply_async()
+        publish_merge(item.turn_id)
     else:  # header stages whose output is already durable return it without running again
         publish_turn(item.turn_id, item.topology)
 
 
-def relay_one(turn_id: str, topology: str) -> bool:
-    try:
-        publish_turn(turn_id, topology)
-    except Exception as exc:
-        log.warning(
-            "relay failed",
-            extra={"action": "relay_failed", "turn_id": turn_id, "reason": type(exc).__name__},
-        )
-        return False
-    with session_scope() as session:
-        mark_dispatched(session, [turn_id])
-    return True
-
-
 def relay_outbox(*, older_than_s: float = 3.0, limit: int = 500) -> int:
-    """Publish dispatch intents that no producer published. Returns how many were sent."""
+    """Publish dispatch intents that no producer published. Returns how many were sent.
+
+    The rows are marked in the transaction that claimed them; a broker outage ends the pass
+    (the next relay tries again), a row that fails alone does not hold back the rest."""
     with session_scope() as session:
         pending = claim_undispatched(session, older_than_s=older_than_s, limit=limit)
-        sent = []
-        for item in pending:
-            try:
-                publish_turn(item.turn_id, item.topology)
-            except Exception as exc:
-                log.warning(
-                    "relay failed",
-                    extra={
-                        "action": "relay_failed",
-                        "turn_id": item.turn_id,
-                        "reason": type(exc).__name__,
-                    },
-                )
-                if isinstance(exc, BrokerUnavailable):
-                    break  # the rest would fail too; the next relay tries again
-                continue  # this row only: it must not hold back the ones behind it
-            sent.append(item.turn_id)
-        mark_dispatched(session, sent)
+        sent = publish_committed(pending, mark=session, stop_at_outage=True)
     return len(sent)

@@ -6,13 +6,26 @@ output; every decision carries a reason a person can read in the trace.
 
 from __future__ import annotations
 
-from shared.schemas import Agent, KbLevel, Orchestration, Research, RoutingDecision
+from typing import Protocol
+
+from shared.schemas import Agent, KbLevel, Orchestration, RoutingDecision
 
 KNOWLEDGE_BOUND = frozenset({Agent.TECHNICAL_CONSULTANT, Agent.SUPPORT})
 MIN_CONFIDENCE = 0.35
 
 
-def route_turn(orchestration: Orchestration, research: Research | None) -> RoutingDecision:
+class Coverage(Protocol):
+    """What the rule reads of the research: a ``Research``, or the researcher's result as
+    the chord hands it to the merge (``ResearcherResult``, shared/contract.py)."""
+
+    @property
+    def kb_information_level(self) -> KbLevel: ...
+
+    @property
+    def retrieval_failed(self) -> bool: ...
+
+
+def route_turn(orchestration: Orchestration, research: Coverage | None) -> RoutingDecision:
     proposed = orchestration.proposed_agent
     if orchestration.handoff:
         return RoutingDecision(

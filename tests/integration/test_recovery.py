@@ -11,10 +11,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from shared import dispatch
 from shared.config import get_settings
 from shared.db.models import Turn, TurnOutbox
 from shared.db.session import session_scope
-from shared.turn import recovery
 from shared.turn.agents import FALLBACK_REPLY
 from shared.turn.recovery import SweepReport, relay_outbox, sweep_stuck_turns
 from tests.conftest import accept_unpublished_turn
@@ -172,14 +172,14 @@ def test_a_row_the_relay_cannot_publish_does_not_hold_back_the_rest(
                 .values(created_at=TurnOutbox.created_at - timedelta(seconds=60 - age))
             )
     broken = ids[0]
-    real_publish = recovery.publish_turn
+    real_publish = dispatch.publish_turn
 
     def publish_all_but_one(turn_id: str, topology: str) -> None:
         if turn_id == broken:
             raise ValueError("this row cannot be published")
         real_publish(turn_id, topology)
 
-    monkeypatch.setattr(recovery, "publish_turn", publish_all_but_one)
+    monkeypatch.setattr(dispatch, "publish_turn", publish_all_but_one)
     assert relay_outbox(older_than_s=1.0) >= 3
     with session_scope() as session:
         pending = session.scalars(
@@ -212,9 +212,9 @@ def test_a_next_turn_the_broker_refuses_is_left_to_the_relay_and_the_agent_succe
     def broker_down(turn_id: str, topology: str) -> None:
         raise BrokerUnavailable(f"could not publish the workflow of turn {turn_id}")
 
-    monkeypatch.setattr(flow, "publish_now", broker_down)
+    monkeypatch.setattr(dispatch, "publish_turn", broker_down)
     result = flow.answer(first, agent=Agent(routed[0].next_agent), retrieve=False, origin=origin)
-    assert result["ended"] is True and result["next_turn"] == waiting  # no retry of this task
+    assert result.ended is True and result.next_turn == waiting  # no retry of this task
     with session_scope() as session:
         intent = session.execute(
             select(TurnOutbox.turn_id, TurnOutbox.dispatched_at).where(

@@ -14,7 +14,7 @@ from shared.client import TurnView, wait_for_turn
 from shared.config import get_settings
 from shared.db.session import session_scope
 from shared.db.spans import spans_of
-from shared.dispatch import publish_now
+from shared.dispatch import publish_committed
 from shared.redis_conn import get_redis
 from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
 from shared.tools.stack.services import reset_process_state
@@ -66,7 +66,7 @@ def run_turn(tenant: str, *, topology: str, accepted_s_ago: float) -> TurnView:
         accepted_at=time.time() - accepted_s_ago,
         stage_deadline_s=get_settings().turn.stage_deadline_s,
     )
-    publish_now(turn_id, topology)
+    assert publish_committed([(turn_id, topology)]) == [turn_id]
     return wait_for_turn(turn_id, timeout=60)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import REGISTRY
 
+from shared.contract import AgentResult, MergeResult, SweepResult, TaskResult, TurnEnded, to_wire
 from shared.metrics import FinishedTurn, observe_turn
+from shared.schemas import Agent
 from workers.metrics import _enabled, _task_retried, stage_of
 
 
@@ -70,3 +73,33 @@ def test_task_names_map_to_stages() -> None:
     assert stage_of("chordline.orchestrator") == "orchestrator"
     assert stage_of("chordline.kb.ingest_document") == "ingest"
     assert stage_of("chordline.maintenance.sweep_stuck_turns") == "maintenance"
+
+
+def test_the_metrics_read_task_results_through_their_types(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers import metrics as worker_metrics
+
+    finished: list[str] = []
+    monkeypatch.setattr(worker_metrics._recorder, "turn_finished", finished.append)
+    turn = "00000000-0000-0000-0000-000000000002"
+    failed_before = sample("chordline_turns_total", status="failed")
+
+    def count(result: TaskResult, state: str = "SUCCESS") -> None:
+        worker_metrics._count_turns(state, turn, to_wire(result))
+
+    count(AgentResult(agent=Agent.SUPPORT, ended=False))  # a duplicate: the turn had ended
+    count(AgentResult(agent=Agent.SUPPORT, ended=True), state="FAILURE")
+    assert finished == []
+    count(AgentResult(agent=Agent.SUPPORT, ended=True))
+    assert finished == [turn]
+    count(TurnEnded())  # the merge found the turn ended: nobody failed it here
+    count(MergeResult(next_agent=Agent.SUPPORT, routing_reason="r"))
+    count(SweepResult(redriven=3, failed=0))
+    assert sample("chordline_turns_total", status="failed") == failed_before
+    count(TurnEnded(failed=True, reason="it keeps killing its worker"))
+    count(SweepResult(redriven=0, failed=2))
+    assert sample("chordline_turns_total", status="failed") == failed_before + 3
+    worker_metrics._count_turns("SUCCESS", turn, {"ended": True, "status": "failed"})  # untyped
+    assert finished == [turn]
+    assert sample("chordline_turns_total", status="failed") == failed_before + 3

@@ -12,8 +12,9 @@ from sqlalchemy import Connection, Select, text
 
 from shared.client import enqueue_turn, wait_for_turn
 from shared.config import RescoringSettings, reset_settings
+from shared.contract import BatchEnd
 from shared.db.session import get_engine
-from shared.rescoring.batch import BatchEnd, score_batch
+from shared.rescoring.batch import score_batch
 from shared.rescoring.budget import (
     LiveLoad,
     ObservedLiveLoad,

@@ -16,11 +16,12 @@ from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
 from shared.client import enqueue_turn, wait_for_turn
+from shared.contract import BatchEnd
 from shared.db.models import Conversation, Turn, TurnSpan
 from shared.db.session import session_scope
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import get_providers
-from shared.rescoring.batch import BatchEnd, score_batch
+from shared.rescoring.batch import score_batch
 from shared.rescoring.fanout import publish_batches
 from shared.rescoring.models import RescoreResult
 from shared.rescoring.runs import (

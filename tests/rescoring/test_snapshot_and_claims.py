@@ -16,12 +16,13 @@ import pytest
 from sqlalchemy import select, text
 
 from shared.config import reset_settings
+from shared.contract import BatchEnd
 from shared.db.models import Turn
 from shared.db.session import database_url, get_engine, session_scope
 from shared.errors import InvalidInput
 from shared.rescoring import batch as batch_module
 from shared.rescoring import runs as runs_module
-from shared.rescoring.batch import BatchEnd, batch_lock_key, score_batch
+from shared.rescoring.batch import batch_lock_key, score_batch
 from shared.rescoring.models import RescoreRun
 from shared.rescoring.runs import (
     CreatedRun,
