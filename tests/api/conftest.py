@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -29,9 +30,9 @@ class WebProcess:
     base: str
     group: ProcessGroup
 
-    def client(self, key: str | None = None, **kwargs: object) -> httpx.Client:
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+        return httpx.Client(base_url=self.base, headers=headers, timeout=30, **kwargs)
 
 
 def start_web(name: str, env: dict[str, str] | None = None) -> WebProcess:

@@ -4,6 +4,8 @@ connection, tenants kept apart, idempotency, and bad input answered as problem+j
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -46,10 +48,12 @@ def reply_text(events: list[SseEvent]) -> str:
     return text
 
 
-def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict:
+def assert_problem(
+    response: httpx.Response, status: int, field: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == PROBLEM
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["status"] == status and body["type"].startswith("urn:chordline:problem:")
     assert body["detail"] and "Traceback" not in body["detail"]
     if field is not None:
@@ -108,6 +112,7 @@ def test_a_dropped_stream_resumes_from_last_event_id(
         assert first.kind in {"token", "restart"} and first.id
         rest = stream_events(client, turn_id, last_event_id=first.id)
     entries = get_redis().xrange(stream_key(turn_id))
+    assert entries is not None
     ids = [entry_id for entry_id, _ in entries]
     assert [e.id for e in rest] == ids[ids.index(first.id) + 1 :]  # exactly what came after
     assert rest[-1].kind == "end"
@@ -207,7 +212,8 @@ def test_bad_input_is_a_problem_naming_the_field_and_the_limit(
         body = assert_problem(oversize, 413, field="body")
         assert body["limit"] == 65_536 and "CHORDLINE_WEB_MAX_BODY_BYTES" in body["detail"]
 
-        def chunks():  # no Content-Length: the limit holds while the body arrives
+        # no Content-Length: the limit holds while the body arrives
+        def chunks() -> Iterator[bytes]:
             for _ in range(40):
                 yield b"x" * 4096
 

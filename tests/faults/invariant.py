@@ -11,7 +11,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
+from sqlalchemy.orm import Session
 
 from shared.db.models import Conversation, Turn, TurnSpan
 from shared.db.session import session_scope
@@ -131,30 +132,34 @@ def verify(scenario: str, turn_ids: list[str], *, deadline_s: float) -> Outcome:
     return outcome
 
 
-def _check_turn(outcome: Outcome, turn: object, writes: dict[tuple[str, str], int]) -> None:
-    tid = str(turn.id)  # type: ignore[attr-defined]
-    status = turn.status  # type: ignore[attr-defined]
+def _check_turn(
+    outcome: Outcome,
+    turn: Row[uuid.UUID, str, str | None, str | None, float, float | None, uuid.UUID],
+    writes: dict[tuple[str, str], int],
+) -> None:
+    tid = str(turn.id)
+    status = turn.status
     agent_writes = writes.get((tid, "agent"), 0)
     for stage in ("orchestrator", "researcher", "merge", "agent"):
         if writes.get((tid, stage), 0) > 1:
             outcome.violations.append(f"{tid}: {stage} output written {writes[(tid, stage)]} times")
     if status == "completed":
         outcome.completed += 1
-        if not turn.agent_response or turn.failure_reason or agent_writes != 1:  # type: ignore[attr-defined]
+        if not turn.agent_response or turn.failure_reason or agent_writes != 1:
             outcome.violations.append(f"{tid}: completed without exactly one reply")
     elif status == "failed":
         outcome.failed += 1
-        if not turn.failure_reason or agent_writes != 0:  # type: ignore[attr-defined]
+        if not turn.failure_reason or agent_writes != 0:
             outcome.violations.append(f"{tid}: failed without one reason, or with a reply")
     elif status == "cancelled":
         outcome.cancelled += 1
-        if not turn.failure_reason or turn.agent_response or agent_writes != 0:  # type: ignore[attr-defined]
+        if not turn.failure_reason or turn.agent_response or agent_writes != 0:
             outcome.violations.append(f"{tid}: cancelled without one reason, or with a reply")
     else:
         outcome.lost += 1
         outcome.violations.append(f"{tid}: still {status}; {_progress(tid)}")
         return
-    ended = (turn.completed_at or 0) - turn.accepted_at  # type: ignore[attr-defined]
+    ended = (turn.completed_at or 0) - turn.accepted_at
     outcome.worst_end_s = max(outcome.worst_end_s, ended)
 
 
@@ -172,10 +177,10 @@ def _progress(turn_id: str) -> str:
         )
 
 
-def _lock_holders(session: object, turn_id: str) -> list[str]:
+def _lock_holders(session: Session, turn_id: str) -> list[str]:
     from sqlalchemy import text
 
-    rows = session.execute(  # type: ignore[attr-defined]
+    rows = session.execute(
         text(
             "SELECT a.pid, a.state, a.client_port, left(a.query, 80) FROM pg_locks l "
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'transactionid' "

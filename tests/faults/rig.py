@@ -108,7 +108,7 @@ class Rig:
         started = time.monotonic()
         try:
             yield load
-            if killer:  # long enough for the killer to have struck at least once
+            if killer and kill_every_s:  # long enough for the killer to have struck at least once
                 time.sleep(max(0.0, kill_every_s / 2 + 1.0 - (time.monotonic() - started)))
         finally:
             if killer:

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import uuid
+from typing import cast
 
 import pytest
 import redis
@@ -143,7 +144,8 @@ def _queued_messages_of(client: redis.Redis, queue: str, turn_ids: list[str]) ->
     def body(raw: str) -> str:
         return base64.b64decode(json.loads(raw)["body"]).decode(errors="replace")
 
-    return [raw for raw in client.lrange(queue, 0, -1) if any(t in body(raw) for t in turn_ids)]
+    messages = cast(list[str], client.lrange(queue, 0, -1))  # the client decodes responses
+    return [raw for raw in messages if any(t in body(raw) for t in turn_ids)]
 
 
 def test_8_a_lost_chord_header_is_re_driven_by_the_sweeper(rig: Rig) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import socket
 import uuid
+from typing import Any
 
 import pytest
 from kombu import Connection
+from kombu.transport import redis as redis_transport
 
 from shared.config import get_settings
 from shared.redis_conn import get_redis
@@ -32,14 +34,18 @@ def test_a_broken_connection_cleans_up_as_celery_does_without_attribute_errors(
     try:
         connection = Connection(proxy.url_for(url, port))
         channel = connection.default_channel
+        assert isinstance(channel, redis_transport.Channel)
         channel.basic_publish(channel.prepare_message("hello"), exchange="", routing_key=queue)
         message = channel.basic_get(queue, no_ack=False)  # delivered, not acknowledged
         assert message is not None
-        tags.append(message.delivery_tag)
-        assert redis.hexists("unacked", message.delivery_tag)
+        tag = message.delivery_tag
+        assert tag is not None
+        tags.append(tag)
+        assert redis.hexists("unacked", tag)
         # Consumers on empty queues, on the default channel and on a second one (a worker
         # has its control channel too): their BRPOPs are in flight when Redis goes away.
         other = connection.channel()
+        assert isinstance(other, redis_transport.Channel)
         channel.basic_consume(idle, False, lambda *_: None, consumer_tag="guard")
         other.basic_consume(idle, False, lambda *_: None, consumer_tag="guard-other")
         with pytest.raises(socket.timeout):
@@ -57,7 +63,7 @@ def test_a_broken_connection_cleans_up_as_celery_does_without_attribute_errors(
             message.ack()  # a task that was running when the connection broke finishes
 
         # Nothing lost: the message is still in the unacked index for restore_visible.
-        assert redis.hexists("unacked", message.delivery_tag)
+        assert redis.hexists("unacked", tag)
     finally:
         proxy.close()
         for tag in tags:
@@ -67,9 +73,8 @@ def test_a_broken_connection_cleans_up_as_celery_does_without_attribute_errors(
 
 
 def test_install_is_idempotent() -> None:
-    from kombu.transport import redis as redis_transport
-
+    channel_class: Any = redis_transport.Channel  # _connparams is private: not in the stubs
     broker_guard.install()
-    guarded = redis_transport.Channel._connparams
+    guarded = channel_class._connparams
     broker_guard.install()
-    assert redis_transport.Channel._connparams is guarded
+    assert channel_class._connparams is guarded

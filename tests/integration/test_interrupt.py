@@ -8,6 +8,7 @@ import json
 import random
 import time
 import uuid
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import select
@@ -18,6 +19,9 @@ from shared.db.session import session_scope
 from shared.streaming import StreamEvent, read_events
 from shared.turn.recovery import sweep_stuck_turns
 from tests.conftest import ARTIFACTS, new_tenant
+
+if TYPE_CHECKING:
+    import psycopg
 
 pytestmark = pytest.mark.integration
 
@@ -133,12 +137,13 @@ def test_a_cancel_racing_the_agents_commit_ends_the_turn_exactly_once(workers: N
     assert outcomes[0] == "cancelled" and outcomes[1] == "completed"
 
 
-def _lock_waiters(conn: object, fragment: str) -> int:
+def _lock_waiters(conn: psycopg.Connection[Any], fragment: str) -> int:
     """Backends waiting on a row lock while running a statement containing ``fragment``."""
-    row = conn.execute(  # type: ignore[attr-defined]
+    row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %(q)s",
         {"q": f"%{fragment}%"},
     ).fetchone()
+    assert row is not None
     return int(row[0])
 
 

@@ -115,7 +115,7 @@ def test_the_header_outputs_are_read_in_either_order() -> None:
 
 
 def test_the_chord_hands_the_header_results_to_the_merge() -> None:
-    from celery import Celery
+    from celery import Celery, chord
 
     from shared.contract import MERGE_TASK, turn_workflow
     from shared.schemas import Topology
@@ -124,6 +124,7 @@ def test_the_chord_hands_the_header_results_to_the_merge() -> None:
     workflow = turn_workflow(
         Celery(set_as_current=False), turn_id=turn_id, topology=Topology.PARALLEL
     )
+    assert isinstance(workflow, chord)
     assert workflow.body.name == MERGE_TASK
     assert not workflow.body.immutable  # an immutable callback would get no results
     assert all(header.immutable for header in workflow.tasks)  # headers take only the id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ def empty_tenant(services: None) -> str:
     return new_tenant(with_demo_kb=False)
 
 
-def write_docs(folder: Path, docs: dict[str, str | bytes]) -> Path:
+def write_docs(folder: Path, docs: Mapping[str, str | bytes]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, body in docs.items():
         path = folder / name

@@ -60,8 +60,8 @@ def test_inline_ingest_then_list_and_delete(empty_tenant: str, tmp_path: Path) -
     assert "Alpha" in listed.stdout and "local-hash-384" in listed.stdout
     deleted = chordline("kb", "delete", str(docs / "b.txt"), "--tenant", empty_tenant)
     assert deleted.returncode == 0 and "deleted" in deleted.stdout
-    listed = chordline("kb", "list", "--tenant", empty_tenant).stdout
-    assert "1 document, 1 chunk\n" in listed and "documents" not in listed.splitlines()[-1]
+    remaining = chordline("kb", "list", "--tenant", empty_tenant).stdout
+    assert "1 document, 1 chunk\n" in remaining and "documents" not in remaining.splitlines()[-1]
 
 
 @pytest.mark.integration

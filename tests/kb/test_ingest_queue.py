@@ -4,6 +4,7 @@ progress fed by finished tasks, bad files reported at the door and never queued.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_each_document_is_one_task_and_progress_follows_their_completion(
     found = discover([docs])
     published: list[str] = []
 
-    def publish(job_ids: list[object]) -> None:
+    def publish(job_ids: Sequence[uuid.UUID]) -> None:
         published.extend(map(str, job_ids))
         real_publish(job_ids)
 

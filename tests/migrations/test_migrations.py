@@ -40,7 +40,7 @@ def test_upgrade_head_on_an_empty_database_matches_the_models(services: None) ->
             # PLAIN in every vector table: the planner can cost the HNSW index correctly
             assert len(storage) >= 2 and {s for _, s in storage} == {"p"}
             # room on each page for the stages' in-place (HOT) updates
-            options = dict(
+            options: dict[str, list[str]] = dict(
                 conn.execute(
                     text(
                         "SELECT relname, reloptions FROM pg_class "

@@ -48,7 +48,10 @@ def procfile_queues() -> dict[str, str]:
 
 
 def keda_schema() -> dict[str, Any]:
-    return json.loads((DEPLOY / "schemas" / "keda-v1alpha1.schema.json").read_text())
+    schema: dict[str, Any] = json.loads(
+        (DEPLOY / "schemas" / "keda-v1alpha1.schema.json").read_text()
+    )
+    return schema
 
 
 def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -146,7 +149,8 @@ def test_flower_runs_with_auth_and_only_its_gate_is_reachable() -> None:
 
 
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    document: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return document
 
 
 def check_compose(path: Path) -> subprocess.CompletedProcess[str]:

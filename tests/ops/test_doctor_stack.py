@@ -132,7 +132,11 @@ def test_doctor_names_a_database_url_it_cannot_reach(services: None) -> None:
 
 def test_doctor_fails_a_redis_that_evicts_and_keeps_nothing(services: None) -> None:
     admin = get_redis()
-    saved = {key: admin.config_get(key)[key] for key in ("maxmemory-policy", "appendonly", "save")}
+    saved: dict[str, str] = {}
+    for key in ("maxmemory-policy", "appendonly", "save"):
+        value = admin.config_get(key)[key]
+        assert value is not None, key
+        saved[key] = value
     parts = urlsplit(os.environ["REDIS_URL"])
     try:
         admin.config_set("maxmemory-policy", "allkeys-lru")

@@ -298,7 +298,8 @@ def test_the_outbox_relay_and_the_sweeper_stay_out_of_flowers_task_list(flower: 
 
     def runs() -> dict[str, int]:
         stats = app.control.inspect(destination=[worker], timeout=2).stats() or {}
-        return dict(stats.get(worker, {}).get("total", {}))
+        info = stats.get(worker)
+        return dict(info.get("total", {})) if info is not None else {}
 
     before = runs()
     for _ in range(3):  # as beat sends them, with the worker's task events on (by Flower)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from typing import cast
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -89,6 +90,7 @@ def test_every_stage_of_a_turn_joins_the_trace_named_by_the_turn_id() -> None:
         span = spans[f"chordline.{stage}"]
         assert span.context.trace_id == trace_id
         assert span.parent is not None and span.parent.span_id == parent_id
+        assert span.attributes is not None
         assert span.attributes["chordline.turn_id"] == turn_id
         assert span.attributes["chordline.stage"] == stage
     assert spans["chordline.researcher"].status.status_code is StatusCode.ERROR
@@ -98,25 +100,34 @@ def test_every_stage_of_a_turn_joins_the_trace_named_by_the_turn_id() -> None:
 
 
 def test_the_ui_listener_never_serves_metrics_and_asks_everyone_else_for_credentials() -> None:
+    from http.server import BaseHTTPRequestHandler
     from types import SimpleNamespace
 
     from shared.tools.stack.flower_gate import metrics_rules, ui_rules
 
     decide = ui_rules(["ops:s3cret"])
 
-    def request(path: str, auth: str | None = None, command: str = "GET") -> object:
-        return SimpleNamespace(
-            path=path, command=command, headers={"Authorization": auth} if auth else {}
+    def request(path: str, auth: str | None = None, command: str = "GET") -> BaseHTTPRequestHandler:
+        # The rules read only the path, the command and the headers of the request.
+        return cast(
+            BaseHTTPRequestHandler,
+            SimpleNamespace(
+                path=path, command=command, headers={"Authorization": auth} if auth else {}
+            ),
         )
+
+    def status(decision: tuple[int, str] | None) -> int:
+        assert decision is not None
+        return decision[0]
 
     for path in ("/metrics", "/metrics/", "//metrics", "/%6detrics", "/metrics?x=1"):
         assert decide(request(path, basic("ops:s3cret"))) == (
             404,
             "metrics are served on the private metrics port only",
         ), path
-    assert decide(request("/tasks"))[0] == 401
+    assert status(decide(request("/tasks"))) == 401
     assert decide(request("/tasks", basic("ops:s3cret"))) is None
     assert decide(request("/healthcheck")) is None
     assert metrics_rules(request("/metrics")) is None
-    assert metrics_rules(request("/tasks"))[0] == 404
-    assert metrics_rules(request("/metrics", command="POST"))[0] == 405
+    assert status(metrics_rules(request("/tasks"))) == 404
+    assert status(metrics_rules(request("/metrics", command="POST"))) == 405

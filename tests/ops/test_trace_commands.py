@@ -63,6 +63,7 @@ def test_trace_draws_every_stage_with_where_and_when_it_ran(workers: None) -> No
     table = lines[next(i for i, line in enumerate(lines) if line.startswith("stages (")) :]
     for stage, span in spans.items():
         row = next(line for line in table if line.lstrip("* ").startswith(f"{stage} "))
+        assert span.queue is not None, stage
         assert span.queue in row and f"{span.worker} / {span.pid}" in row, row
     assert "kb_information_level, research_note, research_results" in text
 

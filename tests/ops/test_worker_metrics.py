@@ -94,17 +94,19 @@ def test_turns_are_measured_per_stage_per_queue_and_per_turn(workers: None) -> N
 
     # per turn: observed off the task's thread, so it may land a moment after the reply
     for view in views:
-        eventually(
-            lambda v=view: (
+
+        def turn_observed(next_agent: str = view.next_agent or "") -> bool:
+            return (
                 delta(
                     agents,
                     "chordline_turn_duration_seconds_count",
                     topology="parallel",
-                    agent=v.next_agent or "",
+                    agent=next_agent,
                 )
                 >= 1
             )
-        )
+
+        eventually(turn_observed)
     assert delta(agents, "chordline_kb_level_total", kb_information_level="ACCURATE") >= 1
     assert delta(agents, "chordline_kb_level_total", kb_information_level="MISSING") >= 1
     assert delta(agents, "chordline_turns_total", status="completed") >= 2

@@ -28,7 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from shared.providers.base import ConversationContext, Usage
-from shared.providers.local import LocalEmbedder, LocalReranker, classify
+from shared.providers.intent import classify
+from shared.providers.local import LocalEmbedder, LocalReranker
 
 OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "text-embedding-3-large")
 COHERE_MODELS = ("rerank-v3.5", "rerank-english-v3.0")

@@ -16,7 +16,14 @@ from shared.providers.openai import OpenAIChatModel, OpenAIEmbedder
 from shared.providers.prompts import ROUTE_SCHEMA
 from shared.providers.registry import build_providers
 from shared.providers.retry import Clock
-from shared.schemas import Agent, ConversationMemory, KbLevel, Qualification, ResearchHit
+from shared.schemas import (
+    Agent,
+    ConversationMemory,
+    KbLevel,
+    Orchestration,
+    Qualification,
+    ResearchHit,
+)
 from tests.providers.conftest import OPENAI_KEY, settings_for, timeout_for
 from tests.providers.fake_apis import FakeAPI, Reply, malformed, rate_limited, server_error
 
@@ -65,7 +72,7 @@ def orchestrate(
     usage: Usage | None = None,
     budget_s: float = 10.0,
     model: str = "gpt-4o-mini",
-):  # type: ignore[no-untyped-def]
+) -> Orchestration:
     return chat.orchestrate(
         context=CONTEXT, model=model, usage=usage or Usage(), deadline=time.time() + budget_s
     )

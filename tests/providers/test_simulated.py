@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ from shared.schemas import Agent, KbLevel
 CONTEXT = ConversationContext(tenant_id="t", message="How much is the Growth plan?")
 
 
-def simulated(**values: object) -> tuple[SimulatedChatModel, SimulatedReranker]:
+def simulated(**values: Any) -> tuple[SimulatedChatModel, SimulatedReranker]:
     settings = ProviderSettings(**{"CHORDLINE_PROVIDERS": "simulated", **values})
     built = build_providers(settings)
     assert isinstance(built.chat, SimulatedChatModel) and isinstance(

@@ -291,7 +291,7 @@ def test_a_tenants_usage_sums_its_turns(apis: ModelApis) -> None:
     mine = {run_turn(apis).id for _ in range(2)}
     with session_scope() as session:
         summed = tenant_usage(session, apis.tenant)
-        usage_by_turn = dict(
+        usage_by_turn: dict[str, dict[str, dict[str, int]]] = dict(
             session.execute(
                 text("SELECT id::text, usage FROM turns WHERE tenant_id = :t"), {"t": apis.tenant}
             ).all()

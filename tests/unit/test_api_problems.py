@@ -45,18 +45,18 @@ def test_a_problem_names_the_field_the_limit_and_when_to_retry() -> None:
     conflict = chordline_problem(
         IdempotencyConflict("k", turn_id="t", differs=["message"]), instance="/x"
     )
-    body = json.loads(conflict.body)
+    body = json.loads(bytes(conflict.body))
     assert body["field"] == "Idempotency-Key" and body["detail"].startswith("Idempotency-Key: 'k'")
     assert conflict.media_type == "application/problem+json"
 
     limited = chordline_problem(RateLimited("too many", retry_after_s=7, limit=5), instance=None)
-    assert limited.headers["retry-after"] == "7" and json.loads(limited.body)["limit"] == 5
+    assert limited.headers["retry-after"] == "7" and json.loads(bytes(limited.body))["limit"] == 5
 
     down = chordline_problem(DatabaseUnavailable("down"), instance=None)
     assert down.status_code == 503 and down.headers["retry-after"] == "1"
 
     internal = chordline_problem(PermanentError("secret internals"), instance=None)
-    assert "secret internals" not in json.loads(internal.body)["detail"]
+    assert "secret internals" not in json.loads(bytes(internal.body))["detail"]
 
     anonymous = chordline_problem(Unauthenticated("Authorization: no API key"), instance=None)
     assert anonymous.headers["www-authenticate"].startswith("Bearer")

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from shared.providers.base import ConversationContext, Usage
-from shared.providers.local import LocalEmbedder, LocalReranker, classify
+from shared.providers.intent import classify
+from shared.providers.local import LocalEmbedder, LocalReranker
 from shared.schemas import Agent, ConversationMemory
 
 
@@ -54,7 +55,10 @@ def test_embedder_is_deterministic_normalised_and_lexical() -> None:
     )
     assert a == embedder.embed(["REST API webhooks"])[0]
     assert abs(sum(v * v for v in a) - 1.0) < 1e-9
-    dot = lambda x, y: sum(p * q for p, q in zip(x, y, strict=True))  # noqa: E731
+
+    def dot(x: list[float], y: list[float]) -> float:
+        return sum(p * q for p, q in zip(x, y, strict=True))
+
     assert dot(a, b) > 0.8 > dot(a, c)
 
 

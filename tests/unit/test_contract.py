@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.canvas import Signature
+from celery.canvas import Signature, chain, chord
 
 from shared import contract
 from shared.contract import (
@@ -102,6 +102,7 @@ def _signatures(app: Celery) -> list[Signature]:
         contract.turn_workflow(app, turn_id=TURN, topology=topology)
         for topology in (Topology.PARALLEL, Topology.KB_FIRST, Topology.SEQUENTIAL)
     )
+    assert isinstance(parallel, chord) and isinstance(kb_first, chain)
     return [
         *parallel.tasks,
         parallel.body,
@@ -144,6 +145,7 @@ def test_signatures_of_one_workflow_do_not_share_their_kwargs() -> None:
     workflow = contract.turn_workflow(
         Celery(set_as_current=False), turn_id=TURN, topology=Topology.PARALLEL
     )
+    assert isinstance(workflow, chord)
     orchestrator, researcher = workflow.tasks
     orchestrator.kwargs["turn_id"] = OTHER
     assert researcher.kwargs == workflow.body.kwargs == {"turn_id": TURN}

@@ -39,4 +39,4 @@ def test_live_stages_and_rescoring_use_the_same_decisions() -> None:
         assert module.gate_skips is gate_skips
         assert module.failed_research is failed_research
         assert module.skipped_research is skipped_research
-    assert scoring.failed_orchestration is orchestrator.failed_orchestration
+    assert vars(scoring)["failed_orchestration"] is orchestrator.failed_orchestration

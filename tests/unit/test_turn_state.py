@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 
 from shared.db import turns as turn_sql
-from shared.db.models import Conversation, Turn
+from shared.db.models import Base, Conversation, Turn
 from shared.errors import IllegalTransition, OwnershipViolation, PermanentError
 from shared.schemas import (
     TERMINAL_STATUSES,
@@ -256,11 +257,17 @@ def test_the_fixed_statements_carry_the_declared_guards() -> None:
     assert turn_sql._HANDOVER_QUEUES == ["waiting"]
 
 
+def table_of(model: type[Base]) -> sqlalchemy.Table:
+    table = model.__table__
+    assert isinstance(table, sqlalchemy.Table), model
+    return table
+
+
 def test_the_sweeper_watches_the_statuses_it_may_fail_as_its_index_holds_them() -> None:
     assert recovery._STUCK == sorted(sources(Actor.SWEEPER, S.FAILED)) == ["queued", "routed"]
     predicates = {
-        index.name: str(index.dialect_options["postgresql"]["where"])
-        for index in Turn.__table__.indexes
+        str(index.name): str(index.dialect_options["postgresql"]["where"])
+        for index in table_of(Turn).indexes
     }
     assert predicates["ix_turns_open_by_deadline"] == sql_in(sources(Actor.SWEEPER, S.FAILED))
     assert predicates["ix_turns_held"] == sql_in(sources(Actor.ADMISSION, S.QUEUED))
@@ -330,7 +337,7 @@ def test_the_models_declare_the_same_checks() -> None:
     declared = {
         (model.__tablename__, str(constraint.name))
         for model in (Turn, Conversation)
-        for constraint in model.__table__.constraints
+        for constraint in table_of(model).constraints
         if constraint.__class__.__name__ == "CheckConstraint"
     }
     assert declared == {(table, f"ck_{table}_{column}") for table, column in ENUM_COLUMNS}
