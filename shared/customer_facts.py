@@ -1,11 +1,13 @@
 """Facts about the customer, kept in the conversation's memory so nobody asks twice.
 
-The agent stage reads them from each message with patterns (offline, no model call) and
-merges them into the memory's ``facts`` (``CustomerFacts``), the conversation's
-qualification record: the company, how many sites and how many people, the tool in use
-today, what they need, the budget, the timeline and who decides. A later message that
-states a fact again replaces it (who decides and what they need accumulate). The discovery
-agent asks only for what is not known yet.
+The agent stage reads them from each message with patterns (offline, no model call), or,
+when the chat provider is OpenAI, with one structured-output call that falls back to the
+patterns when it fails (``FactExtractor`` in ``shared/providers``), and merges them into
+the memory's ``facts`` (``CustomerFacts``), the conversation's qualification record: the
+company, how many sites and how many people, the tool in use today, what they need, the
+budget, the timeline and who decides. A later message that states a fact again replaces
+it (who decides and what they need accumulate). The discovery agent asks only for what is
+not known yet.
 """
 
 from __future__ import annotations
@@ -116,11 +118,18 @@ def facts_in(message: str) -> CustomerFacts:
     return facts
 
 
-def remembered_facts(memory: ConversationMemory, message: str) -> CustomerFacts:
+def remembered_facts(
+    memory: ConversationMemory, message: str, stated: CustomerFacts | None = None
+) -> CustomerFacts:
     """The facts memory holds, with those of this message merged in (who decides and what
-    they need accumulate; any other fact stated again replaces the one known)."""
-    known = memory.facts
-    new = facts_in(message)
+    they need accumulate; any other fact stated again replaces the one known). ``stated``:
+    the message's facts as a model extracted them; read with patterns when not given."""
+    return merged_facts(memory.facts, facts_in(message) if stated is None else stated)
+
+
+def merged_facts(known: CustomerFacts, stated: CustomerFacts) -> CustomerFacts:
+    """``known`` updated with ``stated``, by the rules of ``remembered_facts``."""
+    new = stated.copy()
     if "decision_makers" in new and "decision_makers" in known:
         new["decision_makers"] = _accumulated(known["decision_makers"], new["decision_makers"])
     if "needs" in new and "needs" in known:

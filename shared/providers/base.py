@@ -9,6 +9,7 @@ from typing import Protocol
 from shared.schemas import (
     Agent,
     ConversationMemory,
+    CustomerFacts,
     KbLevel,
     Orchestration,
     Qualification,
@@ -42,6 +43,17 @@ class Usage:
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
         self.search_units += search_units
+
+    def absorb(self, other: Usage) -> None:
+        """Counts ``other`` in this one (a call made beside the stage's own, in a thread)."""
+        self.add(
+            calls=other.calls,
+            tokens_in=other.tokens_in,
+            tokens_out=other.tokens_out,
+            search_units=other.search_units,
+        )
+        self.retries += other.retries
+        self.simulated_ms += other.simulated_ms
 
     def as_dict(self) -> dict[str, int]:
         counts = {"calls": self.calls, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
@@ -85,6 +97,29 @@ class ChatModel(Protocol):
     def stream_reply(
         self, *, request: ReplyRequest, usage: Usage, deadline: float
     ) -> Iterator[str]: ...
+
+
+class FactExtractor(Protocol):
+    """Reads the facts a customer's message states about them (``CustomerFacts``), for the
+    agent stage to merge into the conversation's memory."""
+
+    name: str
+    # True when extracting calls a model API (the agent stage then runs it beside the
+    # streamed reply); False when it is local work of a few microseconds.
+    calls_a_model: bool
+
+    def extract_facts(
+        self,
+        *,
+        message: str,
+        memory: ConversationMemory,
+        model: str,
+        usage: Usage,
+        deadline: float,
+    ) -> CustomerFacts:
+        """The facts ``message`` states (only those; the caller merges them into what
+        ``memory`` holds). Raises a ``ChordlineError`` when the provider cannot answer."""
+        ...
 
 
 class Embedder(Protocol):

@@ -2,6 +2,8 @@
 
 - ``LocalChatModel`` classifies a turn from the message and the conversation memory
   (``shared/providers/intent.py``), and composes agent replies from the research hits.
+- ``PatternFacts`` reads the customer's facts from a message with patterns
+  (``shared/customer_facts.py``).
 - ``LocalEmbedder`` hashes words, word pairs and character trigrams into 384 dimensions.
 - ``LocalReranker`` scores how much of the question's meaning a passage covers.
 """
@@ -16,10 +18,17 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
-from shared.customer_facts import discovery_question, remembered_facts
+from shared.customer_facts import discovery_question, facts_in, remembered_facts
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
 from shared.providers.intent import classify
-from shared.schemas import Agent, KbLevel, Orchestration, ResearchHit
+from shared.schemas import (
+    Agent,
+    ConversationMemory,
+    CustomerFacts,
+    KbLevel,
+    Orchestration,
+    ResearchHit,
+)
 from shared.text import STOPWORDS, content_terms, count_tokens, light_stem, stem, words
 
 # --------------------------------------------------------------------------- classifier
@@ -147,6 +156,24 @@ class LocalChatModel:
             tokens_out=count_tokens(reply),
         )
         yield from re.findall(r"\S+\s*|\s+", reply)
+
+
+class PatternFacts:
+    """The customer's facts read from the message with patterns: no model call, no usage."""
+
+    name = "local"
+    calls_a_model = False
+
+    def extract_facts(
+        self,
+        *,
+        message: str,
+        memory: ConversationMemory,
+        model: str,
+        usage: Usage,
+        deadline: float,
+    ) -> CustomerFacts:
+        return facts_in(message)
 
 
 # --------------------------------------------------------------------------- embedder

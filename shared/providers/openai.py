@@ -3,6 +3,9 @@
 - The orchestrator asks for structured output (a strict JSON schema, ``prompts.RouteAnswer``);
   a refusal, a cut-off or an answer outside the schema raises ``InvalidAnswer`` and the
   stage takes its default route, recording why.
+- The agent stage's fact extraction asks for structured output too (a strict JSON schema
+  derived from ``CustomerFacts``, ``prompts.FACTS_SCHEMA``); a failure raises, and the
+  stage reads the facts with patterns instead.
 - Agents stream: tokens are yielded as the server sends them, and the final usage chunk
   (``stream_options.include_usage``) is what the turn is charged.
 - Embeddings are batched, with the model and dimension fixed per deployment.
@@ -35,18 +38,23 @@ from shared.providers.failures import (
 )
 from shared.providers.limits import LimitedCall
 from shared.providers.prompts import (
+    FACTS_RESPONSE_FORMAT,
     ROUTE_RESPONSE_FORMAT,
     RouteAnswer,
     agent_messages,
+    facts_answer,
+    facts_messages,
     orchestrator_messages,
 )
 from shared.providers.retry import Clock, RetryPolicy, call_with_retries
-from shared.schemas import Orchestration
+from shared.schemas import ConversationMemory, CustomerFacts, Orchestration
 from shared.text import count_tokens
 
 PROVIDER = "openai"
 # What a routing answer (a small JSON object) counts against a tokens-per-minute limit.
 ORCHESTRATION_TOKENS_OUT = 100
+# The most a facts answer (a JSON object of eight short fields) may take, and counts.
+FACTS_TOKENS_OUT = 300
 URL_SETTING = "OPENAI_BASE_URL"
 KEY_SETTING = "OPENAI_API_KEY"
 EMBEDDING_MODEL_SETTING = "CHORDLINE_OPENAI_EMBEDDING_MODEL"
@@ -106,29 +114,40 @@ def _timeout(policy: RetryPolicy, seconds: float) -> openai.Timeout:
     return openai.Timeout(seconds, connect=min(policy.connect_timeout_s, seconds))
 
 
-def route_from_completion(completion: ChatCompletion, *, model: str) -> Orchestration:
-    """The orchestration in a structured-output answer, or ``InvalidAnswer`` saying why not."""
-    what = f"{PROVIDER} model {model!r}"
+def answer_content(completion: ChatCompletion, *, what: str, task: str) -> str:
+    """The text of a structured-output answer, or ``InvalidAnswer`` saying why there is
+    none (``task``: what the model refused to do, for the message)."""
     if not completion.choices:
         raise InvalidAnswer(f"{what} returned no answer")
     choice = completion.choices[0]
     message = choice.message
     if message.refusal:
-        raise InvalidAnswer(f"{what} refused to route the turn: {message.refusal[:200]}")
+        raise InvalidAnswer(f"{what} refused to {task}: {message.refusal[:200]}")
     if choice.finish_reason == "length":
         raise InvalidAnswer(f"{what} ran out of tokens before finishing its answer")
     if choice.finish_reason == "content_filter":
         raise InvalidAnswer(f"{what} answer was withheld by the content filter")
     if not message.content:
         raise InvalidAnswer(f"{what} returned an empty answer")
+    return message.content
+
+
+def _invalid(what: str, exc: pydantic.ValidationError) -> InvalidAnswer:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or "answer"
+    return InvalidAnswer(
+        f"{what} returned an invalid answer ({field}: {first.get('msg', 'invalid')})"
+    )
+
+
+def route_from_completion(completion: ChatCompletion, *, model: str) -> Orchestration:
+    """The orchestration in a structured-output answer, or ``InvalidAnswer`` saying why not."""
+    what = f"{PROVIDER} model {model!r}"
+    content = answer_content(completion, what=what, task="route the turn")
     try:
-        answer = RouteAnswer.model_validate_json(message.content)
+        answer = RouteAnswer.model_validate_json(content)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "answer"
-        raise InvalidAnswer(
-            f"{what} returned an invalid answer ({field}: {first.get('msg', 'invalid')})"
-        ) from None
+        raise _invalid(what, exc) from None
     return Orchestration(
         phase=answer.phase,
         intent=answer.intent,
@@ -138,14 +157,30 @@ def route_from_completion(completion: ChatCompletion, *, model: str) -> Orchestr
     )
 
 
+def facts_from_completion(completion: ChatCompletion, *, model: str) -> CustomerFacts:
+    """The customer's facts in a structured-output answer, or ``InvalidAnswer``."""
+    what = f"{PROVIDER} model {model!r}"
+    content = answer_content(completion, what=what, task="extract the customer's facts")
+    try:
+        return facts_answer(content)
+    except pydantic.ValidationError as exc:
+        raise _invalid(what, exc) from None
+    except ValueError as exc:  # not JSON, or not an object
+        raise InvalidAnswer(
+            f"{what} returned an invalid answer (not a JSON object: {exc})"[:300]
+        ) from None
+
+
 def _prompt_tokens(messages: Sequence[dict[str, str]]) -> int:
     return sum(count_tokens(m["content"]) for m in messages)
 
 
 class OpenAIChatModel:
-    """The orchestrator (structured output) and the agents (streamed replies)."""
+    """The orchestrator (structured output), the agents (streamed replies) and the agent
+    stage's fact extraction (structured output): a ``ChatModel`` and a ``FactExtractor``."""
 
     name = PROVIDER
+    calls_a_model = True
 
     def __init__(
         self,
@@ -202,6 +237,41 @@ class OpenAIChatModel:
             tokens_out=reported.completion_tokens if reported else 0,
         )
         return route_from_completion(completion, model=model)
+
+    def extract_facts(
+        self,
+        *,
+        message: str,
+        memory: ConversationMemory,
+        model: str,
+        usage: Usage,
+        deadline: float,
+    ) -> CustomerFacts:
+        messages = facts_messages(message, memory)
+        completion = call_with_retries(
+            lambda timeout: self.client.chat.completions.create(
+                model=model,
+                messages=cast(Any, messages),
+                response_format=cast(Any, FACTS_RESPONSE_FORMAT),
+                max_completion_tokens=FACTS_TOKENS_OUT,
+                timeout=_timeout(self.policy, timeout),
+            ),
+            what=f"{PROVIDER} facts",
+            deadline=deadline,
+            policy=self.policy,
+            classify=self.failures.classifier(
+                model=model, model_setting="the tenant setting models.agent"
+            ),
+            usage=usage,
+            clock=self.clock,
+            limited=LimitedCall(PROVIDER, model, _prompt_tokens(messages) + FACTS_TOKENS_OUT),
+        )
+        reported = completion.usage
+        usage.add(
+            tokens_in=reported.prompt_tokens if reported else _prompt_tokens(messages),
+            tokens_out=reported.completion_tokens if reported else 0,
+        )
+        return facts_from_completion(completion, model=model)
 
     def stream_reply(
         self, *, request: ReplyRequest, usage: Usage, deadline: float

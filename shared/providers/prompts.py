@@ -7,12 +7,13 @@ answer in free text, grounded in the research hits the turn already holds.
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.providers.base import ConversationContext, ReplyRequest
-from shared.schemas import Agent, KbLevel, Phase
+from shared.schemas import Agent, ConversationMemory, CustomerFacts, KbLevel, Phase
 
 HISTORY_TURNS = 6
 HIT_CHARS = 1200
@@ -51,6 +52,87 @@ ROUTE_RESPONSE_FORMAT: dict[str, Any] = {
     "type": "json_schema",
     "json_schema": {"name": "turn_routing", "strict": True, "schema": ROUTE_SCHEMA},
 }
+
+_JSON_TYPES: dict[Any, dict[str, Any]] = {
+    str: {"type": ["string", "null"]},
+    int: {"type": ["integer", "null"]},
+    list[str]: {"type": ["array", "null"], "items": {"type": "string"}},
+}
+FACT_DESCRIPTIONS = {
+    "company": "the customer's company name",
+    "sites": "how many sites, warehouses, offices or locations would use the product",
+    "people": "how many people (users, staff, seats) would use it",
+    "current_tool": "the tool or system they use today",
+    "budget": "their budget, as they said it, e.g. $20k a year",
+    "timeline": "when they want it running, as they said it, e.g. by Q3",
+    "decision_makers": "who decides or weighs in, e.g. CFO, IT team",
+    "needs": "what they need the product to do, short phrases",
+}
+
+
+def facts_schema() -> dict[str, Any]:
+    """The JSON schema of ``CustomerFacts`` as OpenAI's strict mode wants it: every field
+    required, a fact the message does not state is null, nothing else allowed."""
+    properties = {}
+    for name, hint in typing.get_type_hints(CustomerFacts).items():
+        properties[name] = {**_JSON_TYPES[hint], "description": FACT_DESCRIPTIONS[name]}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+FACTS_SCHEMA: dict[str, Any] = facts_schema()
+FACTS_SCHEMA_NAME = "customer_facts"
+FACTS_RESPONSE_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {"name": FACTS_SCHEMA_NAME, "strict": True, "schema": FACTS_SCHEMA},
+}
+FACTS_SYSTEM = """\
+You read one message a prospective customer wrote in a B2B sales conversation and extract
+the facts it states about the customer: company, number of sites, number of people, the
+tool they use today, what they need, budget, timeline, who decides. Use only what this
+message says; set every fact it does not state to null (a list too). Answer with the JSON
+object only."""
+_FACTS = TypeAdapter(CustomerFacts)
+
+
+def facts_messages(message: str, memory: ConversationMemory) -> list[dict[str, str]]:
+    known = json.dumps(memory.facts) if memory.facts else "nothing yet"
+    return [
+        {"role": "system", "content": FACTS_SYSTEM},
+        {"role": "system", "content": f"Already known about the customer: {known}"},
+        {"role": "user", "content": message},
+    ]
+
+
+def facts_answer(content: str) -> CustomerFacts:
+    """The facts in a structured-output answer: nulls, empty strings and empty lists mean
+    not stated. Raises ``ValueError`` (pydantic's ``ValidationError`` included) when the
+    answer is not such an object."""
+    data = json.loads(content)
+    if not isinstance(data, dict):
+        raise ValueError("the answer is not a JSON object")
+    stated = {
+        key: value.strip() if isinstance(value, str) else value
+        for key, value in data.items()
+        if key in FACTS_SCHEMA["properties"]
+    }
+    facts = _FACTS.validate_python(
+        {key: value for key, value in stated.items() if value not in (None, "", [])},
+        strict=True,
+    )
+    for key in ("needs", "decision_makers"):
+        if key in facts:
+            items = list(dict.fromkeys(i.strip() for i in facts[key] if i.strip()))
+            if items:
+                facts[key] = items
+            else:
+                del facts[key]
+    return facts
+
 
 ORCHESTRATOR_SYSTEM = """\
 You route one turn of a B2B sales and support conversation. Decide the conversation's
@@ -118,6 +200,15 @@ def agent_messages(request: ReplyRequest) -> list[dict[str, str]]:
         )
     )
     messages = [{"role": "system", "content": brief}]
+    if known := request.context.memory.facts:
+        # the qualification record so far: discovery never asks for what it holds
+        messages.append(
+            {
+                "role": "system",
+                "content": "What the customer already told us (never ask for it again): "
+                + json.dumps(known),
+            }
+        )
     if sources:
         messages.append({"role": "system", "content": "Documentation:\n\n" + sources})
     return [

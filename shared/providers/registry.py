@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shared.config import (
@@ -22,9 +22,9 @@ from shared.config import (
     get_settings,
 )
 from shared.errors import ChordlineError
-from shared.providers.base import ChatModel, Embedder, Reranker
+from shared.providers.base import ChatModel, Embedder, FactExtractor, Reranker
 from shared.providers.failures import SecretScrubber, safe_url
-from shared.providers.local import LocalChatModel, LocalEmbedder, LocalReranker
+from shared.providers.local import LocalChatModel, LocalEmbedder, LocalReranker, PatternFacts
 from shared.providers.retry import RetryPolicy
 from shared.providers.simulated import (
     Faults,
@@ -47,6 +47,9 @@ class Providers:
     chat: ChatModel
     embedder: Embedder
     reranker: Reranker
+    # The agent stage's reader of the customer's facts: the OpenAI chat model when chat is
+    # on OpenAI (structured output), patterns otherwise (offline and simulated included).
+    facts: FactExtractor = field(default_factory=PatternFacts)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ def build_providers(settings: ProviderSettings) -> Providers:
     scrub = secret_scrubber(settings)
     policy = RetryPolicy.from_settings(settings)
     chat: ChatModel = LocalChatModel()
+    facts: FactExtractor = PatternFacts()
     embedder: Embedder = LocalEmbedder()
     reranker: Reranker = LocalReranker()
     if "openai" in {settings.stage_backend("chat"), settings.stage_backend("embedding")}:
@@ -107,7 +111,7 @@ def build_providers(settings: ProviderSettings) -> Providers:
 
         client = openai_client(settings)
         if settings.stage_backend("chat") == "openai":
-            chat = OpenAIChatModel(
+            chat = facts = OpenAIChatModel(
                 client,
                 policy=policy,
                 max_reply_tokens=settings.openai_max_reply_tokens,
@@ -121,7 +125,7 @@ def build_providers(settings: ProviderSettings) -> Providers:
         reranker = CohereReranker(
             cohere_client(settings), policy=policy, scrub=scrub, base_url=settings.cohere_base_url
         )
-    return Providers(chat=chat, embedder=embedder, reranker=reranker)
+    return Providers(chat=chat, embedder=embedder, reranker=reranker, facts=facts)
 
 
 def openai_embedder(

@@ -3,27 +3,40 @@
 An agent uses the research already in the turn's row (no second retrieval, except in the
 sequential topology, where it does the retrieval itself), streams its reply, and commits
 the reply, the conversation's memory and its qualification status in one transaction.
+
+The customer's facts in the message (``CustomerFacts``) are read by the providers'
+``FactExtractor``: patterns offline, at commit time, as before; a structured-output call
+when chat is on OpenAI. That call runs in a thread beside the streamed reply, not before
+it, so it adds nothing to the time to the first token: the reply does not need it (the
+model reads the message itself, and the facts already remembered are in its brief), only
+the memory committed after the reply does, and the agent waits for it there (it ends
+within the turn's budget). Any failure of the call (timeout, refusal, invalid answer,
+provider error) is logged (``facts_fallback``, with the reason) and the facts are read with
+patterns instead: it never fails the turn.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from shared.admission import end_in_redis, let_go_safely
 from shared.config import get_settings
-from shared.customer_facts import remembered_facts
+from shared.customer_facts import facts_in, remembered_facts
 from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
 from shared.db.turns import Completion, TurnRecord, complete_turn
 from shared.errors import ChordlineError, StageConflict
-from shared.providers.base import ReplyRequest, Usage
+from shared.providers.base import FactExtractor, ReplyRequest, Usage
 from shared.providers.intent import furthest_phase
 from shared.providers.registry import get_providers
 from shared.schemas import (
     Agent,
     AgentReply,
     ConversationMemory,
+    CustomerFacts,
     KbLevel,
     Phase,
     Qualification,
@@ -72,9 +85,15 @@ def next_qualification(current: Qualification, phase: str | None) -> Qualificati
 
 
 def updated_memory(
-    memory: ConversationMemory, turn: TurnRecord, agent: Agent, research: Research | None
+    memory: ConversationMemory,
+    turn: TurnRecord,
+    agent: Agent,
+    research: Research | None,
+    stated: CustomerFacts | None = None,
 ) -> ConversationMemory:
-    """The memory as the turn's agent leaves it (keys it does not know are kept)."""
+    """The memory as the turn's agent leaves it (keys it does not know are kept).
+    ``stated``: the facts the message states, as the stage's ``FactExtractor`` read them;
+    read with patterns when not given (re-scoring, summaries)."""
     topics = list(memory.topics)
     for hit in research.hits[:1] if research else []:
         if hit.title not in topics:
@@ -87,7 +106,7 @@ def updated_memory(
             "last_intent": turn.intent,
             "topics": topics[-8:],
             "furthest_phase": furthest_phase(memory, turn.phase),
-            "facts": remembered_facts(memory, turn.message),
+            "facts": remembered_facts(memory, turn.message, stated),
         }
     )
 
@@ -97,6 +116,82 @@ def memory_fields_written(before: ConversationMemory, after: ConversationMemory)
     (``memory.facts``, ``memory.furthest_phase``...)."""
     earlier, now = before.to_stored(), after.to_stored()
     return [f"memory.{key}" for key in sorted(now) if earlier.get(key) != now[key]]
+
+
+# Fact extractions that call a model, beside the streamed replies of this process's agents.
+_FACTS_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="facts")
+# How long past the turn's deadline the agent waits for an extraction before reading the
+# facts with patterns (the call itself stops at the deadline).
+FACTS_GRACE_S = 1.0
+
+
+def _log_facts_fallback(turn: TurnRecord, extractor: FactExtractor, reason: str) -> None:
+    log.warning(
+        "customer facts read with patterns",
+        extra={
+            "action": "facts_fallback",
+            "turn_id": str(turn.id),
+            "tenant_id": turn.tenant_id,
+            "stage": Stage.AGENT.value,
+            "provider": extractor.name,
+            "reason": reason,
+        },
+    )
+
+
+def message_facts(
+    extractor: FactExtractor,
+    *,
+    turn: TurnRecord,
+    memory: ConversationMemory,
+    model: str,
+    usage: Usage,
+    deadline: float,
+) -> CustomerFacts:
+    """The facts the turn's message states, as ``extractor`` reads them; with patterns when
+    it fails, whatever the failure (logged with its reason): never an error."""
+    try:
+        if extractor.calls_a_model:
+            ensure_budget_left(deadline, Stage.AGENT)
+        return extractor.extract_facts(
+            message=turn.message, memory=memory, model=model, usage=usage, deadline=deadline
+        )
+    except Exception as exc:  # the memory's facts are never worth failing the turn
+        _log_facts_fallback(turn, extractor, str(exc) or type(exc).__name__)
+        return facts_in(turn.message)
+
+
+def start_facts(inputs: StageInputs) -> Callable[[Usage], CustomerFacts]:
+    """Starts reading the message's facts; the function returned waits for them and counts
+    the extraction's calls and tokens in the stage's usage. An extraction that calls a
+    model runs in a thread from now on; a local one runs when its result is asked for."""
+    extractor = get_providers().facts
+    turn, own = inputs.turn, Usage()
+
+    def extract() -> CustomerFacts:
+        return message_facts(
+            extractor,
+            turn=turn,
+            memory=inputs.context.memory,
+            model=inputs.settings.models.agent,
+            usage=own,
+            deadline=inputs.deadline,
+        )
+
+    if not extractor.calls_a_model:
+        return lambda usage: extract()
+    future = _FACTS_POOL.submit(extract)
+
+    def wait(usage: Usage) -> CustomerFacts:
+        try:
+            facts = future.result(timeout=max(0.0, inputs.deadline - time.time()) + FACTS_GRACE_S)
+        except TimeoutError:
+            _log_facts_fallback(turn, extractor, "still running past the turn's budget")
+            return facts_in(turn.message)
+        usage.absorb(own)
+        return facts
+
+    return wait
 
 
 def _generate(
@@ -145,6 +240,7 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
         model=inputs.settings.models.agent,
     )
     usage = Usage()
+    facts = start_facts(inputs)  # beside the reply, when it calls a model
     stream = ReplyStream(turn_id, watch_cancel=inputs.settings.in_flight_policy == "interrupt")
     try:
         reply = _generate(
@@ -154,7 +250,13 @@ def run_agent(turn_id: str, *, agent: Agent, retrieve: bool, origin: StageOrigin
             None
             if reply is None  # cancelled meanwhile
             else _commit_reply(
-                inputs=inputs, agent=agent, reply=reply, research=research, usage=usage, span=span
+                inputs=inputs,
+                agent=agent,
+                reply=reply,
+                research=research,
+                stated=facts(usage),
+                usage=usage,
+                span=span,
             )
         )
     except BaseException:
@@ -189,6 +291,7 @@ def _commit_reply(
     agent: Agent,
     reply: AgentReply,
     research: Research | None,
+    stated: CustomerFacts,
     usage: Usage,
     span: SpanRecord,
 ) -> Completion:
@@ -202,7 +305,7 @@ def _commit_reply(
         "status": TurnStatus.COMPLETED.value,
     }
     before = inputs.context.memory
-    memory = updated_memory(before, turn, agent, research)
+    memory = updated_memory(before, turn, agent, research, stated)
     qualification = next_qualification(inputs.context.qualification_status, turn.phase)
     finished = finish_span(
         span,
