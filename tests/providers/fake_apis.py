@@ -2,7 +2,9 @@
 chordline uses, with scripted behaviours (errors, slowness, malformed bodies).
 
 OpenAI (base URL ``http://127.0.0.1:<port>/v1``): ``POST /chat/completions`` (structured
-output, and SSE streaming with a final usage chunk), ``POST /embeddings``, ``GET /models``.
+output, and SSE streaming with a final usage chunk; a request whose ``response_format`` is
+the ``customer_facts`` JSON schema is the route ``facts``, answered with the facts the
+offline patterns read, every other field null, or with a scripted refusal or content), ``POST /embeddings``, ``GET /models``.
 Cohere (base URL ``http://127.0.0.1:<port>``): ``POST /v2/rerank``, ``GET /v1/models/<name>``.
 
 A normal answer is computed by chordline's offline providers (the local classifier, embedder
@@ -27,9 +29,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from shared.customer_facts import facts_in
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.intent import classify
 from shared.providers.local import LocalEmbedder, LocalReranker
+from shared.providers.prompts import FACTS_SCHEMA, FACTS_SCHEMA_NAME
 
 OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "text-embedding-3-large")
 COHERE_MODELS = ("rerank-v3.5", "rerank-english-v3.0")
@@ -63,6 +67,14 @@ class Recorded:
 
 def _words(text: str) -> int:
     return max(1, len(text.split()))
+
+
+def is_facts_request(body: Any) -> bool:
+    """A chat completion that asks for the customer's facts (the agent stage's extraction)."""
+    if not isinstance(body, dict):
+        return False
+    schema = (body.get("response_format") or {}).get("json_schema") or {}
+    return bool(schema.get("name") == FACTS_SCHEMA_NAME)
 
 
 def rate_limited(retry_after_s: float) -> Reply:
@@ -214,7 +226,9 @@ class FakeAPI:
         path = path.split("?", 1)[0]
         if self.kind == "openai":
             if method == "POST" and path == "/v1/chat/completions":
-                return "stream" if isinstance(body, dict) and body.get("stream") else "chat"
+                if isinstance(body, dict) and body.get("stream"):
+                    return "stream"
+                return "facts" if is_facts_request(body) else "chat"
             if method == "POST" and path == "/v1/embeddings":
                 return "embeddings"
             if method == "GET" and path == "/v1/models":
@@ -286,7 +300,7 @@ class FakeAPI:
     # ------------------------------------------------------------------ normal answers
 
     def _normal(self, route: str, path: str, body: Any, reply: Reply) -> dict[str, Any]:
-        if route == "chat":
+        if route in ("chat", "facts"):
             return self._completion(body, reply)
         if route == "embeddings":
             return self._embeddings(body)
@@ -317,6 +331,9 @@ class FakeAPI:
             content: str | None = reply.content
         elif reply.refusal is not None:
             content = None
+        elif is_facts_request(body):
+            found: dict[str, Any] = dict(facts_in(message))
+            content = json.dumps({key: found.get(key) for key in FACTS_SCHEMA["properties"]})
         else:
             route = classify(ConversationContext(tenant_id="-", message=message))
             content = json.dumps(
