@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -24,6 +25,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from shared.client import TurnView, enqueue_turn, stream_turn, wait_for_turn
+from shared.customer_facts import facts_in
 from shared.db.session import session_scope
 from shared.db.spans import spans_of
 from shared.db.tenants import ensure_tenant
@@ -38,7 +40,14 @@ from shared.tools.stack.services import reset_process_state
 from shared.turn.agents import FALLBACK_REPLY
 from tests.conftest import ARTIFACTS
 from tests.providers.conftest import COHERE_KEY, OPENAI_KEY, fake_api_env, settings_for
-from tests.providers.fake_apis import FakeAPI, Reply, malformed, rate_limited, server_error
+from tests.providers.fake_apis import (
+    FakeAPI,
+    Reply,
+    is_facts_request,
+    malformed,
+    rate_limited,
+    server_error,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -110,8 +119,18 @@ def run_turn(apis: ModelApis, message: str = TECHNICAL) -> TurnView:
 
 
 def chat_calls(apis: ModelApis) -> list[bool]:
-    """One entry per chat completion the workers made: streamed or not."""
-    return [bool(c.body.get("stream")) for c in apis.openai.calls("/chat/completions")]
+    """One entry per chat completion the workers made to route or to reply: streamed or not
+    (the agent stage's fact extractions are ``facts_calls``)."""
+    return [
+        bool(c.body.get("stream"))
+        for c in apis.openai.calls("/chat/completions")
+        if not is_facts_request(c.body)
+    ]
+
+
+def facts_calls(apis: ModelApis) -> list[dict[str, Any]]:
+    """The bodies of the agent stage's fact extractions."""
+    return [c.body for c in apis.openai.calls("/chat/completions") if is_facts_request(c.body)]
 
 
 def test_a_turn_runs_on_the_model_apis_end_to_end(apis: ModelApis) -> None:
@@ -131,21 +150,24 @@ def test_a_turn_runs_on_the_model_apis_end_to_end(apis: ModelApis) -> None:
     [stream] = [c for c in apis.openai.calls("/chat/completions") if c.body.get("stream")]
     assert view.agent_response == FakeAPI.reply_text(stream.body) == "".join(tokens)
     assert len(tokens) > 5
-    # the tenant's model per stage reached the APIs
+    # the tenant's model per stage reached the APIs (the agent's model reads the facts too)
     assert sorted(c.body["model"] for c in apis.openai.calls("/chat/completions")) == [
         "gpt-4o",
         "gpt-4o-mini",
+        "gpt-4o-mini",
     ]
+    assert len(facts_calls(apis)) == 1
     assert [c.body["model"] for c in apis.openai.calls("/embeddings")] == ["text-embedding-3-small"]
     assert [c.body["model"] for c in apis.cohere.calls("/v2/rerank")] == ["rerank-english-v3.0"]
     # usage, as the APIs reported it, per stage on the turn and on its spans
     usage = view.usage
     assert usage["orchestrator"]["calls"] == 1 and usage["orchestrator"]["tokens_out"] == 17
     assert usage["researcher"]["calls"] == 2 and usage["researcher"]["search_units"] == 1
-    assert usage["agent"]["calls"] == 1 and usage["agent"]["tokens_out"] == len(tokens)
+    # the agent stage: its streamed reply and its fact extraction (17 tokens on the fake)
+    assert usage["agent"]["calls"] == 2 and usage["agent"]["tokens_out"] == len(tokens) + 17
     with session_scope() as session:
         spans = {s.stage: s for s in spans_of(session, turn_id)}
-    assert spans["agent"].tokens_out == len(tokens)
+    assert spans["agent"].tokens_out == len(tokens) + 17
     assert spans["orchestrator"].tokens_in == usage["orchestrator"]["tokens_in"] > 0
 
 
@@ -164,6 +186,7 @@ def test_the_demo_runs_on_the_model_apis(apis: ModelApis, monkeypatch: pytest.Mo
     # every turn was classified and answered by the chat API, and its question was embedded
     # by the embeddings API; the researcher reranked through Cohere
     assert sorted(chat_calls(apis)) == [False] * len(SCRIPT) + [True] * len(SCRIPT)
+    assert len(facts_calls(apis)) == len(SCRIPT)  # each turn's facts read by the chat API
     assert len(apis.openai.calls("/embeddings")) >= len(SCRIPT)
     assert apis.cohere.calls("/v2/rerank")
     with session_scope() as session:
@@ -286,6 +309,52 @@ def test_rejected_keys_end_the_turn_with_reasons_and_no_key_is_stored_or_logged(
     assert_no_key_anywhere(apis.tenant)
 
 
+# Facts the offline patterns cannot read from this message: only the model call finds them.
+PLAIN = "Orbis Freight here, with depots in four cities, moving off paper lists. What does it cost?"
+EXTRACTED = {
+    "company": "Orbis Freight",
+    "sites": 4,
+    "people": None,
+    "current_tool": "paper lists",
+    "budget": None,
+    "timeline": None,
+    "decision_makers": ["CFO"],
+    "needs": [],
+}
+WITH_FACTS = "We run three warehouses with 40 people and use Fishbowl today. What does it cost?"
+
+
+def test_the_facts_of_a_turn_are_read_with_structured_output_into_memory(
+    apis: ModelApis,
+) -> None:
+    assert facts_in(PLAIN) == {}
+    apis.openai.script("facts", Reply(content=json.dumps(EXTRACTED)))
+    view = run_turn(apis, PLAIN)
+    assert not view.agent_fallback
+    assert conversation_memory(view)["facts"] == {
+        "company": "Orbis Freight",
+        "sites": 4,
+        "current_tool": "paper lists",
+        "decision_makers": ["CFO"],
+    }
+    [body] = facts_calls(apis)
+    assert body["response_format"]["json_schema"]["strict"] is True
+    assert body["model"] == MODELS["agent"]
+    assert view.usage["agent"]["calls"] == 2
+
+
+def test_a_refused_extraction_falls_back_to_patterns_and_the_turn_completes(
+    apis: ModelApis,
+) -> None:
+    apis.openai.script("facts", Reply(refusal="I can't help with that."))
+    view = run_turn(apis, WITH_FACTS)
+    assert not view.agent_fallback and view.agent_response
+    assert conversation_memory(view)["facts"] == facts_in(WITH_FACTS)
+    assert facts_in(WITH_FACTS)["current_tool"] == "Fishbowl"
+    assert_logged(view.id, "facts_fallback", "refused to extract the customer's facts")
+    assert len(facts_calls(apis)) == 1  # a refusal is not retried
+
+
 def test_a_tenants_usage_sums_its_turns(apis: ModelApis) -> None:
     # Two turns of its own, so there is something to sum whichever tests ran before it.
     mine = {run_turn(apis).id for _ in range(2)}
@@ -322,6 +391,18 @@ def _turn_column(turn_id: str, column: str) -> str:
     return str(value or "")
 
 
+def conversation_memory(view: TurnView) -> dict[str, Any]:
+    with session_scope() as session:
+        memory: dict[str, Any] = session.execute(
+            text(
+                "SELECT c.contextual_memory FROM conversations c "
+                "JOIN turns t ON t.conversation_id = c.id WHERE t.id = :id"
+            ),
+            {"id": view.id},
+        ).scalar_one()
+    return memory
+
+
 def orchestration_note(view: TurnView) -> str:
     return _turn_column(view.id, "orchestration_note")
 
@@ -332,6 +413,18 @@ def research_note(view: TurnView) -> str:
 
 def _worker_logs() -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(Path(LOG_DIR).glob("*.log")))
+
+
+def assert_logged(turn_id: str, action: str, reason: str) -> None:
+    """The worker logged ``action`` for the turn, with ``reason``."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in _worker_logs().splitlines():
+            if f'"{action}"' in line and turn_id in line:
+                assert reason in line, line
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no {action} log line for turn {turn_id}")
 
 
 def assert_logged_fallback(turn_id: str, stage: str, reason: str) -> None:
