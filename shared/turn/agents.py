@@ -187,8 +187,8 @@ def start_facts(inputs: StageInputs) -> Callable[[Usage], CustomerFacts]:
             facts = future.result(timeout=max(0.0, inputs.deadline - time.time()) + FACTS_GRACE_S)
         except TimeoutError:
             _log_facts_fallback(turn, extractor, "still running past the turn's budget")
-            return facts_in(turn.message)
-        usage.absorb(own)
+            facts = facts_in(turn.message)
+        usage.absorb(own)  # the calls made so far, answered or not
         return facts
 
     return wait

@@ -16,12 +16,19 @@ import pytest
 from shared.customer_facts import facts_in
 from shared.db.turns import TurnRecord
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
-from shared.providers.local import PatternFacts
+from shared.providers.local import (
+    LocalChatModel,
+    LocalEmbedder,
+    LocalReranker,
+    PatternFacts,
+)
 from shared.providers.openai import OpenAIChatModel
 from shared.providers.prompts import FACTS_SCHEMA, agent_messages
-from shared.providers.registry import build_providers
-from shared.schemas import Agent, ConversationMemory, CustomerFacts, KbLevel
-from shared.turn.agents import message_facts, updated_memory
+from shared.providers.registry import Providers, build_providers
+from shared.schemas import Agent, ConversationMemory, CustomerFacts, KbLevel, StageModels
+from shared.turn import agents
+from shared.turn.agents import message_facts, start_facts, updated_memory
+from shared.turn.stage import StageInputs
 from tests.providers.conftest import settings_for
 from tests.providers.fake_apis import FakeAPI, Reply, malformed, server_error
 
@@ -206,3 +213,40 @@ def test_the_agents_brief_holds_the_facts_already_known() -> None:
     assert any("never ask for it again" in b and '"current_tool": "Fishbowl"' in b for b in briefs)
     empty = ReplyRequest(**{**request.__dict__, "context": ConversationContext("acme", "Hi")})
     assert not any("never ask" in m["content"] for m in agent_messages(empty))
+
+
+def _inputs(message: str, deadline: float) -> StageInputs:
+    return cast(
+        StageInputs,
+        SimpleNamespace(
+            turn=_turn(message),
+            context=ConversationContext(tenant_id="acme", message=message),
+            settings=SimpleNamespace(models=StageModels(agent="gpt-4o-mini")),
+            deadline=deadline,
+        ),
+    )
+
+
+def test_the_extraction_runs_beside_the_reply_and_counts_in_the_stage_usage(
+    openai_api: FakeAPI, cohere_api: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    providers = build_providers(settings_for(openai_api, cohere_api))
+    monkeypatch.setattr(agents, "get_providers", lambda: providers)
+    openai_api.script("facts", Reply(delay_s=0.5))
+    began = time.monotonic()
+    wait = start_facts(_inputs(MESSAGE, time.time() + 10))
+    assert time.monotonic() - began < 0.25  # the reply need not wait for the facts
+    usage = Usage(calls=1, tokens_out=5)  # the reply's
+    assert wait(usage) == facts_in(MESSAGE)
+    assert time.monotonic() - began >= 0.5
+    assert (usage.calls, usage.tokens_out) == (2, 5 + 17)
+
+
+def test_offline_the_facts_are_read_when_the_memory_is_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    offline = Providers(chat=LocalChatModel(), embedder=LocalEmbedder(), reranker=LocalReranker())
+    monkeypatch.setattr(agents, "get_providers", lambda: offline)
+    usage = Usage()
+    assert start_facts(_inputs(MESSAGE, time.time() + 10))(usage) == facts_in(MESSAGE)
+    assert usage.calls == 0
