@@ -37,6 +37,26 @@ def wait_for(driver: Any, element_id: str) -> Any:
     )
 
 
+def is_detached(element: Any) -> bool:
+    """Whether ``element`` left the document once the page re-rendered.
+
+    Chromium reports a detached node either as a stale element reference or, from some
+    driver versions on, as a generic error saying the node does not belong to the
+    document; both mean the same thing here.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error):
+            return True
+        raise
+    return False
+
+
 def log_in(driver: Any, key: str, *, then_shows: str) -> Any:
     """Submit the key in the page's form; the element with id ``then_shows`` once loaded."""
     from selenium.webdriver.common.by import By
@@ -46,7 +66,7 @@ def log_in(driver: Any, key: str, *, then_shows: str) -> Any:
     form = driver.find_element(By.ID, "key")
     form.send_keys(key)
     driver.find_element(By.ID, "open").click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(form))
+    WebDriverWait(driver, 20).until(lambda _: is_detached(form))
     return WebDriverWait(driver, 20).until(
         expected_conditions.presence_of_element_located((By.ID, then_shows))
     )
