@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.tools.stack.procfile import ProcessGroup, read_procfile
+from shared.tools.stack.processes import ProcessGroup
+from shared.tools.stack.procfile import read_procfile
 from tests.conftest import ARTIFACTS, new_tenant
 
 
@@ -55,7 +56,7 @@ def start_web(name: str, env: dict[str, str] | None = None) -> WebProcess:
     while time.monotonic() < deadline:
         proc = group.processes[name]
         if proc.poll() is not None:
-            group.stop()
+            group.stop_all()
             raise AssertionError(f"web exited with {proc.returncode}; see {ARTIFACTS}/web-logs")
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -63,7 +64,7 @@ def start_web(name: str, env: dict[str, str] | None = None) -> WebProcess:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    group.stop()
+    group.stop_all()
     raise AssertionError("web did not answer /healthz within 60 s")
 
 
@@ -73,7 +74,7 @@ def web(workers: None) -> Iterator[WebProcess]:
     try:
         yield process
     finally:
-        process.group.stop()
+        process.group.stop_all()
 
 
 def new_key(tenant: str) -> str:

@@ -50,9 +50,9 @@ def limited_pair(workers: None) -> Iterator[tuple[WebProcess, WebProcess]]:
         try:
             yield first, second
         finally:
-            second.group.stop()
+            second.group.stop_all()
     finally:
-        first.group.stop()
+        first.group.stop_all()
 
 
 def test_key_create_prints_the_key_once_and_list_and_revoke_work(web: WebProcess) -> None:

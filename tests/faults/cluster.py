@@ -1,6 +1,6 @@
-"""Worker processes from the Procfile, a supervisor that restarts what dies, and a killer
-that SIGKILLs a quarter of them on a timer (as Temporal's pre-production guide restarts
-20-30 % of workers)."""
+"""Worker processes from the Procfile under chordline's supervisor (which starts again what
+dies), and a killer that SIGKILLs a quarter of them on a timer (as Temporal's
+pre-production guide restarts 20-30 % of workers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import contextlib
 import os
 import random
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -16,11 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.tools.stack.procfile import ProcessGroup, read_procfile, wait_for_workers
+from shared.tools.stack.processes import ProcessGroup
+from shared.tools.stack.procfile import read_procfile, wait_for_workers
+from shared.tools.stack.supervisor import Backoff, Supervisor
 
 TURN_WORKERS = ("orchestrator", "researcher", "merge", "agents")
 PROCESSES = (*TURN_WORKERS, "maintenance", "beat")
 KILLABLE = (*TURN_WORKERS, "maintenance")
+# A process that died is started again within half a second, however often it dies: the
+# scenarios measure how the system rides out deaths, not how a backoff spaces them.
+PROMPT_RESTARTS = Backoff(initial_s=0.0, max_s=0.0)
 
 
 def prefork_variant(command: str, *, children: int = 2) -> str:
@@ -33,61 +37,65 @@ class Cluster:
     env: dict[str, str]
     log_dir: Path
     group: ProcessGroup = field(init=False)
+    supervisor: Supervisor = field(init=False)
     variants: dict[str, str] = field(default_factory=dict)
     env_for: dict[str, dict[str, str]] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
     spared: set[str] = field(default_factory=set)
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    restarts: int = 0
 
     def __post_init__(self) -> None:
         self.group = ProcessGroup(log_dir=self.log_dir)
+        self.supervisor = Supervisor(
+            group=self.group,
+            commands={name: self.command(name) for name in PROCESSES},
+            env=self.process_env(""),
+            say=self._log,
+            backoff=PROMPT_RESTARTS,
+            held=self.held,
+            tick_s=0.5,
+        )
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self.group.lock
+
+    def _log(self, line: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / "supervisor.log").open("a") as out:
+            out.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
     def command(self, name: str) -> str:
         return self.variants.get(name) or read_procfile()[name]
 
+    def process_env(self, name: str) -> dict[str, str]:
+        return {**os.environ, **self.env, **self.env_for.get(name, {})}
+
     def start(self, name: str) -> subprocess.Popen[bytes]:
         with self.lock:
-            env = {**os.environ, **self.env, **self.env_for.get(name, {})}
-            return self.group.start(name, self.command(name), env=env)
+            return self.group.start(name, self.command(name), env=self.process_env(name))
+
+    def supervised(self) -> contextlib.AbstractContextManager[Supervisor]:
+        """Start every process, and start again each one that dies, while the block runs."""
+        return self.supervisor.in_background()
 
     def pid(self, name: str) -> int:
-        return self.group.processes[name].pid
+        return self.group.pid(name)
 
     def alive(self, name: str) -> bool:
-        proc = self.group.processes.get(name)
-        return proc is not None and proc.poll() is None
-
-    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Signal the process and its pool children (its own process group), and reap it."""
-        with self.lock:
-            proc = self.group.processes.get(name)
-            if proc is None:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        return self.group.alive(name)
 
     def stop(self, name: str) -> None:
-        """Celery's warm shutdown (SIGTERM), then whatever is left of its group."""
-        self.kill(name, signal.SIGTERM)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid(name), signal.SIGKILL)
+        self.group.stop(name)
 
     def restart(self, name: str) -> None:
+        """SIGKILL, then start it again with the current command and settings."""
         with self.lock:
-            self.kill(name)
+            self.group.kill(name)
             self.start(name)
-            self.restarts += 1
 
     @contextlib.contextmanager
     def held_down(self, *names: str) -> Iterator[None]:
-        """Stop these processes and keep the supervisor from restarting them."""
+        """Stop these processes and keep the supervisor from starting them again."""
         with self.lock:
             self.held.update(names)
             for name in names:
@@ -129,12 +137,8 @@ class Cluster:
                 self.restart(name)
 
     def restart_dead(self) -> list[str]:
-        with self.lock:
-            dead = [n for n in PROCESSES if n not in self.held and not self.alive(n)]
-            for name in dead:
-                self.start(name)
-                self.restarts += 1
-        return dead
+        """Start again, at once, every process that died and is not held down."""
+        return self.supervisor.revive()
 
     def wait_ready(self, names: tuple[str, ...] = (*TURN_WORKERS, "maintenance")) -> None:
         from shared.dispatch import dispatch_app
@@ -144,20 +148,7 @@ class Cluster:
         )
 
     def stop_all(self) -> None:
-        self.group.stop()
-
-
-class Supervisor(threading.Thread):
-    """Restarts any process that died, as a process manager would, twice a second."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(name="fault-supervisor", daemon=True)
-        self.cluster = cluster
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.wait(0.5):
-            self.cluster.restart_dead()
+        self.group.stop_all()
 
 
 class Killer(threading.Thread):

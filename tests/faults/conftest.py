@@ -7,6 +7,7 @@ does), and so does naming it: ``pytest tests/faults``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.cluster import PROCESSES, Cluster, Supervisor
+from tests.faults.cluster import Cluster
 from tests.faults.proxy import TcpProxy
 from tests.faults.rig import (
     ARTIFACTS,
@@ -49,7 +50,8 @@ def rig() -> Iterator[Rig]:
     postgres = Postgres(data_dir)
     redis = Valkey(data_dir / "valkey")
     pg_proxy = redis_proxy = None
-    cluster = supervisor = None
+    cluster = None
+    supervision = contextlib.ExitStack()
     try:
         postgres.start()
         redis.start()
@@ -74,11 +76,8 @@ def rig() -> Iterator[Rig]:
             ),
             log_dir=ARTIFACTS / f"fault-logs-{os.getpid()}",
         )
-        for name in PROCESSES:
-            cluster.start(name)
+        supervision.enter_context(cluster.supervised())  # starts them all
         cluster.wait_ready()
-        supervisor = Supervisor(cluster)
-        supervisor.start()
         yield Rig(
             data_dir=data_dir,
             postgres=postgres,
@@ -90,9 +89,7 @@ def rig() -> Iterator[Rig]:
             tenants=_two_tenants(),
         )
     finally:
-        if supervisor is not None:
-            supervisor.halt.set()
-            supervisor.join(timeout=5)
+        supervision.close()  # stops the supervisor, then every process
         if cluster is not None:
             cluster.stop_all()
         from shared.dispatch import flush_dispatch

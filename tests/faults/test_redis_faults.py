@@ -22,7 +22,7 @@ from shared.client import get_turn
 from shared.db.models import Turn, TurnOutbox
 from shared.db.session import session_scope
 from shared.dispatch import flush_dispatch, publish_turn
-from shared.tools.stack.procfile import PROJECT_ROOT, process_env
+from shared.tools.stack.processes import PROJECT_ROOT, process_env
 from tests.faults.load import MESSAGES
 from tests.faults.rig import Rig
 from tests.faults.servers import wait_until

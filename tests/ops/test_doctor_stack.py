@@ -69,7 +69,7 @@ def beat(workers: None) -> Iterator[None]:
             time.sleep(0.5)
         yield
     finally:
-        group.stop()
+        group.stop_all()
 
 
 def test_doctor_is_all_ok_with_every_worker_and_beat_running(beat: None) -> None:

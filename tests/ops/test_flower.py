@@ -20,7 +20,8 @@ import pytest
 from shared.client import enqueue_turn, wait_for_turn
 from shared.contract import MAINTENANCE_QUEUE, RELAY_TASK, SWEEP_TASK
 from shared.dispatch import dispatch_app
-from shared.tools.stack.procfile import ProcessGroup, read_procfile, start_workers
+from shared.tools.stack.processes import ProcessGroup
+from shared.tools.stack.procfile import read_procfile, start_workers
 from tests.conftest import ARTIFACTS, new_tenant
 from tests.ops.browser import headless_chromium
 
@@ -109,7 +110,7 @@ def flower(workers: None) -> Iterator[Flower]:
             assert time.monotonic() < deadline, "Flower did not turn the workers' events on"
         yield flower
     finally:
-        group.stop()
+        group.stop_all()
 
 
 def test_flower_is_never_served_without_auth_and_its_metrics_only_privately(

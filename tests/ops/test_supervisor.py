@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import psutil
 import pytest
 
-from shared.tools.stack.supervisor import Backoff, describe_exit
+from shared.tools.stack.processes import ProcessGroup, describe_exit
+from shared.tools.stack.supervisor import Backoff, Supervisor
 from tests.conftest import ARTIFACTS, ROOT
 from tests.ops.test_dev_stack import CHORDLINE, stop_leftovers, wait_for_line
 
@@ -34,6 +38,89 @@ def test_backoff_doubles_to_its_ceiling_and_resets_after_a_good_run() -> None:
 def test_exit_codes_name_their_signal() -> None:
     assert describe_exit(-9) == "code -9 (SIGKILL)"
     assert describe_exit(78) == "code 78"
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _python(code: str) -> str:
+    return f"{sys.executable} -c {shlex.quote(code)}"
+
+
+def _group_gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_process_that_keeps_exiting_is_started_again_with_a_growing_backoff() -> None:
+    said: list[str] = []
+    output: list[tuple[str, str]] = []
+    supervisor = Supervisor(
+        group=ProcessGroup(output=lambda name, line: output.append((name, line))),
+        commands={"flaky": _python("print('up', flush=True); raise SystemExit(3)")},
+        env=dict(os.environ),
+        say=said.append,
+        backoff=Backoff(initial_s=0.05, max_s=0.2, reset_after_s=60),
+        tick_s=0.01,
+    )
+    with supervisor.in_background():
+        _wait_until(lambda: supervisor.restarts >= 4)
+    exits = [line for line in said if line.startswith("flaky exited")]
+    assert [line.split("restarting in ")[1].split(" s")[0] for line in exits[:4]] == [
+        "0.05",
+        "0.1",
+        "0.2",
+        "0.2",
+    ]
+    assert exits[0].startswith("flaky exited with code 3;")
+    assert sum(line.startswith("flaky started (pid ") for line in said) >= 5
+    assert output.count(("flaky", "up")) >= 4  # each run's output, under its name
+    assert supervisor.pids() == {}  # all stopped with the block
+
+
+def test_a_held_process_stays_down_while_the_others_are_started_again() -> None:
+    group = ProcessGroup()
+    supervisor = Supervisor(
+        group=group,
+        commands={"a": "sleep 30", "b": "sleep 30"},
+        env=dict(os.environ),
+        say=lambda _: None,
+        held={"a"},
+        tick_s=60,  # no ticks of its own: revive() decides
+    )
+    with supervisor.in_background():
+        first = group.running()
+        group.kill("a")
+        group.kill("b")
+        assert supervisor.revive() == ["b"]
+        assert not group.alive("a") and group.alive("b")
+        assert group.pid("b") != first["b"]
+        supervisor.held.clear()
+        assert supervisor.revive() == ["a"]
+        assert group.alive("a")
+    assert not group.processes
+
+
+def test_stopping_kills_a_process_that_ignores_sigterm_and_its_children() -> None:
+    group = ProcessGroup()
+    ignores_term = _python(
+        "import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen(['sleep', '30']); time.sleep(30)"
+    )
+    proc = group.start("stubborn", ignores_term, env=dict(os.environ))
+    time.sleep(0.3)  # its child is started
+    killed: list[str] = []
+    group.stop_all(0.3, on_kill=killed.append)
+    assert killed == ["stubborn"]
+    assert proc.returncode == -signal.SIGKILL
+    _wait_until(lambda: _group_gone(proc.pid))  # its child went with it (once reaped)
 
 
 def _pids(text: str, name: str) -> list[int]:

@@ -7,7 +7,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from shared.tools.stack.procfile import ProcessGroup, running_workers
+from shared.tools.stack.processes import ProcessGroup
+from shared.tools.stack.procfile import running_workers
 from tests.conftest import ARTIFACTS, new_tenant
 
 # A batch's turns must still take a moment, so a test can act while a run is under way:

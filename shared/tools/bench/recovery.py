@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import threading
 import time
 import uuid
@@ -45,7 +44,6 @@ from shared.tools.bench.turns import MAX_RATE, QUESTIONS, SIMULATED_ENV, check_p
 from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.procfile import (
     TURN_PROCESSES,
-    ProcessGroup,
     start_workers,
     wait_for_workers,
 )
@@ -137,15 +135,6 @@ def _prepare_tenant() -> None:
     ingest_paths([DEMO_KB], tenant_id=TENANT, embedder=get_providers().embedder)
 
 
-def _kill_and_restart(group: ProcessGroup, victim: str, command_env: dict[str, str]) -> None:
-    from shared.tools.stack.procfile import read_procfile
-
-    proc = group.processes[victim]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    group.start(victim, read_procfile()[victim], env=command_env)
-
-
 def _await_ends(item: Round, *, timeout_s: float) -> None:
     ids = [uuid.UUID(t) for t in item.affected]
     deadline = time.monotonic() + timeout_s
@@ -196,7 +185,7 @@ def run_recovery_bench(
             time.sleep(warmup_s)
             affected = _affected(victim, since=started)
             item = Round(victim, time.time(), affected)
-            _kill_and_restart(group, victim, env)
+            group.restart(victim)  # SIGKILL, then started as before
             progress(f"killed {victim}: {counted(len(affected), 'turn')} in flight on its queue")
             _await_ends(item, timeout_s=bound_s * 4)
             results.append(item)
@@ -204,7 +193,7 @@ def run_recovery_bench(
         load.halt.set()
         load.join(timeout=10)
         flush_dispatch(10.0)
-        group.stop()
+        group.stop_all()
     rows = [r.as_dict() for r in results]
     worst = max((r["max_s"] for r in rows if r["max_s"] is not None), default=0.0)
     return {

@@ -49,7 +49,8 @@ from shared.tools.bench import bare_chord
 from shared.tools.bench.cpu_time import CpuMeter, Processes, listener_pid, ms_per_unit
 from shared.tools.bench.overhead_hops import HOPS, chordline_hops, mean_hops
 from shared.tools.demo.conversation import DEMO_KB
-from shared.tools.stack.procfile import TURN_PROCESSES, ProcessGroup, running_workers
+from shared.tools.stack.processes import ProcessGroup
+from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
 from shared.tools.stats import percentiles
 
 QUESTIONS = (

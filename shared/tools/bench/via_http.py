@@ -28,7 +28,8 @@ from shared.tools.bench.turns import (
     System,
     prepare_bench_tenants,
 )
-from shared.tools.stack.procfile import ProcessGroup, read_procfile
+from shared.tools.stack.processes import ProcessGroup
+from shared.tools.stack.procfile import read_procfile
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def running_web(*, log_dir: Any) -> Iterator[WebUnderTest]:
             time.sleep(0.2)
         yield WebUnderTest(base=base, pid=process.pid)
     finally:
-        group.stop()
+        group.stop_all()
 
 
 def http_submit(client: Any, tag: str) -> Submit:

@@ -105,7 +105,8 @@ def proc(
     name: Annotated[str, typer.Argument(help="A Procfile entry, e.g. orchestrator or flower.")],
 ) -> None:
     """Replace this process with one Procfile entry (what a container runs)."""
-    from shared.tools.stack.procfile import PROJECT_ROOT, process_env, read_procfile
+    from shared.tools.stack.processes import PROJECT_ROOT, process_env
+    from shared.tools.stack.procfile import read_procfile
 
     entries = read_procfile()
     if name not in entries:

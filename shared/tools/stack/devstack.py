@@ -20,12 +20,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import Settings, get_settings
 from shared.tools.stack.embedded import EmbeddedServices
-from shared.tools.stack.procfile import PROJECT_ROOT, process_env, read_procfile
+from shared.tools.stack.processes import OutputLine
+from shared.tools.stack.procfile import read_procfile
 
 SKIPPED_ENTRIES = ("release",)  # migrations run before the processes start
 READY_TIMEOUT_S = 180.0
@@ -161,9 +164,25 @@ def _clear_stale_targets(directory: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def console_lines(out: IO[str], *, names: list[str]) -> OutputLine:
+    """Each process's output on the console, one line at a time: the time, the process's
+    name, then its line (lines of different processes never mix)."""
+    width = max((len(name) for name in names), default=6)
+    lock = threading.Lock()
+
+    def write(name: str, line: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        with lock:
+            out.write(f"{stamp} {name:<{width}} | {line}\n")
+            out.flush()
+
+    return write
+
+
 def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> int:
     """Start everything, restart what exits, stop everything on Ctrl-C or SIGTERM."""
     from shared.db.migrations import migrate
+    from shared.tools.stack.processes import ProcessGroup
     from shared.tools.stack.services import services
     from shared.tools.stack.supervisor import Supervisor
 
@@ -192,9 +211,8 @@ def run_stack(*, say: Callable[[str], None], only: list[str] | None = None) -> i
             say(demo_tenant_ready())
         targets_dir = settings.data_dir / "metrics"
         _clear_stale_targets(targets_dir)
-        supervisor = Supervisor(
-            commands=processes, env=process_env(env), cwd=PROJECT_ROOT, say=say, out=sys.stdout
-        )
+        group = ProcessGroup(output=console_lines(sys.stdout, names=list(processes)))
+        supervisor = Supervisor(group=group, commands=processes, env=env, say=say)
         stop = threading.Event()
         workers = [n for n, c in processes.items() if " worker " in f" {c} "]
         threading.Thread(

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+from shared.tools.stack.processes import PROJECT_ROOT, ProcessGroup
+
 PROCFILE = PROJECT_ROOT / "Procfile"
 TURN_PROCESSES = ("orchestrator", "researcher", "merge", "agents")
 
@@ -27,53 +24,6 @@ def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
         name, command = line.split(":", 1)
         entries[name.strip()] = command.strip()
     return entries
-
-
-def process_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment for a Procfile command: this interpreter's tools first on PATH."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}"}
-
-
-@dataclass
-class ProcessGroup:
-    """Worker processes started from the Procfile; stopped by their own PIDs."""
-
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    log_dir: Path | None = None
-
-    def start(self, name: str, command: str, *, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        out: int | object = subprocess.DEVNULL
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = (self.log_dir / f"{name}.log").open("ab")
-        # Through the shell, as Procfile runners do, so ${VAR:-default} works;
-        # "exec" makes the PID we hold the worker's own.
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {command}"],
-            cwd=PROJECT_ROOT,
-            env=process_env(env),
-            stdout=out,  # type: ignore[arg-type]
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes[name] = proc
-        return proc
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown
-        deadline = time.monotonic() + timeout_s
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # its own group: its pool children too
-                proc.wait()
-        self.processes.clear()
 
 
 def start_workers(
@@ -90,7 +40,7 @@ def start_workers(
         for name in names:
             group.start(name, entries[name], env=env)
     except BaseException:
-        group.stop()
+        group.stop_all()
         raise
     return group
 
@@ -132,7 +82,7 @@ def running_workers(
         )
         yield group
     finally:
-        group.stop()
+        group.stop_all()
 
 
 def workers_answering(names: tuple[str, ...] | list[str]) -> bool:
