@@ -11,14 +11,14 @@ the rows of the turns sent): the dispatcher thread, the relay, the sweeper's han
 admission's release of held turns, and an agent starting its conversation's next turn.
 
 This is the one narrow place where ``shared/`` reaches the Celery app: workers hand theirs
-in with ``set_dispatch_app``; a client process builds a producer-only app from settings.
+in with ``set_dispatch_app``; a client process builds a producer-only app from settings,
+one per process (a resource of its runtime, shared/runtime.py).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import os
 import queue
 import threading
 import time
@@ -35,34 +35,30 @@ from shared.contract import agent_signature, make_celery, merge_signature, turn_
 from shared.db.direct import direct_connection
 from shared.db.outbox import PendingDispatch, mark_dispatched
 from shared.errors import BrokerUnavailable
+from shared.runtime import Resource, runtime
 from shared.schemas import Agent, Topology
 
 log = logging.getLogger(__name__)
 
-_app: Celery | None = None
-_client_app_pid: int | None = None  # set when this module built the app (a client process)
-_app_lock = threading.Lock()
-
 
 def set_dispatch_app(app: Celery) -> None:
-    global _app, _client_app_pid
-    _app, _client_app_pid = app, None
+    """A worker publishes with its own app (a prefork pool's child, with a runtime of its
+    own, makes a producer app from the same settings)."""
+    runtime().install(DISPATCH_APP, app)
+
+
+DISPATCH_APP = Resource("celery app", make=lambda: make_celery("chordline-client", get_settings()))
 
 
 def dispatch_app() -> Celery:
-    """The worker's app, or a producer-only app made once per client process: a client
-    forked after publishing must not share its parent's broker connections."""
-    global _app, _client_app_pid
-    with _app_lock:
-        if _app is None or (_client_app_pid is not None and _client_app_pid != os.getpid()):
-            _app = make_celery("chordline-client", get_settings())
-            _client_app_pid = os.getpid()
-        return _app
+    """The worker's app, or a producer-only app made from settings once per client process
+    (a client forked after publishing must not share its parent's broker connections: a
+    child makes its own)."""
+    return runtime().get(DISPATCH_APP)
 
 
 def reset_dispatch_app() -> None:
-    global _app
-    _app = None
+    runtime().discard(DISPATCH_APP)
 
 
 @contextmanager
@@ -174,6 +170,7 @@ class Dispatcher:
         self._flush_wanted = threading.Event()
         self._unmarked: list[str] = []
         self._oldest_unmarked = 0.0
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="chordline-dispatcher", daemon=True)
         self._thread.start()
 
@@ -188,6 +185,13 @@ class Dispatcher:
         self._queue.put(_WAKE)
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush, then end the thread (what is submitted after this is the relay's)."""
+        self.flush(timeout_s)
+        self._closed = True
+        self._queue.put(_WAKE)
+        self._thread.join(timeout_s)
 
     def _next_batch(self) -> list[PendingDispatch]:
         timeout = None
@@ -204,7 +208,7 @@ class Dispatcher:
                 return [intent for intent in batch if intent is not _WAKE]
 
     def _run(self) -> None:
-        while True:
+        while not self._closed:
             batch = self._next_batch()
             sent = publish_committed(batch, mark=self._mark_later)
             self._done(len(batch) - len(sent))  # failures: the relay has them
@@ -228,19 +232,22 @@ class Dispatcher:
                 self._idle.notify_all()
 
 
-_dispatcher: Dispatcher | None = None
-_dispatcher_pid: int | None = None
-_dispatcher_lock = threading.Lock()
+def _start_dispatcher() -> Dispatcher:
+    dispatcher = Dispatcher()
+    atexit.register(dispatcher.flush, 5.0)  # what a client committed goes out before it exits
+    return dispatcher
+
+
+def _close_dispatcher(dispatcher: Dispatcher) -> None:
+    atexit.unregister(dispatcher.flush)
+    dispatcher.close()
+
+
+DISPATCHER = Resource("dispatcher thread", make=_start_dispatcher, close=_close_dispatcher)
 
 
 def get_dispatcher() -> Dispatcher:
-    global _dispatcher, _dispatcher_pid
-    with _dispatcher_lock:
-        if _dispatcher is None or _dispatcher_pid != os.getpid():
-            _dispatcher = Dispatcher()
-            _dispatcher_pid = os.getpid()
-            atexit.register(_dispatcher.flush, 5.0)
-        return _dispatcher
+    return runtime().get(DISPATCHER)
 
 
 def dispatch_committed(turn_ids_and_topologies: list[tuple[str, str]]) -> None:
@@ -251,4 +258,5 @@ def dispatch_committed(turn_ids_and_topologies: list[tuple[str, str]]) -> None:
 
 
 def flush_dispatch(timeout_s: float = 10.0) -> bool:
-    return get_dispatcher().flush(timeout_s) if _dispatcher is not None else True
+    dispatcher = runtime().peek(DISPATCHER)
+    return dispatcher.flush(timeout_s) if dispatcher is not None else True

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import threading
-
 import redis
 
 from shared.config import get_settings
 from shared.errors import PermanentError
-
-_lock = threading.Lock()
-_client: redis.Redis | None = None
-_client_pid: int | None = None
+from shared.runtime import Resource, runtime
 
 
 def redis_url() -> str:
@@ -25,25 +19,23 @@ def redis_url() -> str:
     return url
 
 
+def _connect() -> redis.Redis:
+    return redis.Redis.from_url(
+        redis_url(),
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=10,
+        max_connections=200,
+    )
+
+
+REDIS = Resource("redis client", make=_connect, close=lambda client: client.close())
+
+
 def get_redis() -> redis.Redis:
-    global _client, _client_pid
-    with _lock:
-        if _client is None or _client_pid != os.getpid():
-            _client = redis.Redis.from_url(
-                redis_url(),
-                decode_responses=True,
-                socket_timeout=10,
-                socket_connect_timeout=5,
-                health_check_interval=10,
-                max_connections=200,
-            )
-            _client_pid = os.getpid()
-        return _client
+    return runtime().get(REDIS)
 
 
 def reset_redis() -> None:
-    global _client
-    with _lock:
-        if _client is not None:
-            _client.close()
-        _client = None
+    runtime().discard(REDIS)

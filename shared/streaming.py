@@ -12,7 +12,6 @@ next batch of tokens.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any, Literal
 
 from shared.config import get_settings
 from shared.redis_conn import get_redis
+from shared.runtime import Resource, runtime
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,11 @@ class _StreamWriter:
         self._lock = threading.Lock()
         self._sending = threading.Lock()
         self._wakeup = threading.Event()
-        threading.Thread(target=self._run, name="chordline-stream-writer", daemon=True).start()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name="chordline-stream-writer", daemon=True
+        )
+        self._thread.start()
 
     def append(self, entry: _Entry) -> None:
         with self._lock:
@@ -181,18 +185,29 @@ class _StreamWriter:
             self._watched.discard(turn_id)
             self.cancelled.discard(turn_id)
 
+    def close(self) -> None:
+        """Send what is pending, then end the thread."""
+        self._closed = True
+        self._wakeup.set()
+        self._thread.join(5.0)
+
     def _run(self) -> None:
-        while True:
+        while not self._closed:
             self._wakeup.wait()
             self._wakeup.clear()
-            try:
-                self.flush()
-            except Exception as exc:  # tokens are best effort; the reply is in Postgres
-                log.warning(
-                    "reply tokens not streamed",
-                    extra={"action": "stream_failed", "reason": type(exc).__name__},
-                )
-            time.sleep(self.tick_s)
+            self._send_pending()
+            if not self._closed:
+                time.sleep(self.tick_s)
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # tokens are best effort; the reply is in Postgres
+            log.warning(
+                "reply tokens not streamed",
+                extra={"action": "stream_failed", "reason": type(exc).__name__},
+            )
 
 
 def _coalesced(batch: list[_Entry]) -> list[_Entry]:
@@ -210,18 +225,15 @@ def _coalesced(batch: list[_Entry]) -> list[_Entry]:
     return merged
 
 
-_writer: _StreamWriter | None = None
-_writer_pid: int | None = None
-_writer_lock = threading.Lock()
+STREAM_WRITER = Resource(
+    "reply stream writer",
+    make=lambda: _StreamWriter(get_settings().stream_tick_ms / 1000),
+    close=_StreamWriter.close,
+)
 
 
 def _stream_writer() -> _StreamWriter:
-    global _writer, _writer_pid
-    with _writer_lock:
-        if _writer is None or _writer_pid != os.getpid():
-            _writer = _StreamWriter(get_settings().stream_tick_ms / 1000)
-            _writer_pid = os.getpid()
-        return _writer
+    return runtime().get(STREAM_WRITER)
 
 
 class ReplyStream:

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 MARKER_ENV = "CHORDLINE_FAULT_MARKER"
 MIN_MARKER_CHARS = 16
 KEY_TTL_S = 3600
-# The stages whose output is one statement through shared.turn.stage.commit_stage_output.
+# The stages whose output is one statement through the turn store's write_output.
 CRASH_STAGES = ("orchestrator", "researcher", "merge")
 
 _marker: str | None = None
@@ -121,16 +121,17 @@ def install_from_env() -> None:
 def _wrap_stage_writes() -> None:
     """Wrap the one function every stage before the agent writes its output through.
 
-    ``commit_stage_output`` looks ``write_stage_output`` up in its module when it runs, so
-    wrapping that name reaches every such write. A renamed or moved function fails the
-    worker's start here, loudly, instead of leaving the ``crash`` fault silently unfired.
+    ``PostgresTurnStore.write_output`` (shared/turn/store.py) looks ``write_stage_output``
+    up in its module when it runs, so wrapping that name reaches every such write. A
+    renamed or moved function fails the worker's start here, loudly, instead of leaving
+    the ``crash`` fault silently unfired.
     """
-    from shared.turn import stage as stage_module
+    from shared.turn import store as store_module
 
     global _writes_wrapped
-    write = getattr(stage_module, "write_stage_output", None)
+    write = getattr(store_module, "write_stage_output", None)
     if not callable(write):
-        raise SystemExit("fault hooks: shared.turn.stage.write_stage_output is gone")
+        raise SystemExit("fault hooks: shared.turn.store.write_stage_output is gone")
     if _writes_wrapped:
         return
 
@@ -141,7 +142,7 @@ def _wrap_stage_writes() -> None:
             _crash_after_commit(str(kwargs.get("turn_id")), str(kwargs.get("stage")))
         return written
 
-    stage_module.write_stage_output = write_then_maybe_crash  # type: ignore[attr-defined]
+    store_module.write_stage_output = write_then_maybe_crash  # type: ignore[attr-defined]
     _writes_wrapped = True
 
 

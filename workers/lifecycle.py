@@ -12,11 +12,10 @@ from celery import signals
 
 from shared.config import get_settings
 from shared.connectivity import redis_unreachable
-from shared.db.direct import dispose_direct_pool
-from shared.db.session import dispose_engine
 from shared.logs import logging_config
-from shared.providers.registry import reset_providers, warm_providers
-from shared.redis_conn import get_redis, reset_redis
+from shared.providers.registry import warm_providers
+from shared.redis_conn import get_redis
+from shared.runtime import reset_runtime
 from workers import broker_guard
 
 log = logging.getLogger(__name__)
@@ -36,13 +35,18 @@ def _configure_logging(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _fresh_resources_after_fork(**_: Any) -> None:
-    # A forked child must not use its parent's sockets (SQLAlchemy pooling docs): drop
-    # them; the engine and the Redis pool are made again on first use in this process.
-    dispose_engine()
-    dispose_direct_pool()
-    reset_redis()
-    reset_providers()  # their HTTP clients too
+    # A forked child must not use its parent's sockets (SQLAlchemy pooling docs): it starts
+    # a runtime of its own (shared/runtime.py), whose engine, pools, Redis client and
+    # providers are made on first use in this process; the parent's are left alone.
+    reset_runtime()
     freeze_startup_objects()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _close_resources(**_: Any) -> None:
+    # Connections closed, the dispatcher and stream writer flushed, before the process ends.
+    reset_runtime()
 
 
 @signals.worker_ready.connect

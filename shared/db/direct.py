@@ -15,7 +15,6 @@ with it, sent as one pipeline (``transaction_pipeline``): still one round trip.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from shared.config import get_settings
 from shared.db.session import database_url, startup_options
+from shared.runtime import Resource, runtime
 
 
 def libpq_url(url: str) -> str:
@@ -75,29 +75,20 @@ class DirectPool:
             conn.close()
 
 
-_lock = threading.Lock()
-_pool: DirectPool | None = None
-_pool_pid: int | None = None
+DIRECT_POOL = Resource(
+    "postgres hot-path pool",
+    make=lambda: DirectPool(database_url(), max_idle=get_settings().db.pool_size),
+    close=DirectPool.close,
+)
 
 
 def direct_pool() -> DirectPool:
-    """This process's pool. A forked child makes its own and never touches (or closes) its
-    parent's connections: closing one would end the parent's session on the server."""
-    global _pool, _pool_pid
-    with _lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = DirectPool(database_url(), max_idle=get_settings().db.pool_size)
-            _pool_pid = os.getpid()
-        return _pool
+    """This process's pool (a forked child makes its own, see shared/runtime.py)."""
+    return runtime().get(DIRECT_POOL)
 
 
 def dispose_direct_pool() -> None:
-    """Close this process's connections (a forked child only forgets its parent's)."""
-    global _pool
-    with _lock:
-        if _pool is not None and _pool_pid == os.getpid():
-            _pool.close()
-        _pool = None
+    runtime().discard(DIRECT_POOL)
 
 
 @contextmanager

@@ -3,10 +3,9 @@ what a caller is told when Postgres cannot be reached."""
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import psycopg
 import sqlalchemy.exc
@@ -16,11 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
 from shared.errors import DatabaseUnavailable, PermanentError
-
-_lock = threading.Lock()
-_engine: Engine | None = None
-_engine_pid: int | None = None
-_sessions: sessionmaker[Session] | None = None
+from shared.runtime import Resource, runtime
 
 
 def database_url() -> str:
@@ -67,46 +62,47 @@ def check_connections_on_checkout(enabled: bool) -> None:
     _pre_ping = enabled
 
 
+@dataclass(frozen=True)
+class Database:
+    """This process's engine and the sessions made on it."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+
+def _connect() -> Database:
+    url = database_url()
+    settings = get_settings().db
+    engine = create_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_pre_ping=_pre_ping,
+        pool_recycle=1800,
+        connect_args={
+            "options": startup_options(url),
+            "connect_timeout": settings.connect_timeout_s,
+        },
+    )
+    return Database(engine, sessionmaker(engine, expire_on_commit=False))
+
+
+DATABASE = Resource("postgres engine", make=_connect, close=lambda db: db.engine.dispose())
+
+
 def get_engine() -> Engine:
     """The engine of this process. A forked child gets a fresh one, not its parent's sockets."""
-    global _engine, _engine_pid, _sessions
-    with _lock:
-        if _engine is None or _engine_pid != os.getpid():
-            if _engine is not None:
-                _engine.dispose(close=False)  # the parent's connections stay the parent's
-            url = database_url()
-            _engine = create_engine(
-                url,
-                pool_size=get_settings().db.pool_size,
-                max_overflow=get_settings().db.max_overflow,
-                pool_pre_ping=_pre_ping,
-                pool_recycle=1800,
-                connect_args={
-                    "options": startup_options(url),
-                    "connect_timeout": get_settings().db.connect_timeout_s,
-                },
-            )
-            _engine_pid = os.getpid()
-            _sessions = sessionmaker(_engine, expire_on_commit=False)
-        return _engine
+    return runtime().get(DATABASE).engine
 
 
 def dispose_engine() -> None:
-    global _engine, _sessions
-    with _lock:
-        if _engine is not None:
-            # In a forked child the pooled connections are the parent's: drop them unclosed.
-            _engine.dispose(close=_engine_pid == os.getpid())
-        _engine = None
-        _sessions = None
+    runtime().discard(DATABASE)
 
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """A session in one transaction: committed on success, rolled back on any error."""
-    get_engine()
-    assert _sessions is not None
-    with _sessions() as session, session.begin():
+    with runtime().get(DATABASE).sessions() as session, session.begin():
         yield session
 
 

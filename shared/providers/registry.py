@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from shared.providers.simulated import (
     SimulatedReranker,
     StageLatencies,
 )
+from shared.runtime import Resource, runtime
 from shared.schemas import StageModels
 
 if TYPE_CHECKING:  # the SDKs take seconds to import: only processes that use them do
@@ -71,13 +71,16 @@ def secret_scrubber(settings: ProviderSettings) -> SecretScrubber:
     )
 
 
-@functools.cache
+PROVIDERS = Resource("model providers", make=lambda: build_providers(get_settings().providers))
+
+
 def get_providers() -> Providers:
-    return build_providers(get_settings().providers)
+    """This process's providers, made from settings on first use (or installed by a test)."""
+    return runtime().get(PROVIDERS)
 
 
 def reset_providers() -> None:
-    get_providers.cache_clear()
+    runtime().discard(PROVIDERS)
 
 
 def warm_providers() -> None:

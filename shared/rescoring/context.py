@@ -22,7 +22,7 @@ from shared.providers.base import ConversationContext
 from shared.schemas import Agent, ConversationMemory, Qualification, TurnStatus
 from shared.turn.agents import next_qualification, updated_memory
 from shared.turn.researcher import stored_research
-from shared.turn.stage import HISTORY_TURNS
+from shared.turn.store import HISTORY_TURNS
 
 
 def _conversation_turns(session: Session, turns: Sequence[Turn]) -> dict[uuid.UUID, list[Turn]]:

@@ -47,7 +47,6 @@ from shared.schemas import (
 from shared.streaming import ReplyStream, announce_end
 from shared.turn.researcher import run_researcher, stored_research
 from shared.turn.stage import (
-    StageInputs,
     StageOrigin,
     ensure_budget_left,
     finish_span,
@@ -55,6 +54,7 @@ from shared.turn.stage import (
     log_fallback,
     start_span,
 )
+from shared.turn.store import StageInputs
 
 log = logging.getLogger(__name__)
 

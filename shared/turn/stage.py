@@ -6,21 +6,16 @@ import logging
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Any, cast
-
-from psycopg.rows import namedtuple_row
+from typing import Any
 
 from shared.config import get_settings
-from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
-from shared.db.tenants import tenant_settings_from
-from shared.db.turns import TurnRecord, stage_message, write_stage_output
-from shared.errors import TurnNotFound
-from shared.providers.base import ConversationContext, Usage
+from shared.db.turns import TurnRecord
+from shared.providers.base import Usage
 from shared.providers.failures import ProviderBudgetExceeded
-from shared.schemas import ConversationMemory, Qualification, Stage, TenantSettings
+from shared.schemas import Stage
+from shared.turn.store import StageInputs, turn_store
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +75,13 @@ def commit_stage_output(
     False when another delivery of the stage wrote its output first: that one stands.
     """
     finished = finish_span(span, usage=usage or Usage(), fields=sorted(values), outcome=outcome)
-    with direct_connection() as conn:
-        return write_stage_output(
-            conn,
-            stage=stage,
-            turn_id=turn_id,
-            values=values,
-            span=finished,
-            usage=usage.as_dict() if usage else None,
-        )
+    return turn_store().write_output(
+        stage=stage,
+        turn_id=turn_id,
+        values=values,
+        span=finished,
+        usage=usage.as_dict() if usage else None,
+    )
 
 
 def log_fallback(stage: Stage, *, turn: TurnRecord, exc: Exception) -> None:
@@ -109,12 +102,6 @@ def log_fallback(stage: Stage, *, turn: TurnRecord, exc: Exception) -> None:
 CANCELLED_NOTE = "the turn was cancelled by a later message before this stage ran"
 
 
-def turn_deadline(turn: TurnRecord) -> float:
-    """Epoch seconds by which the turn must have ended: accepted (or, for a turn held over
-    its tenant's admission limit, let go) + budget."""
-    return max(turn.accepted_at, turn.released_at or 0.0) + get_settings().turn.budget_s
-
-
 def ensure_budget_left(deadline: float, stage: Stage) -> None:
     """A stage that starts past its turn's deadline calls no model, whichever provider
     serves it: it raises, and the stage answers with its fallback at once (a turn recovered
@@ -128,96 +115,12 @@ def ensure_budget_left(deadline: float, stage: Stage) -> None:
         )
 
 
-@dataclass(frozen=True)
-class StageInputs:
-    """Everything a stage reads before it calls a model, fetched in one round trip."""
-
-    turn: TurnRecord
-    settings: TenantSettings
-    context: ConversationContext
-
-    @property
-    def deadline(self) -> float:
-        return turn_deadline(self.turn)
-
-
-HISTORY_TURNS = 6
-
-
-# Every stage reads this first: plain SQL on a direct connection, prepared once per
-# connection, rows as named tuples. The tenant's settings come as text, so that parsing
-# them is remembered per distinct document rather than done for every stage.
-_STAGE_INPUTS = f"""
-    SELECT t.*,
-           c.qualification_status AS conversation_qualification,
-           c.contextual_memory AS conversation_memory,
-           tn.settings::text AS tenant_settings,
-           (SELECT coalesce(json_agg(json_build_object('message', h.message,
-                                                       'reply', h.agent_response)
-                                     ORDER BY h.seq), '[]'::json)
-              FROM (SELECT seq, message, agent_response FROM turns
-                     WHERE conversation_id = t.conversation_id AND seq < t.seq
-                       AND status <> 'cancelled'
-                     ORDER BY seq DESC LIMIT {HISTORY_TURNS}) h) AS conversation_history
-      FROM turns t
-      JOIN conversations c ON c.id = t.conversation_id
-      JOIN tenants tn ON tn.id = t.tenant_id
-     WHERE t.id = %(turn_id)s
-"""
-
-
-# The researcher needs the message and the tenant, not the conversation.
-_TURN_AND_TENANT = """
-    SELECT t.*, tn.settings::text AS tenant_settings
-      FROM turns t JOIN tenants tn ON tn.id = t.tenant_id
-     WHERE t.id = %(turn_id)s
-"""
-
-
 def load_stage_inputs(turn_id: str, *, conversation: bool = True) -> StageInputs:
-    """The turn, its tenant's settings and its conversation context, in one round trip.
-
-    Without ``conversation`` the context holds the message alone (no memory, no history):
-    for a stage that reads neither."""
-    with direct_connection() as conn:
-        found = (
-            conn.cursor(row_factory=namedtuple_row)
-            .execute(
-                _STAGE_INPUTS if conversation else _TURN_AND_TENANT,
-                {"turn_id": uuid.UUID(turn_id)},
-            )
-            .fetchone()
-        )
-    if found is None:
-        raise TurnNotFound(f"turn {turn_id} does not exist")
-    row: Any = found  # the turn's columns and the conversation's, by name
-    context = ConversationContext(tenant_id=row.tenant_id, message=stage_message(row))
-    if conversation:
-        context = ConversationContext(
-            tenant_id=row.tenant_id,
-            message=stage_message(row),
-            qualification_status=Qualification(row.conversation_qualification),
-            memory=ConversationMemory.from_stored(row.conversation_memory),
-            history=[
-                {"message": h["message"], "reply": h["reply"] or ""}
-                for h in row.conversation_history
-            ],
-        )
-    settings = tenant_settings_from(row.tenant_settings)
-    return StageInputs(turn=row, settings=settings, context=context)
-
-
-_TURN = "SELECT * FROM turns WHERE id = %(turn_id)s"
+    """The turn, its tenant's settings and its conversation context, in one round trip
+    (``conversation=False``: the message alone, for a stage that reads no conversation)."""
+    return turn_store().stage_inputs(turn_id, conversation=conversation)
 
 
 def read_turn(turn_id: str) -> TurnRecord:
     """The turn's row as it is now (one round trip)."""
-    with direct_connection() as conn:
-        row = (
-            conn.cursor(row_factory=namedtuple_row)
-            .execute(_TURN, {"turn_id": uuid.UUID(turn_id)})
-            .fetchone()
-        )
-    if row is None:
-        raise TurnNotFound(f"turn {turn_id} does not exist")
-    return cast(TurnRecord, row)
+    return turn_store().turn(turn_id)

@@ -28,7 +28,7 @@ from shared.providers.registry import Providers, build_providers
 from shared.schemas import Agent, ConversationMemory, CustomerFacts, KbLevel, StageModels
 from shared.turn import agents
 from shared.turn.agents import message_facts, start_facts, updated_memory
-from shared.turn.stage import StageInputs
+from shared.turn.store import StageInputs
 from tests.providers.conftest import settings_for
 from tests.providers.fake_apis import FakeAPI, Reply, malformed, server_error
 

@@ -13,11 +13,7 @@ from contextlib import contextmanager
 
 from shared.config import get_settings, reset_settings
 from shared.connectivity import probe_postgres, probe_redis
-from shared.db.direct import dispose_direct_pool
-from shared.db.session import dispose_engine
-from shared.dispatch import reset_dispatch_app
-from shared.providers.registry import reset_providers
-from shared.redis_conn import reset_redis
+from shared.runtime import reset_runtime
 from shared.tools.stack.embedded import EmbeddedServices, ensure_services
 
 
@@ -30,13 +26,9 @@ def _apply_urls(database_url: str | None, redis_url: str | None) -> None:
 
 
 def reset_process_state() -> None:
-    """Forget cached settings and the connections made from them."""
+    """Forget cached settings and close the resources made from them."""
     reset_settings()
-    dispose_engine()
-    dispose_direct_pool()
-    reset_redis()
-    reset_dispatch_app()
-    reset_providers()
+    reset_runtime()
 
 
 @contextmanager
@@ -66,9 +58,7 @@ def services(
         yield embedded
     finally:
         if not keep:
-            dispose_engine()
-            dispose_direct_pool()
-            reset_redis()
+            reset_runtime()
             embedded.stop_started()
             if embedded.postgres and embedded.postgres.started_here:
                 os.environ.pop("DATABASE_URL", None)
