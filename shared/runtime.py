@@ -45,6 +45,9 @@ class Runtime:
         self._lock = threading.RLock()
 
     def get(self, resource: Resource[T]) -> T:
+        made = self._made.get(resource)  # the hot path: no lock once made
+        if made is not None:
+            return cast(T, made)
         with self._lock:
             if resource not in self._made:
                 self._made[resource] = resource.make()
@@ -84,6 +87,9 @@ _inherited: list[Runtime] = []  # a forked child's parents': kept referenced, ne
 def runtime() -> Runtime:
     """This process's runtime (a forked child gets its own on first use)."""
     global _current
+    current = _current  # the hot path: no lock while this process's runtime stands
+    if current is not None and current.pid == os.getpid():
+        return current
     with _lock:
         if _current is None or _current.pid != os.getpid():
             if _current is not None:
