@@ -1,7 +1,7 @@
 """Does each active provider answer? One cheap call per stage, with a short timeout.
 
-- OpenAI chat (orchestrator, agent): ``GET /models`` (free), and the stage's model must be
-  listed;
+- OpenAI chat (orchestrator, agent, and the agent's reading of the customer's facts):
+  ``GET /models`` (free, once for all three), and the stage's model must be listed;
 - OpenAI embeddings: one embedding of a one-word text, which also checks the vector size;
 - Cohere rerank: one rerank of one one-word document;
 - local and simulated providers answer by construction.
@@ -76,7 +76,7 @@ def _probe(
 ) -> str:
     if row.provider in ("local", "simulated"):
         return "offline: always answers"
-    if row.stage in ("orchestrator", "agent"):
+    if row.stage in ("orchestrator", "agent", "facts"):
         from shared.providers.openai import OpenAIChatModel
 
         assert isinstance(providers.chat, OpenAIChatModel)

@@ -174,10 +174,10 @@ def stage_providers(settings: ProviderSettings, models: StageModels) -> list[Sta
     """Per stage: provider, model and endpoint, from settings alone (nothing is called)."""
     if settings.mode != "auto":
         name = "simulated" if settings.mode == "simulated" else "local"
-        local_models = {"embedding": LocalEmbedder.model}
+        local_models = {"embedding": LocalEmbedder.model, "facts": "patterns"}
         return [
             StageProvider(stage, name, local_models.get(stage, "-"), "offline")
-            for stage in ("orchestrator", "agent", "embedding", "rerank")
+            for stage in ("orchestrator", "agent", "facts", "embedding", "rerank")
         ]
     openai_url = safe_url(settings.openai_base_url or OPENAI_DEFAULT_BASE_URL)
     chat = settings.stage_backend("chat")
@@ -190,6 +190,12 @@ def stage_providers(settings: ProviderSettings, models: StageModels) -> list[Sta
         )
         for stage, model in (("orchestrator", models.orchestrator), ("agent", models.agent))
     ]
+    # The customer's facts: Structured Outputs on the agent's model when chat is on OpenAI.
+    rows.append(
+        StageProvider("facts", "openai", models.agent, openai_url)
+        if chat == "openai"
+        else StageProvider("facts", "local", "patterns", "offline")
+    )
     if settings.stage_backend("embedding") == "openai":
         rows.append(
             StageProvider("embedding", "openai", settings.openai_embedding_model, openai_url)

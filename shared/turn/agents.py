@@ -32,6 +32,7 @@ from shared.errors import ChordlineError, StageConflict
 from shared.providers.base import FactExtractor, ReplyRequest, Usage
 from shared.providers.intent import furthest_phase
 from shared.providers.registry import get_providers
+from shared.runtime import Resource, runtime
 from shared.schemas import (
     Agent,
     AgentReply,
@@ -118,8 +119,13 @@ def memory_fields_written(before: ConversationMemory, after: ConversationMemory)
     return [f"memory.{key}" for key in sorted(now) if earlier.get(key) != now[key]]
 
 
-# Fact extractions that call a model, beside the streamed replies of this process's agents.
-_FACTS_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="facts")
+# Fact extractions that call a model, beside the streamed replies of this process's agents:
+# threads started when first needed, one pool per process (a forked child makes its own).
+FACTS_POOL = Resource(
+    "fact-extraction threads",
+    make=lambda: ThreadPoolExecutor(max_workers=32, thread_name_prefix="facts"),
+    close=lambda pool: pool.shutdown(wait=False, cancel_futures=True),
+)
 # How long past the turn's deadline the agent waits for an extraction before reading the
 # facts with patterns (the call itself stops at the deadline).
 FACTS_GRACE_S = 1.0
@@ -180,7 +186,7 @@ def start_facts(inputs: StageInputs) -> Callable[[Usage], CustomerFacts]:
 
     if not extractor.calls_a_model:
         return lambda usage: extract()
-    future = _FACTS_POOL.submit(extract)
+    future = runtime().get(FACTS_POOL).submit(extract)
 
     def wait(usage: Usage) -> CustomerFacts:
         try:

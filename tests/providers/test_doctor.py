@@ -45,10 +45,11 @@ def test_doctor_shows_each_stage_answering(
     assert [(s["stage"], s["provider"], s["model"], s["ok"]) for s in report["stages"]] == [
         ("orchestrator", "openai", "gpt-4o-mini", True),
         ("agent", "openai", "gpt-4o-mini", True),
+        ("facts", "openai", "gpt-4o-mini", True),  # Structured Outputs on the agent's model
         ("embedding", "openai", "text-embedding-3-small", True),
         ("rerank", "cohere", "rerank-v3.5", True),
     ]
-    assert report["stages"][2]["detail"] == "answers; 1536-dimensional vectors"
+    assert report["stages"][3]["detail"] == "answers; 1536-dimensional vectors"
     # cheap calls only: one model list, one embedding, one rerank
     assert [c.path for c in openai_api.requests] == ["/v1/models", "/v1/embeddings"]
     assert [c.path for c in cohere_api.requests] == ["/v2/rerank"]
@@ -85,7 +86,9 @@ def test_doctor_offline(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.undo()
         reset_settings()
     assert code == 0
-    assert {s["provider"] for s in json.loads(output)["stages"]} == {"local"}
+    stages = json.loads(output)["stages"]
+    assert {s["provider"] for s in stages} == {"local"}
+    assert [s["model"] for s in stages if s["stage"] == "facts"] == ["patterns"]
 
 
 def test_the_demo_runs_on_the_model_apis_when_keys_are_set(

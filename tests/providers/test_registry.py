@@ -94,6 +94,7 @@ def test_stage_rows_name_provider_model_and_endpoint_without_secrets() -> None:
     assert [(r.stage, r.provider, r.model, r.endpoint) for r in rows] == [
         ("orchestrator", "openai", "gpt-4o-mini", "https://llm.internal:8443/v1"),
         ("agent", "openai", "gpt-4o", "https://llm.internal:8443/v1"),
+        ("facts", "openai", "gpt-4o", "https://llm.internal:8443/v1"),
         ("embedding", "openai", "text-embedding-3-small", "https://llm.internal:8443/v1"),
         ("rerank", "cohere", "rerank-v3.5", "https://api.cohere.com"),
     ]
