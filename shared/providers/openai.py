@@ -211,30 +211,15 @@ class OpenAIChatModel:
     def orchestrate(
         self, *, context: ConversationContext, model: str, usage: Usage, deadline: float
     ) -> Orchestration:
-        messages = orchestrator_messages(context)
-        completion = call_with_retries(
-            lambda timeout: self.client.chat.completions.create(
-                model=model,
-                messages=cast(Any, messages),
-                response_format=cast(Any, ROUTE_RESPONSE_FORMAT),
-                timeout=_timeout(self.policy, timeout),
-            ),
+        completion = self._structured_completion(
+            orchestrator_messages(context),
+            response_format=ROUTE_RESPONSE_FORMAT,
+            model=model,
+            model_setting="the tenant setting models.orchestrator",
             what=f"{PROVIDER} orchestrator",
-            deadline=deadline,
-            policy=self.policy,
-            classify=self.failures.classifier(
-                model=model, model_setting="the tenant setting models.orchestrator"
-            ),
+            tokens_out=ORCHESTRATION_TOKENS_OUT,
             usage=usage,
-            clock=self.clock,
-            limited=LimitedCall(
-                PROVIDER, model, _prompt_tokens(messages) + ORCHESTRATION_TOKENS_OUT
-            ),
-        )
-        reported = completion.usage
-        usage.add(
-            tokens_in=reported.prompt_tokens if reported else _prompt_tokens(messages),
-            tokens_out=reported.completion_tokens if reported else 0,
+            deadline=deadline,
         )
         return route_from_completion(completion, model=model)
 
@@ -247,31 +232,58 @@ class OpenAIChatModel:
         usage: Usage,
         deadline: float,
     ) -> CustomerFacts:
-        messages = facts_messages(message, memory)
+        completion = self._structured_completion(
+            facts_messages(message, memory),
+            response_format=FACTS_RESPONSE_FORMAT,
+            model=model,
+            model_setting="the tenant setting models.agent",
+            what=f"{PROVIDER} facts",
+            tokens_out=FACTS_TOKENS_OUT,
+            cap_tokens_out=True,
+            usage=usage,
+            deadline=deadline,
+        )
+        return facts_from_completion(completion, model=model)
+
+    def _structured_completion(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        response_format: dict[str, Any],
+        model: str,
+        model_setting: str,
+        what: str,
+        tokens_out: int,
+        usage: Usage,
+        deadline: float,
+        cap_tokens_out: bool = False,
+    ) -> ChatCompletion:
+        """One chat completion answered in a JSON schema (Structured Outputs), retried within
+        the deadline, its tokens counted in ``usage`` (estimated when the API reports none).
+        ``tokens_out`` is what the call reserves against the model's limits; with
+        ``cap_tokens_out`` the request also caps the answer at it."""
         completion = call_with_retries(
             lambda timeout: self.client.chat.completions.create(
                 model=model,
                 messages=cast(Any, messages),
-                response_format=cast(Any, FACTS_RESPONSE_FORMAT),
-                max_completion_tokens=FACTS_TOKENS_OUT,
+                response_format=cast(Any, response_format),
+                max_completion_tokens=tokens_out if cap_tokens_out else openai.omit,
                 timeout=_timeout(self.policy, timeout),
             ),
-            what=f"{PROVIDER} facts",
+            what=what,
             deadline=deadline,
             policy=self.policy,
-            classify=self.failures.classifier(
-                model=model, model_setting="the tenant setting models.agent"
-            ),
+            classify=self.failures.classifier(model=model, model_setting=model_setting),
             usage=usage,
             clock=self.clock,
-            limited=LimitedCall(PROVIDER, model, _prompt_tokens(messages) + FACTS_TOKENS_OUT),
+            limited=LimitedCall(PROVIDER, model, _prompt_tokens(messages) + tokens_out),
         )
         reported = completion.usage
         usage.add(
             tokens_in=reported.prompt_tokens if reported else _prompt_tokens(messages),
             tokens_out=reported.completion_tokens if reported else 0,
         )
-        return facts_from_completion(completion, model=model)
+        return completion
 
     def stream_reply(
         self, *, request: ReplyRequest, usage: Usage, deadline: float
