@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
 
+from shared.tools.stack import processes
 from shared.tools.stack.processes import ProcessGroup, describe_exit
 from shared.tools.stack.supervisor import Backoff, Supervisor
 from tests.conftest import ARTIFACTS, ROOT
@@ -106,6 +108,32 @@ def test_a_held_process_stays_down_while_the_others_are_started_again() -> None:
         assert supervisor.revive() == ["a"]
         assert group.alive("a")
     assert not group.processes
+
+
+def test_a_log_past_its_limit_is_moved_aside_when_a_new_group_starts_its_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processes, "LOG_ROTATE_BYTES", 100)
+    log, older = tmp_path / "worker.log", tmp_path / "worker.log.1"
+
+    def run(group: ProcessGroup, word: str, *, again: bool = False) -> None:
+        command = _python(f"print({word!r}, flush=True)")
+        proc = group.start_again("worker") if again else group.start("worker", command, env={})
+        proc.wait(timeout=10)
+
+    log.write_bytes(b"x" * 101)  # a long log from an earlier run
+    first = ProcessGroup(log_dir=tmp_path)
+    run(first, "one")
+    assert older.read_bytes() == b"x" * 101
+    assert log.read_text() == "one\n"
+    log.write_bytes(b"y" * 150)
+    run(first, "one", again=True)  # a restart by the same group appends
+    assert log.read_bytes() == b"y" * 150 + b"one\n"
+    run(ProcessGroup(log_dir=tmp_path), "two")  # the next run moves it aside
+    assert older.read_bytes() == b"y" * 150 + b"one\n"
+    assert log.read_text() == "two\n"
+    run(ProcessGroup(log_dir=tmp_path), "three")  # a short log is kept
+    assert log.read_text() == "two\nthree\n"
 
 
 def test_stopping_kills_a_process_that_ignores_sigterm_and_its_children() -> None:

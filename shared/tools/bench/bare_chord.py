@@ -133,6 +133,21 @@ def submit(turn_id: str, message: str) -> None:
     ).apply_async()
 
 
+def release_results() -> None:
+    """Let go of the results of the chords published here while Redis still answers.
+
+    Celery's Redis backend keeps every chord's header results pending in the publisher
+    (subscribed to their channels) until something waits for them, which the bench never
+    does. Left to interpreter shutdown, their unsubscribe fails and Python prints a
+    traceback; here they are unsubscribed while the connection is up. (Celery keeps them
+    in ``_pending_results``, which has no public reader.)"""
+    backend: Any = app.backend
+    for mapping in backend._pending_results:
+        for waiters in list(mapping.values()):
+            for result in list(waiters.values()):
+                backend.remove_pending_result(result)
+
+
 def _finished_records() -> dict[str, Any]:
     raw: dict[bytes, bytes] = _done_store().hgetall(DONE_KEY)  # type: ignore[assignment]
     return {key.decode(): json.loads(value) for key, value in raw.items()}

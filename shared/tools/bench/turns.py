@@ -408,6 +408,7 @@ def run_bench(
                 )
             )
             systems.insert(0, _baseline_system(bare))
+            stack.callback(bare_chord.release_results)
         _warm_up(systems, rate, tag)
         first_index = 0
         for number, part in enumerate(segments(offsets, rounds)):

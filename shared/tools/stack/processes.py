@@ -34,6 +34,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 STOP_WAIT_S = 15.0
 KILL_WAIT_S = 20.0
 
+# A process's log is appended to across restarts; one that has grown past this when its
+# process is first started by a group (a new `chordline up`, a new benchmark) is moved
+# aside to ``<name>.log.1`` (replacing the one before), so logs never grow without bound.
+LOG_ROTATE_BYTES = 32 * 1024 * 1024
+
 OutputLine = Callable[[str, str], None]  # (process name, one line of its output)
 
 
@@ -54,6 +59,13 @@ def describe_exit(code: int) -> str:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def rotate_log(log: Path, *, limit: int) -> None:
+    """Move ``log`` aside to ``<log>.1`` if it has grown past ``limit`` bytes."""
+    with contextlib.suppress(FileNotFoundError):
+        if log.stat().st_size > limit:
+            log.replace(log.with_name(log.name + ".1"))
 
 
 @dataclass(frozen=True)
@@ -80,15 +92,20 @@ class ProcessGroup:
         """Start ``command`` as ``name`` (one already running under that name is left to the
         caller to stop first)."""
         with self.lock:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", f"exec {command}"],
-                cwd=self.cwd,
-                env=process_env(env),
-                stdout=self._stdout(name),
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            stdout = self._stdout(name, first=name not in self._launches)
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", f"exec {command}"],
+                    cwd=self.cwd,
+                    env=process_env(env),
+                    stdout=stdout,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            finally:
+                if not isinstance(stdout, int):
+                    stdout.close()  # the child has its own copy
             self.processes[name] = proc
             self._launches[name] = Launch(command, env)
             if self.output is not None and proc.stdout is not None:
@@ -102,12 +119,15 @@ class ProcessGroup:
         launch = self._launches[name]
         return self.start(name, launch.command, env=launch.env)
 
-    def _stdout(self, name: str) -> int | IO[bytes]:
+    def _stdout(self, name: str, *, first: bool) -> int | IO[bytes]:
         if self.output is not None:
             return subprocess.PIPE
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            return (self.log_dir / f"{name}.log").open("ab")
+            log = self.log_dir / f"{name}.log"
+            if first:
+                rotate_log(log, limit=LOG_ROTATE_BYTES)
+            return log.open("ab")
         return subprocess.DEVNULL
 
     def _pump(self, name: str, stream: IO[bytes]) -> None:
