@@ -160,7 +160,7 @@ GRANTS: Mapping[Actor, Grant] = MappingProxyType(
         Actor.AGENT: Grant(
             turns=frozenset(
                 {"agent_response", "agent_fallback", "agent_note", "completed_at", "status"}
-                | {"usage"}
+                | {"memory_after", "usage"}
             ),
             conversations=frozenset({"contextual_memory", "qualification_status", "updated_at"}),
             transitions=_moves([TurnStatus.ROUTED], TurnStatus.COMPLETED),

@@ -12,10 +12,8 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Conversation, Turn
 from shared.db.turns import load_turn
-from shared.rescoring.context import contexts_before
-from shared.schemas import Agent, TurnStatus
-from shared.turn.agents import updated_memory
-from shared.turn.researcher import stored_research
+from shared.rescoring.context import contexts_before, memory_left_by
+from shared.schemas import TurnStatus
 from shared.validation import check_turn_id
 
 # Each stage's end, in the order a parallel turn reaches them.
@@ -55,13 +53,15 @@ class TurnSummary:
 
 
 def memory_written(session: Session, turn: Turn) -> dict[str, object] | None:
-    """The conversation memory as this turn's agent left it: the memory before the turn
-    (replayed from the conversation's earlier turns) moved on by the same function the agent
-    applied when it committed. None for a turn no agent completed."""
+    """The conversation memory as this turn's agent left it: as the turn stored it, or, for
+    a turn completed before turns kept it, the memory before the turn (replayed from the
+    conversation's earlier turns) moved on by the same function the agent applied when it
+    committed. None for a turn no agent completed."""
     if turn.status != TurnStatus.COMPLETED.value or not turn.next_agent:
         return None
-    before = contexts_before(session, [turn])[turn.id].memory
-    return updated_memory(before, turn, Agent(turn.next_agent), stored_research(turn)).to_stored()
+    if turn.memory_after is not None:
+        return dict(turn.memory_after)
+    return memory_left_by(turn, contexts_before(session, [turn])[turn.id].memory).to_stored()
 
 
 def _timings_ms(turn: Turn) -> dict[str, float | None]:

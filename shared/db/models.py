@@ -165,6 +165,9 @@ class Turn(Base):
     agent_response: Mapped[str | None] = mapped_column(Text)
     agent_fallback: Mapped[bool | None] = mapped_column(Boolean)
     agent_note: Mapped[str | None] = mapped_column(Text)
+    # the conversation's memory as this turn's agent left it (its facts as its extractor,
+    # patterns or a model, read them): what re-scoring and the trace read of it
+    memory_after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     completed_at: Mapped[float | None] = mapped_column(Float)
     # the end of a turn that did not complete
     failure_reason: Mapped[str | None] = mapped_column(Text)

@@ -1,10 +1,13 @@
 """The conversation as it was just before a historical turn.
 
 The live conversation row holds only the latest memory and qualification status. What the
-orchestrator saw at turn N is rebuilt by replaying the conversation's earlier turns through
-the same functions the agents apply when they commit a reply (``updated_memory``,
-``next_qualification``): a completed turn moves memory and status on, a failed one does
-not, and the history is the last few messages with their replies.
+orchestrator saw at turn N is rebuilt from the conversation's earlier turns: a completed
+turn moves memory and status on, a failed one does not, and the history is the last few
+messages with their replies. Each completed turn keeps the memory its agent left
+(``memory_after``: the facts as its extractor read them, a model's included); a turn
+completed before turns kept it is replayed through the function the agents apply when they
+commit a reply (``updated_memory``, reading facts with patterns). The status follows
+``next_qualification``.
 """
 
 from __future__ import annotations
@@ -62,9 +65,18 @@ def _replay(
             continue  # its message is carried by the turn that interrupted it
         history.append({"message": turn.message, "reply": turn.agent_response or ""})
         if turn.status == TurnStatus.COMPLETED.value and turn.next_agent:
-            memory = updated_memory(memory, turn, Agent(turn.next_agent), stored_research(turn))
+            memory = memory_left_by(turn, memory)
             qualification = next_qualification(qualification, turn.phase)
     return contexts
+
+
+def memory_left_by(turn: Turn, before: ConversationMemory) -> ConversationMemory:
+    """The conversation's memory after a completed turn: as the turn stored it, or replayed
+    from the memory before it."""
+    if turn.memory_after is not None:
+        return ConversationMemory.from_stored(turn.memory_after)
+    assert turn.next_agent is not None
+    return updated_memory(before, turn, Agent(turn.next_agent), stored_research(turn))
 
 
 def contexts_before(

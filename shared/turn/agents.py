@@ -303,15 +303,16 @@ def _commit_reply(
 ) -> Completion:
     """One transaction: the reply, the span, the conversation's memory, the next turn."""
     turn = inputs.turn
+    before = inputs.context.memory
+    memory = updated_memory(before, turn, agent, research, stated)
     values = {
         "agent_response": reply.text,
         "agent_fallback": reply.fallback,
         "agent_note": reply.note,
+        "memory_after": memory.to_stored(),  # the turn keeps the memory it left
         "completed_at": time.time(),
         "status": TurnStatus.COMPLETED.value,
     }
-    before = inputs.context.memory
-    memory = updated_memory(before, turn, agent, research, stated)
     qualification = next_qualification(inputs.context.qualification_status, turn.phase)
     finished = finish_span(
         span,

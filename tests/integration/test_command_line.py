@@ -22,6 +22,7 @@ from shared.db.models import Conversation, Turn
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
 from shared.kb.ingest import list_documents
+from shared.rescoring.context import contexts_before
 from shared.tools.cli.main import app
 from shared.tools.cli.turns import message_from
 from tests.conftest import new_tenant
@@ -169,6 +170,36 @@ def test_a_turn_message_comes_from_one_place_and_is_checked_before_anything_star
         message_from(None, empty)
 
 
+@pytest.mark.integration
+def test_re_scoring_and_the_trace_read_the_memory_a_turn_kept_not_a_replay(
+    workers: None,
+) -> None:
+    tenant = new_tenant()
+    first = json.loads(run("turn", "We run three warehouses.", "-t", tenant, "-c", "c1", "--json"))
+    second = json.loads(
+        run("turn", "What does the Pro plan cost?", "-t", tenant, "-c", "c1", "--json")
+    )
+    assert first["status"] == second["status"] == "completed"
+    # What a model may have read in the first message, beyond what patterns find in it: a
+    # replay with patterns could not come to this.
+    as_a_model_read_it = {
+        **conversation_memory(tenant, "c1"),
+        "facts": {"company": "Northwind Freight", "sites": 3},
+    }
+    with session_scope() as session:
+        first_turn = session.get(Turn, uuid.UUID(first["id"]))
+        second_turn = session.get(Turn, uuid.UUID(second["id"]))
+        assert first_turn is not None and second_turn is not None
+        first_turn.memory_after = as_a_model_read_it
+    with session_scope() as session:
+        second_turn = session.get(Turn, uuid.UUID(second["id"]))
+        assert second_turn is not None
+        before_second = contexts_before(session, [second_turn])[second_turn.id].memory
+    assert before_second.facts == {"company": "Northwind Freight", "sites": 3}
+    shown = json.loads(run("turn", "show", first["id"], "--json"))
+    assert shown["memory_written"] == as_a_model_read_it
+
+
 # --------------------------------------------------------------------------- tenants
 
 
@@ -219,6 +250,12 @@ def test_turns_from_a_file_and_stdin_then_shown_and_counted(workers: None, tmp_p
 
     shown = [json.loads(run("turn", "show", view["id"], "--json")) for view in (first, second)]
     assert shown[0]["memory_written"] == memory_after_first
+    with session_scope() as session:  # each turn keeps the memory its agent left
+        kept = [session.get(Turn, uuid.UUID(view["id"])) for view in (first, second)]
+        assert [t.memory_after for t in kept if t] == [
+            memory_after_first,
+            conversation_memory(tenant, "c1"),
+        ]
     assert shown[1]["memory_written"] == conversation_memory(tenant, "c1")
     assert shown[0]["memory_written"] != shown[1]["memory_written"]
     with session_scope() as session:
