@@ -26,7 +26,7 @@ from shared.db.direct import transaction_pipeline
 from shared.db.models import Conversation, Turn, TurnOutbox
 from shared.db.spans import INSERT_SPAN_FROM, SpanRecord, span_params
 from shared.errors import ConversationBusy, IllegalTransition, TurnNotFound
-from shared.schemas import ConversationMemory, Qualification, Stage, TurnStatus
+from shared.schemas import Qualification, Stage, TurnStatus
 from shared.turn_state import (
     AWAITING_CONVERSATION,
     GRANTS,
@@ -464,12 +464,13 @@ def complete_turn(
     values: dict[str, Any],
     span: SpanRecord,
     usage: dict[str, int] | None,
-    memory: ConversationMemory,
+    memory: dict[str, Any],
     qualification_status: Qualification,
     stage_deadline_s: float,
 ) -> Completion:
-    """The agent's reply and span, the conversation's memory and qualification, and the
-    hand-over to the conversation's next turn (its outbox row included): one transaction.
+    """The agent's reply and span, the conversation's memory (as stored,
+    ``ConversationMemory.to_stored()``) and qualification, and the hand-over to the
+    conversation's next turn (its outbox row included): one transaction.
 
     ``ended`` is False when the turn had already ended (another run, the sweeper): then
     nothing is written.
@@ -478,7 +479,7 @@ def complete_turn(
     params = _stage_params(Stage.AGENT, turn_id=turn_id, values=values, span=span, usage=usage)
     params.update(
         conversation_id=conversation_id,
-        memory=Jsonb(memory.to_stored()),
+        memory=Jsonb(memory),
         qualification_status=qualification_status.value,
         next_deadline_at=_deadline(stage_deadline_s),
     )

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from shared.admission import end_in_redis, let_go_safely
 from shared.config import get_settings
@@ -303,16 +304,16 @@ def _commit_reply(
 ) -> Completion:
     """One transaction: the reply, the span, the conversation's memory, the next turn."""
     turn = inputs.turn
-    before = inputs.context.memory
-    memory = updated_memory(before, turn, agent, research, stated)
-    values = {
+    values: dict[str, Any] = {
         "agent_response": reply.text,
         "agent_fallback": reply.fallback,
         "agent_note": reply.note,
-        "memory_after": memory.to_stored(),  # the turn keeps the memory it left
         "completed_at": time.time(),
         "status": TurnStatus.COMPLETED.value,
     }
+    before = inputs.context.memory
+    memory = updated_memory(before, turn, agent, research, stated)
+    values["memory_after"] = memory.to_stored()  # the turn keeps the memory it left
     qualification = next_qualification(inputs.context.qualification_status, turn.phase)
     finished = finish_span(
         span,
@@ -328,7 +329,7 @@ def _commit_reply(
             values=values,
             span=finished,
             usage=usage.as_dict(),
-            memory=memory,
+            memory=values["memory_after"],
             qualification_status=qualification,
             stage_deadline_s=get_settings().turn.stage_deadline_s,
         )
