@@ -208,8 +208,8 @@ class LevelThresholds(Frozen):
     A tenant's own calibration (after an ingest that changes its knowledge base) sets them,
     unless ``pinned``: setting either threshold by hand pins both."""
 
-    accurate: Confidence = 0.747
-    partial: Confidence = 0.37
+    accurate: Confidence = 0.74
+    partial: Confidence = 0.332
     pinned: bool = False
 
     @model_validator(mode="after")

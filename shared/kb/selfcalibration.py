@@ -15,7 +15,7 @@ reranked exactly as the researcher does with the tenant's own embedder and reran
 
 The shape of these questions was chosen on the demo knowledge base, whose labelled
 questions the thresholds derived this way sort nearly as well as thresholds fitted on the
-labels themselves (balanced accuracy 0.846 against 0.894).
+labels themselves (balanced accuracy 0.908 against 0.926).
 
 The contrasting material is shipped with chordline (``shared/kb/contrast/``); a name or a
 question whose words occur in the tenant's documents is left out for that tenant. The
@@ -101,7 +101,7 @@ class TenantText:
         frequency: Counter[str] = Counter()
         vocabulary: set[str] = set()
         for chunk in chunks:
-            frequency.update(set(words(chunk)))
+            frequency.update(dict.fromkeys(words(chunk), 1))  # each word once, in order
             vocabulary |= _stems(chunk)
         return cls(chunks, vocabulary, frequency)
 
@@ -153,7 +153,7 @@ def derive_questions(kb: TenantText) -> list[DerivedQuestion]:
     usable = [(c, d) for c in kb.chunks if len(d := _distinct_words(c, kb)) >= 3]
     if not usable or not names:
         raise TooFewChunks("the documents have too few distinct words to derive questions from")
-    common = sorted(kb.chunk_frequency, key=lambda w: -kb.chunk_frequency[w])
+    common = sorted(kb.chunk_frequency, key=lambda w: (-kb.chunk_frequency[w], w))
     common = [
         w
         for w in common
@@ -256,16 +256,19 @@ def store_calibration(
                     "thresholds.partial": thresholds.partial,
                 },
             )
+        stored = json.loads(current.model_dump_json(exclude_defaults=True))
+        if thresholds is not None:
+            # Kept as numbers even when they equal today's defaults: a later release that
+            # moves the defaults must not move a tenant's calibrated thresholds.
+            stored.setdefault("thresholds", {}).update(
+                accurate=thresholds.accurate, partial=thresholds.partial
+            )
         session.execute(
             text(
                 "UPDATE tenants SET settings = CAST(:settings AS jsonb), "
                 "calibration = CAST(:report AS jsonb) WHERE id = :t"
             ),
-            {
-                "t": tenant_id,
-                "settings": current.model_dump_json(exclude_defaults=True),
-                "report": _json(report),
-            },
+            {"t": tenant_id, "settings": _json(stored), "report": _json(report)},
         )
     recent_tenant_settings.forget(tenant_id)
 

@@ -24,10 +24,14 @@ from tests.kb.conftest import chordline
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 EVAL_KB, EVAL_QUESTIONS = DATA / "eval_kb", DATA / "eval_questions.jsonl"
+HOLDOUT_QUESTIONS = DATA / "holdout_questions.jsonl"  # Wrenchwise, tests/data/holdout_kb
 
 
-def test_the_second_corpus_is_labelled_with_levels_agents_and_evidence() -> None:
-    questions = load_questions(EVAL_QUESTIONS)
+@pytest.mark.parametrize(
+    "path", [EVAL_QUESTIONS, HOLDOUT_QUESTIONS], ids=["lumenfield", "wrenchwise"]
+)
+def test_the_evaluation_corpora_are_labelled_with_levels_agents_and_evidence(path: Path) -> None:
+    questions = load_questions(path)
     assert len(questions) >= 60
     counts = {level: sum(q.level is level for q in questions) for level in KbLevel}
     assert min(counts.values()) >= 15, counts

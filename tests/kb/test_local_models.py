@@ -9,7 +9,7 @@ import pytest
 from shared.errors import InvalidInput
 from shared.kb.jobs import run_ingest_job
 from shared.providers.base import Usage
-from shared.providers.local import LocalEmbedder, LocalReranker
+from shared.providers.local import LocalEmbedder, LocalReranker, specificity
 
 
 def rerank(query: str, documents: list[str]) -> list[float]:
@@ -59,6 +59,17 @@ def test_a_term_found_in_no_passage_keeps_the_score_low() -> None:
         max(rerank(f"Does it integrate with {shop}?", passages)) for shop in ("Shopify", "Magento")
     )
     assert known > 0.7 and unknown < 0.5
+
+
+def test_a_missing_rare_word_weighs_more_than_a_missing_common_one() -> None:
+    """A question worded apart from the documents mostly swaps common words; one about a
+    thing they never name hinges on a rare word."""
+    assert specificity("zapier") == 2.5  # unknown to the word lists: the most telling
+    assert specificity("hipaa") > specificity("truck") > specificity("month") >= 0.1
+    passages = ["Payment: you can pay by card or by bank transfer.", "Support answers email."]
+    reworded = max(rerank("Can we pay by card every month?", passages))
+    elsewhere = max(rerank("Can we pay by card through Klarna?", passages))
+    assert reworded > elsewhere + 0.05
 
 
 def test_an_ingest_job_id_must_be_a_uuid() -> None:

@@ -5,10 +5,14 @@ material; thresholds set by hand are pinned."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from shared.db.session import session_scope
 from shared.db.tenants import tenant_settings
@@ -16,9 +20,10 @@ from shared.errors import InvalidInput
 from shared.kb.selfcalibration import (
     TenantText,
     derive_questions,
+    store_calibration,
     stored_calibration,
 )
-from shared.schemas import KbLevel
+from shared.schemas import KbLevel, LevelThresholds
 from shared.text import stem, words
 from tests.conftest import new_tenant
 from tests.kb.conftest import chordline
@@ -42,6 +47,30 @@ def test_derived_questions_come_from_the_documents_and_from_outside_them() -> No
             assert not outside - {"how"}, q.question
         else:  # a half-answered or unanswered one asks about something they never mention
             assert outside, q.question
+
+
+_DERIVE = (
+    "import sys; from pathlib import Path; "
+    "from shared.kb.selfcalibration import TenantText, derive_questions; "
+    "kb = TenantText.of([p.read_text() for p in sorted(Path(sys.argv[1]).glob('*.md'))]); "
+    "print('\\n'.join(q.level.value + ' ' + q.question for q in derive_questions(kb)))"
+)
+
+
+def test_the_same_documents_give_the_same_questions_in_any_process() -> None:
+    """Each process salts Python's string hashes differently: nothing in the derivation may
+    follow the order of a set."""
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", _DERIVE, str(OWN_KB)],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(runs) == 1 and len(runs.pop().splitlines()) >= 40
 
 
 def test_too_small_a_knowledge_base_is_named_not_calibrated() -> None:
@@ -127,3 +156,19 @@ def test_calibrate_gives_chunks_stored_before_their_acronym_aliases(services: No
     result = chordline("kb", "calibrate", "--tenant", tenant)
     assert result.returncode == 0, result.stderr
     assert aliases() == stored
+
+
+@pytest.mark.integration
+def test_calibrated_thresholds_are_stored_even_when_they_equal_the_defaults(
+    services: None,
+) -> None:
+    """A tenant's settings are stored as what differs from the defaults; calibrated
+    thresholds are kept as numbers anyway, so that new defaults do not move them."""
+    tenant = new_tenant(with_demo_kb=False)
+    defaults = LevelThresholds()
+    store_calibration(tenant, {"thresholds": {}}, defaults)
+    with session_scope() as session:
+        stored = session.execute(
+            text("SELECT settings FROM tenants WHERE id = :t"), {"t": tenant}
+        ).scalar_one()
+    assert stored["thresholds"] == {"accurate": defaults.accurate, "partial": defaults.partial}
