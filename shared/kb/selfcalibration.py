@@ -209,6 +209,37 @@ def score_derived(
     return scored
 
 
+def scorer_of(settings: TenantSettings) -> str:
+    """What scores the tenant's questions, as a calibration records it: the reranker and
+    its model ("cohere:rerank-v3.5"), or the offline reranker and its revision ("local@2")."""
+    from shared.providers.registry import get_providers
+
+    reranker = get_providers().reranker
+    revision = getattr(reranker, "revision", None)
+    if revision is not None:
+        return f"{reranker.name}@{revision}"
+    return f"{reranker.name}:{settings.models.rerank}"
+
+
+def stale_calibration(
+    tenant_id: str, report: dict[str, Any] | None, settings: TenantSettings
+) -> str | None:
+    """Why the tenant's thresholds may not fit the scorer that now grades its questions
+    (they were calibrated with another one), or None. Thresholds pinned by hand, and a
+    tenant never calibrated (it has the defaults), are left alone."""
+    if report is None or settings.thresholds.pinned:
+        return None
+    now = scorer_of(settings)
+    then = report.get("scorer")
+    if then == now:
+        return None
+    return (
+        f"the thresholds were calibrated with {then or 'an earlier scorer'}, and {now} "
+        f"scores the questions now; run `chordline kb calibrate --tenant {tenant_id}` to "
+        "fit them"
+    )
+
+
 def calibrate_tenant(tenant_id: str) -> dict[str, Any]:
     """Derive, score and fit; set the tenant's thresholds unless it pinned them. Returns the
     report (also stored in ``tenants.calibration``)."""
@@ -230,6 +261,7 @@ def calibrate_tenant(tenant_id: str) -> dict[str, Any]:
             "balanced_accuracy": balanced_accuracy(scored, fitted),
         },
         "pinned": pinned,
+        "scorer": scorer_of(settings),
         "thresholds": (settings.thresholds if pinned else fitted).model_dump(
             include={"accurate", "partial"}
         ),

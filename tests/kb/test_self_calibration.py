@@ -20,10 +20,12 @@ from shared.errors import InvalidInput
 from shared.kb.selfcalibration import (
     TenantText,
     derive_questions,
+    scorer_of,
+    stale_calibration,
     store_calibration,
     stored_calibration,
 )
-from shared.schemas import KbLevel, LevelThresholds
+from shared.schemas import KbLevel, LevelThresholds, TenantSettings
 from shared.text import stem, words
 from tests.conftest import new_tenant
 from tests.kb.conftest import chordline
@@ -172,3 +174,45 @@ def test_calibrated_thresholds_are_stored_even_when_they_equal_the_defaults(
             text("SELECT settings FROM tenants WHERE id = :t"), {"t": tenant}
         ).scalar_one()
     assert stored["thresholds"] == {"accurate": defaults.accurate, "partial": defaults.partial}
+
+
+def test_thresholds_from_another_scorer_are_named_stale() -> None:
+    settings = TenantSettings()
+    now = scorer_of(settings)
+    assert stale_calibration("acme", None, settings) is None  # never calibrated: defaults
+    assert stale_calibration("acme", {"scorer": now}, settings) is None
+    note = stale_calibration("acme", {"thresholds": {}}, settings)  # before scorers were kept
+    assert note is not None and "an earlier scorer" in note and now in note
+    assert "`chordline kb calibrate --tenant acme`" in note
+    assert stale_calibration("acme", {"scorer": "local@1"}, settings) is not None
+    pinned = TenantSettings(thresholds=LevelThresholds(accurate=0.8, partial=0.3, pinned=True))
+    assert stale_calibration("acme", {"scorer": "local@1"}, pinned) is None  # set by hand
+
+
+@pytest.mark.integration
+def test_kb_commands_warn_when_the_thresholds_came_from_another_scorer(services: None) -> None:
+    tenant = new_tenant(with_demo_kb=False)
+    chordline("kb", "ingest", str(OWN_KB), "--tenant", tenant, "--mode", "inline")
+    with session_scope() as session:
+        report = stored_calibration(session, tenant)
+        settings = tenant_settings(session, tenant)
+    assert report is not None and report["scorer"] == scorer_of(settings)
+    fresh = chordline("kb", "search", "Does it integrate with Xero?", "--tenant", tenant)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "warning" not in fresh.stderr
+
+    with session_scope() as session:  # as a calibration made by an earlier release left it
+        session.execute(
+            text("UPDATE tenants SET calibration = calibration - 'scorer' WHERE id = :t"),
+            {"t": tenant},
+        )
+    stale = chordline("kb", "search", "Does it integrate with Xero?", "--tenant", tenant)
+    assert stale.returncode == 0, stale.stderr
+    assert "warning: the thresholds were calibrated with an earlier scorer" in stale.stderr
+    assert f"kb calibrate --tenant {tenant}" in stale.stderr
+    as_json = chordline("kb", "search", "Xero?", "--tenant", tenant, "--json")
+    assert "an earlier scorer" in json.loads(as_json.stdout)["calibration_warning"]
+
+    chordline("kb", "calibrate", "--tenant", tenant)
+    again = chordline("kb", "search", "Does it integrate with Xero?", "--tenant", tenant)
+    assert "warning" not in again.stderr

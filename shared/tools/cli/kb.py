@@ -19,6 +19,8 @@ from shared.counts import counted
 from shared.tools.cli.common import CommandGroup, TenantOpt, console, err, needed_services
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from shared.kb.documents import Discovery
     from shared.kb.ingest import IngestReport, Outcome
     from shared.schemas import TenantSettings
@@ -223,6 +225,7 @@ def kb_search(
     with needed_services(redis=False):
         with session_scope() as session:
             settings = require_tenant(session, tenant)
+            stale = _stale_thresholds(session, tenant, settings)
         started = time.perf_counter()
         result = research_question(
             tenant_id=tenant,
@@ -234,7 +237,15 @@ def kb_search(
         elapsed_ms = (time.perf_counter() - started) * 1000
         store = store_for(get_providers().embedder)
     if as_json:
-        print(json.dumps({**result.model_dump(mode="json"), "vector_store": store.table}))
+        print(
+            json.dumps(
+                {
+                    **result.model_dump(mode="json"),
+                    "vector_store": store.table,
+                    "calibration_warning": stale,
+                }
+            )
+        )
         return
     table = Table("#", "score", "vector", "text", "document", "passage")
     for index, hit in enumerate(result.hits, 1):
@@ -256,6 +267,7 @@ def kb_search(
         f"{escape(store.model)} vectors, {elapsed_ms:.0f} ms",
         highlight=False,
     )
+    _warn_stale(stale)
 
 
 def _print_bench(result: dict[str, Any]) -> None:
@@ -515,12 +527,26 @@ def kb_eval(
     with needed_services(redis=False):
         with session_scope() as session:
             settings = require_tenant(session, tenant)
+            stale = _stale_thresholds(session, tenant, settings)
         results = [
             evaluate_question(item, tenant_id=tenant, settings=settings) for item in labelled
         ]
     report = evaluation_report(results)
     thresholds = settings.thresholds.model_dump()
     if as_json:
-        print(json.dumps({**report, "thresholds": thresholds}))
+        print(json.dumps({**report, "thresholds": thresholds, "calibration_warning": stale}))
     else:
         _print_evaluation(report, thresholds)
+        _warn_stale(stale)
+
+
+def _stale_thresholds(session: Session, tenant: str, settings: TenantSettings) -> str | None:
+    """Why the tenant's thresholds may not fit today's scorer, or None."""
+    from shared.kb.selfcalibration import stale_calibration, stored_calibration
+
+    return stale_calibration(tenant, stored_calibration(session, tenant), settings)
+
+
+def _warn_stale(note: str | None) -> None:
+    if note:
+        err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
