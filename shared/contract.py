@@ -93,6 +93,25 @@ class RedisResultBackend(RedisBackend):
     ) -> Any:
         return result  # nobody waits on it: no drainer, no subscription
 
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        """As Celery's (a fresh counter, then the size), in one round trip instead of two.
+        Celery sets the size just before it publishes a chord's last header task, so each
+        round trip saved here is one sooner that the last header stage starts."""
+
+        expires = cast(Any, self).chord_expires or None  # Celery's, as its own method sets
+
+        def reset_counter_and_set_size() -> None:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(self.get_key_for_group(group_id, ".c"))
+                pipe.set(
+                    self.get_key_for_group(group_id, ".s"),
+                    chord_size,
+                    ex=expires,
+                )
+                pipe.execute()
+
+        self.ensure(reset_counter_and_set_size, ())
+
     def on_result_fulfilled(self, result: Any) -> None:
         return None  # nothing was subscribed, so there is nothing to unsubscribe
 
