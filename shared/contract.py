@@ -22,7 +22,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 from celery import Celery, chain, chord, signals
-from celery.backends.redis import RedisBackend
 from celery.canvas import Signature
 from pydantic import BaseModel, Field, ValidationError
 
@@ -73,50 +72,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 SENT_AT_HEADER = "chordline_sent_at"
 
 
-class RedisResultBackend(RedisBackend):
-    """Celery's Redis backend without the per-publish result subscription.
-
-    Celery subscribes the publisher to every task's result channel (and, for a chord, to
-    its header tasks' channels as it builds the group result), so that ``AsyncResult.get()``
-    can be woken up. chordline never waits on Celery results (Postgres holds every stage's
-    output), so each publish would only pay for SUBSCRIBE round trips and leave
-    subscriptions behind; and with Redis down, the chord's subscription would fail with a
-    RuntimeError before the publish itself could report the outage. Chord counting does not
-    depend on it.
-    """
-
-    def on_task_call(self, producer: Any, task_id: str) -> None:
-        return None
-
-    def add_pending_result(
-        self, result: Any, weak: bool = False, start_drainer: bool = True
-    ) -> Any:
-        return result  # nobody waits on it: no drainer, no subscription
-
-    def set_chord_size(self, group_id: str, chord_size: int) -> None:
-        """As Celery's (a fresh counter, then the size), in one round trip instead of two.
-        Celery sets the size just before it publishes a chord's last header task, so each
-        round trip saved here is one sooner that the last header stage starts."""
-
-        expires = cast(Any, self).chord_expires or None  # Celery's, as its own method sets
-
-        def reset_counter_and_set_size() -> None:
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.delete(self.get_key_for_group(group_id, ".c"))
-                pipe.set(
-                    self.get_key_for_group(group_id, ".s"),
-                    chord_size,
-                    ex=expires,
-                )
-                pipe.execute()
-
-        self.ensure(reset_counter_and_set_size, ())
-
-    def on_result_fulfilled(self, result: Any) -> None:
-        return None  # nothing was subscribed, so there is nothing to unsubscribe
-
-
-RESULT_BACKEND_CLASS = f"{__name__}:RedisResultBackend"
+RESULT_BACKEND_CLASS = "shared.result_backend:RedisResultBackend"
 
 
 def wire_config(settings: Settings) -> dict[str, Any]:
