@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, cast
 
 from celery.backends.redis import RedisBackend
@@ -176,13 +177,12 @@ class RedisResultBackend(RedisBackend):
         done_s = int(max(join_claim_s * 2, 300))  # how long the done mark stays, as Celery's
         self._publish_callback(callback, gid, results, keys, (claim_token, done_s))
 
+    @cached_property
+    def _record_part_script(self) -> Any:
+        return self.client.register_script(_RECORD_PART_AND_CLAIM)
+
     def _record_part_and_claim(self, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        script = self.__dict__.get("_record_part_script")
-        if script is None:
-            script = self.__dict__["_record_part_script"] = self.client.register_script(
-                _RECORD_PART_AND_CLAIM
-            )
-        return script(keys=keys, args=args, client=self.client)
+        return self._record_part_script(keys=keys, args=args, client=self.client)
 
     def _publish_callback(
         self,
@@ -198,7 +198,10 @@ class RedisResultBackend(RedisBackend):
         try:
             values = [backend._unpack_chord_result(tup, self.decode) for tup in results]
         except ChordError as exc:
-            log.exception("Chord %r raised: %r", gid, exc)
+            log.warning(
+                "chord failed: a header task failed",
+                extra={"action": "chord_failed", "group_id": gid, "reason": str(exc)[:500]},
+            )
             try:
                 return self.chord_error_from_stack(callback, exc)
             finally:
@@ -208,7 +211,10 @@ class RedisResultBackend(RedisBackend):
         try:
             backend.app.amqp._retry_publish(callback.delay, values)
         except Exception as exc:  # Celery's own handling of a failed publish
-            log.exception("Chord callback for %r raised: %r", gid, exc)
+            log.exception(
+                "chord callback not published",
+                extra={"action": "chord_callback_failed", "group_id": gid},
+            )
             return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
         finally:
             cleaned = backend._chord_cleanup_script(
@@ -218,8 +224,7 @@ class RedisResultBackend(RedisBackend):
             )
             if not cleaned:
                 log.warning(
-                    "Chord callback claim for %r was lost before cleanup; chord data was "
-                    "left for expiry",
-                    gid,
+                    "chord claim lost before its cleanup; its data is left to expire",
+                    extra={"action": "chord_claim_lost", "group_id": gid},
                 )
         return None
