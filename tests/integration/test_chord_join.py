@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import redis.connection
 from celery import states
 from celery.backends.redis import RedisBackend
 
@@ -19,20 +18,6 @@ from shared.dispatch import dispatch_app
 from shared.result_backend import RedisResultBackend
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """The commands this process sends to Redis, one entry per write to a socket."""
-    sent: list[bytes] = []
-    send: Any = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self: Any, command: Any, check_health: bool = True) -> None:
-        sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
-        send(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    yield sent
 
 
 class Chord:
@@ -99,7 +84,7 @@ def chords(services: None) -> Iterator[Any]:
 
 
 def test_the_last_part_publishes_the_callback_on_its_second_round_trip(
-    chords: Any, round_trips: list[bytes]
+    chords: Any, redis_round_trips: list[bytes]
 ) -> None:
     warm = chords()  # scripts loaded into Redis, the broker connected: not what is counted
     for index in (0, 1):
@@ -107,11 +92,11 @@ def test_the_last_part_publishes_the_callback_on_its_second_round_trip(
     chord = chords()
     chord.backend.on_chord_part_return(chord.part(0), states.SUCCESS, {"orchestrator": 1})
     assert chord.published() == []
-    round_trips.clear()
+    redis_round_trips.clear()
 
     chord.backend.on_chord_part_return(chord.part(1), states.SUCCESS, {"researcher": 2})
 
-    sent = list(round_trips)
+    sent = list(redis_round_trips)
     publish = [i for i, command in enumerate(sent) if chord.queue.encode() in command]
     assert publish and publish[0] == 1, [command[:60] for command in sent]
     # the results in header order, whichever part finished last
