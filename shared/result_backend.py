@@ -36,14 +36,15 @@ from celery.exceptions import ChordError
 log = logging.getLogger(__name__)
 
 # Celery's CHORD_PART_RETURN_LUA (celery/backends/redis.py, 5.7) with two changes: a chord
-# whose group result was saved is left to Celery (-2, nothing recorded), and the claim of a
-# complete chord comes back with the header results, read in the same script.
+# whose group result was saved is left to Celery (-2, nothing recorded; so the group key's
+# expiry, Celery's ARGV[6], is not needed here), and the claim of a complete chord comes
+# back with the header results, read in the same script.
 _RECORD_PART_AND_CLAIM = """
 local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local tid, value, ordered, score = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local expires, group_expires = tonumber(ARGV[5]), tonumber(ARGV[6])
-local claim_expires = tonumber(ARGV[7])
-local claim_token = ARGV[8]
+local expires = tonumber(ARGV[5])
+local claim_expires = tonumber(ARGV[6])
+local claim_token = ARGV[7]
 
 if redis.call('EXISTS', gkey) == 1 then
     return {-2, 0, 0, 0, {}}
@@ -150,7 +151,7 @@ class RedisResultBackend(RedisBackend):
         claim_s = backend._chord_publish_claim_expires(join_claim_s, callback)
         claim_token = uuid.uuid4().hex
         keys = {suffix: self.get_key_for_group(gid, suffix) for suffix in CHORD_KEYS}
-        readycount, totaldiff, size, claimed, results = self._record_part_and_claim(
+        readycount, _, size, claimed, results = self._record_part_script(
             keys=[
                 *(keys[s] for s in (".j", ".t", ".s", ".d")),
                 self.get_key_for_group(gid),
@@ -162,17 +163,16 @@ class RedisResultBackend(RedisBackend):
                 1 if backend._chord_zset else 0,
                 group_index,
                 backend.chord_expires or 0,
-                backend._chord_result_expires,
                 claim_s,
                 claim_token,
             ],
+            client=self.client,
         )
         if readycount == LEFT_TO_CELERY:
             super().on_chord_part_return(request, state, result, propagate=propagate, **kwargs)
             return
+        # the script claims a chord only once every part is in
         if readycount == ALREADY_DONE or not int(size) or not claimed:
-            return
-        if int(readycount) != int(size) + int(totaldiff):
             return
         done_s = int(max(join_claim_s * 2, 300))  # how long the done mark stays, as Celery's
         self._publish_callback(callback, gid, results, keys, (claim_token, done_s))
@@ -180,9 +180,6 @@ class RedisResultBackend(RedisBackend):
     @cached_property
     def _record_part_script(self) -> Any:
         return self.client.register_script(_RECORD_PART_AND_CLAIM)
-
-    def _record_part_and_claim(self, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._record_part_script(keys=keys, args=args, client=self.client)
 
     def _publish_callback(
         self,
@@ -218,7 +215,7 @@ class RedisResultBackend(RedisBackend):
             return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
         finally:
             cleaned = backend._chord_cleanup_script(
-                keys=[keys[".c"], keys[".j"], keys[".t"], keys[".s"], keys[".d"]],
+                keys=[keys[suffix] for suffix in CHORD_KEYS],
                 args=list(claim),
                 client=self.client,
             )

@@ -4,6 +4,7 @@ version), after a re-delivered part, and with a failed part."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from celery import states
 from celery.backends.redis import RedisBackend
 
 from shared.dispatch import dispatch_app
-from shared.result_backend import RedisResultBackend
+from shared.result_backend import CHORD_KEYS, RedisResultBackend
 
 pytestmark = pytest.mark.integration
 
@@ -52,17 +53,10 @@ class Chord:
 
     def clean(self) -> None:
         client = self.backend.client
-        client.delete(
-            *(
-                self.backend.get_key_for_group(self.group, s)
-                for s in (".c", ".j", ".t", ".s", ".d")
-            ),
-        )
+        client.delete(*(self.backend.get_key_for_group(self.group, s) for s in CHORD_KEYS))
 
 
 def _body(message: dict[str, Any]) -> str:
-    import base64
-
     return base64.b64decode(message["body"]).decode()
 
 
