@@ -73,14 +73,12 @@ SENT_AT_HEADER = "chordline_sent_at"
 
 
 RESULT_BACKEND_CLASS = "shared.result_backend:RedisResultBackend"
-BROKER_TRANSPORT_CLASS = "shared.broker_transport:Transport"
 
 
 def wire_config(settings: Settings) -> dict[str, Any]:
     """What both the producer and the workers must agree on."""
     return {
         "broker_url": settings.redis_url,
-        **_broker_transport(settings.redis_url),
         "result_backend": f"{RESULT_BACKEND_CLASS}+{settings.redis_url}",
         # JSON only: a pickle message pushed onto a queue is refused, never executed.
         "task_serializer": "json",
@@ -115,14 +113,6 @@ def wire_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "enable_utc": True,
     }
-
-
-def _broker_transport(url: str | None) -> dict[str, str]:
-    """chordline's Redis transport (shared/broker_transport.py) for a redis:// or rediss://
-    broker; kombu picks the transport of any other URL itself."""
-    if url and url.split("://", 1)[0] in ("redis", "rediss"):
-        return {"broker_transport": BROKER_TRANSPORT_CLASS}
-    return {}
 
 
 def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
