@@ -22,8 +22,10 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, cast
 
 import kombu.exceptions
 import redis
@@ -31,12 +33,22 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.contract import agent_signature, make_celery, merge_signature, turn_workflow
+from shared.contract import (
+    AGENT_TASKS,
+    MERGE_TASK,
+    ORCHESTRATOR_TASK,
+    RESEARCHER_TASK,
+    make_celery,
+    merge_signature,
+    payload_of,
+    turn_workflow,
+)
 from shared.db.direct import direct_connection
 from shared.db.outbox import PendingDispatch, mark_dispatched
 from shared.errors import BrokerUnavailable
 from shared.runtime import Resource, runtime
 from shared.schemas import Agent, Topology
+from shared.task_messages import merge_chord, push, task_message
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +88,39 @@ def _broker_failures(what: str, turn_id: str) -> Iterator[None]:
 def publish_turn(turn_id: str, topology: str) -> None:
     """Publish the turn's workflow now (BrokerUnavailable if the broker cannot be reached)."""
     with _broker_failures("workflow", turn_id):
-        turn_workflow(dispatch_app(), turn_id=turn_id, topology=Topology(topology)).apply_async()
+        if Topology(topology) is Topology.PARALLEL:
+            _publish_chord(dispatch_app(), turn_id)
+        else:
+            turn_workflow(
+                dispatch_app(), turn_id=turn_id, topology=Topology(topology)
+            ).apply_async()
+
+
+def _publish_chord(app: Celery, turn_id: str) -> None:
+    """The parallel turn's chord, as ``turn_workflow``'s canvas publishes it (the chord's size,
+    then the orchestrator and the researcher, each carrying the merge), in one round trip."""
+    ref = payload_of(MERGE_TASK, turn_id=turn_id)
+    group_id, merge_id = str(uuid.uuid4()), str(uuid.uuid4())
+    merge = merge_chord(app, turn_id=turn_id, merge_id=merge_id, group_id=group_id)
+    header = [
+        task_message(app, name, ref, group_id=group_id, group_index=index, chord=merge)
+        for index, name in enumerate((ORCHESTRATOR_TASK, RESEARCHER_TASK))
+    ]
+    backend = cast(Any, app.backend)  # chordline's (shared/result_backend.py)
+    push(
+        app,
+        backend.client,
+        header,
+        before=lambda pipe: backend.add_chord_size(pipe, group_id, len(header)),
+    )
 
 
 def publish_agent(turn_id: str, agent: Agent, *, retrieve: bool) -> None:
     with _broker_failures(f"{agent.value} agent", turn_id):
-        signature = agent_signature(dispatch_app(), turn_id=turn_id, agent=agent, retrieve=retrieve)
-        signature.apply_async()
+        name = AGENT_TASKS[agent]
+        app = dispatch_app()
+        message = task_message(app, name, payload_of(name, turn_id=turn_id, retrieve=retrieve))
+        push(app, cast(Any, app.backend).client, [message])
 
 
 def publish_merge(turn_id: str) -> None:

@@ -33,7 +33,13 @@ from celery.backends.redis import RedisBackend
 from celery.canvas import maybe_signature
 from celery.exceptions import ChordError
 
+from shared.contract import MERGE_TASK
+from shared.task_messages import push, task_message
+
 log = logging.getLogger(__name__)
+
+# The options a turn's chord gives its merge (shared/task_messages.py, merge_chord).
+MERGE_OPTIONS = frozenset({"task_id", "reply_to", "group_id"})
 
 # Celery's CHORD_PART_RETURN_LUA (celery/backends/redis.py, 5.7) with two changes: a chord
 # whose group result was saved is left to Celery (-2, nothing recorded; so the group key's
@@ -124,15 +130,19 @@ class RedisResultBackend(RedisBackend):
         publishes a chord's last header task, so each round trip saved here is one sooner
         that the last header stage starts."""
 
-        expires = cast(Any, self).chord_expires or None  # Celery's, as its own method sets
-
         def clear_claim_and_set_size() -> None:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.delete(self.get_key_for_group(group_id, ".c"))
-                pipe.set(self.get_key_for_group(group_id, ".s"), chord_size, ex=expires)
+                self.add_chord_size(pipe, group_id, chord_size)
                 pipe.execute()
 
         self.ensure(clear_claim_and_set_size, ())
+
+    def add_chord_size(self, pipe: Any, group_id: str, chord_size: int) -> None:
+        """``set_chord_size``'s commands, added to a pipeline that sends more after them (a
+        turn's header tasks, shared/task_messages.py)."""
+        expires = cast(Any, self).chord_expires or None  # Celery's, as its own method sets
+        pipe.delete(self.get_key_for_group(group_id, ".c"))
+        pipe.set(self.get_key_for_group(group_id, ".s"), chord_size, ex=expires)
 
     def on_chord_part_return(
         self, request: Any, state: str, result: Any, propagate: Any = None, **kwargs: Any
@@ -177,6 +187,30 @@ class RedisResultBackend(RedisBackend):
         done_s = int(max(join_claim_s * 2, 300))  # how long the done mark stays, as Celery's
         self._publish_callback(callback, gid, results, keys, (claim_token, done_s))
 
+    def _send_callback(self, callback: Any, values: list[Any]) -> None:
+        """A turn's merge straight onto its queue (shared/task_messages.py); any other
+        chord's callback through Celery."""
+        app = cast(Any, self).app
+        options = callback.options
+        if (
+            callback.task == MERGE_TASK
+            and not callback.immutable
+            and not callback.args
+            and set(options) <= MERGE_OPTIONS
+        ):
+            message = task_message(
+                app,
+                MERGE_TASK,
+                callback.kwargs,
+                task_id=options.get("task_id"),
+                args=(values,),
+                group_id=options.get("group_id"),
+                reply_to=options.get("reply_to"),
+            )
+            push(app, self.client, [message])
+            return
+        app.amqp._retry_publish(callback.delay, values)
+
     @cached_property
     def _record_part_script(self) -> Any:
         return self.client.register_script(_RECORD_PART_AND_CLAIM)
@@ -206,7 +240,7 @@ class RedisResultBackend(RedisBackend):
                 # chord again.
                 self.client.delete(keys[".s"])
         try:
-            backend.app.amqp._retry_publish(callback.delay, values)
+            self._send_callback(callback, values)
         except Exception as exc:  # Celery's own handling of a failed publish
             log.exception(
                 "chord callback not published",
