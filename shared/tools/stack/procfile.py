@@ -9,6 +9,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import kombu.exceptions
+import redis
+
 from shared.tools.stack.processes import PROJECT_ROOT, ProcessGroup
 
 PROCFILE = PROJECT_ROOT / "Procfile"
@@ -45,20 +48,30 @@ def start_workers(
     return group
 
 
+BROKER_CONNECTION_ERRORS = (kombu.exceptions.OperationalError, redis.ConnectionError, OSError)
+
+
 def wait_for_workers(
     names: tuple[str, ...] | list[str], *, app_ping: object, timeout_s: float = 60.0
 ) -> None:
-    """Block until every named worker answers a ping."""
+    """Block until every named worker answers a ping. A broker connection that breaks while
+    waiting (Redis restarting; a pooled connection that outlived its server) is no answer
+    yet: the next ping takes a fresh one."""
     assert callable(app_ping)
     deadline = time.monotonic() + timeout_s
     wanted = set(names)
+    broken: Exception | None = None
     while time.monotonic() < deadline:
-        replies = app_ping() or []
+        try:
+            replies = app_ping() or []
+        except BROKER_CONNECTION_ERRORS as exc:
+            broken, replies = exc, []
         answered = {name.split("@", 1)[0] for reply in replies for name in reply}
         if wanted <= answered:
             return
         time.sleep(0.3)
-    raise TimeoutError(f"workers {sorted(wanted)} did not all answer within {timeout_s:.0f} s")
+    why = f" (last broker error: {type(broken).__name__}: {broken})" if broken else ""
+    raise TimeoutError(f"workers {sorted(wanted)} did not all answer within {timeout_s:.0f} s{why}")
 
 
 @contextlib.contextmanager
