@@ -213,7 +213,9 @@ def _signature(
 
 
 def turn_workflow(app: Celery, *, turn_id: str, topology: Topology) -> Signature:
-    """The Celery canvas that runs one turn up to its routing decision."""
+    """The Celery canvas that runs one turn up to its routing decision. A parallel turn's
+    chord is published through shared/task_messages.py as the same messages (a test holds
+    the two to the same fields); the other topologies through this canvas."""
     ref = payload_of(MERGE_TASK, turn_id=turn_id)  # each stage before the agent takes it
     if topology is Topology.PARALLEL:
         header = [
@@ -240,6 +242,9 @@ def merge_signature(app: Celery, *, turn_id: str) -> Signature:
 
 
 def agent_signature(app: Celery, *, turn_id: str, agent: Agent, retrieve: bool) -> Signature:
+    """The agent's task as a Celery signature, for a canvas or a caller of its own. A turn's
+    merge publishes the same message through shared/task_messages.py (a test holds the two
+    to the same fields)."""
     name = AGENT_TASKS[agent]
     return _signature(app, name, payload_of(name, turn_id=turn_id, retrieve=retrieve))
 
