@@ -88,12 +88,11 @@ def _broker_failures(what: str, turn_id: str) -> Iterator[None]:
 def publish_turn(turn_id: str, topology: str) -> None:
     """Publish the turn's workflow now (BrokerUnavailable if the broker cannot be reached)."""
     with _broker_failures("workflow", turn_id):
-        if Topology(topology) is Topology.PARALLEL:
-            _publish_chord(dispatch_app(), turn_id)
+        app, shape = dispatch_app(), Topology(topology)
+        if shape is Topology.PARALLEL:
+            _publish_chord(app, turn_id)
         else:
-            turn_workflow(
-                dispatch_app(), turn_id=turn_id, topology=Topology(topology)
-            ).apply_async()
+            turn_workflow(app, turn_id=turn_id, topology=shape).apply_async()
 
 
 def _publish_chord(app: Celery, turn_id: str) -> None:

@@ -118,7 +118,7 @@ def task_message(
 
 
 def _plain_repr(value: tuple[Any, ...] | dict[str, Any]) -> str | None:
-    """``repr`` of a flat tuple or dict of short strings, numbers, booleans and None, which is
+    """``repr`` of a flat tuple or dict of short strings, whole numbers, booleans and None, which is
     what Celery's ``saferepr`` writes for it, at a fraction of the cost; None (Celery's own
     then) for anything else."""
     items = value.values() if isinstance(value, dict) else value

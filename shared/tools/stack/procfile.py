@@ -56,7 +56,7 @@ def wait_for_workers(
 ) -> None:
     """Block until every named worker answers a ping. A broker connection that breaks while
     waiting (Redis restarting; a pooled connection that outlived its server) is no answer
-    yet: the next ping takes a fresh one."""
+    yet: the next ping tries again, until the timeout."""
     assert callable(app_ping)
     deadline = time.monotonic() + timeout_s
     wanted = set(names)
