@@ -17,8 +17,10 @@ versions still completes once, and changes only how many round trips they take:
   claims the chord for the time the publish may take, and returns the results with the
   claim. A chord whose group result was saved (a header of groups) takes Celery's own path.
 
-The publish of the merge, the release of the claim and the ``done`` mark after it, and a
-failed header part (the chord's error, as Celery raises it) are Celery's own.
+A turn's merge is pushed onto its queue by shared/task_messages.py (the message Celery's
+``delay`` would send); any other chord's callback is published by Celery. The release of
+the claim and the ``done`` mark after it, and a failed header part (the chord's error, as
+Celery raises it) are Celery's own.
 """
 
 from __future__ import annotations
