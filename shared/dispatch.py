@@ -100,7 +100,7 @@ def _publish_chord(app: Celery, turn_id: str) -> None:
     then the orchestrator and the researcher, each carrying the merge), in one round trip."""
     ref = payload_of(MERGE_TASK, turn_id=turn_id)
     group_id, merge_id = str(uuid.uuid4()), str(uuid.uuid4())
-    merge = merge_chord(app, turn_id=turn_id, merge_id=merge_id, group_id=group_id)
+    merge = merge_chord(app, ref, merge_id=merge_id, group_id=group_id)
     header = [
         task_message(app, name, ref, group_id=group_id, group_index=index, chord=merge)
         for index, name in enumerate((ORCHESTRATOR_TASK, RESEARCHER_TASK))

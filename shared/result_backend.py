@@ -36,12 +36,9 @@ from celery.canvas import maybe_signature
 from celery.exceptions import ChordError
 
 from shared.contract import MERGE_TASK
-from shared.task_messages import push, task_message
+from shared.task_messages import MERGE_OPTIONS, push, task_message
 
 log = logging.getLogger(__name__)
-
-# The options a turn's chord gives its merge (shared/task_messages.py, merge_chord).
-MERGE_OPTIONS = frozenset({"task_id", "reply_to", "group_id"})
 
 # Celery's CHORD_PART_RETURN_LUA (celery/backends/redis.py, 5.7) with two changes: a chord
 # whose group result was saved is left to Celery (-2, nothing recorded; so the group key's

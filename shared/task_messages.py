@@ -179,13 +179,22 @@ def push(
             )
 
 
-def merge_chord(app: Celery, *, turn_id: str, merge_id: str, group_id: str) -> dict[str, Any]:
-    """The chord's callback as Celery embeds it in each header task's message."""
+# The options a turn's chord gives its merge: what the join checks before it pushes the
+# merge itself (shared/result_backend.py).
+MERGE_OPTIONS = frozenset({"task_id", "reply_to", "group_id"})
+
+
+def merge_chord(
+    app: Celery, kwargs: Mapping[str, Any], *, merge_id: str, group_id: str
+) -> dict[str, Any]:
+    """The chord's callback, with the merge's ``kwargs``, as Celery embeds it in each header
+    task's message."""
+    options = {"task_id": merge_id, "reply_to": app.thread_oid, "group_id": group_id}
     return {
         "task": MERGE_TASK,
         "args": [],
-        "kwargs": {"turn_id": turn_id},
-        "options": {"task_id": merge_id, "reply_to": app.thread_oid, "group_id": group_id},
+        "kwargs": dict(kwargs),
+        "options": options,
         "subtask_type": None,
         "immutable": False,
     }

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from redis.commands.core import ListCommands
 
 from shared import contract, dispatch
-from shared.contract import MERGE_TASK, ORCHESTRATOR_TASK, RESEARCHER_TASK
-from shared.dispatch import dispatch_app
+from shared.config import get_settings
+from shared.contract import AGENT_TASKS, MERGE_TASK, ORCHESTRATOR_TASK, RESEARCHER_TASK, make_celery
+from shared.dispatch import reset_dispatch_app, set_dispatch_app
 from shared.result_backend import RedisResultBackend
 from shared.schemas import Agent, Topology
 from shared.task_messages import merge_chord
@@ -29,22 +29,37 @@ TURN = "3e62c258-02b2-4d92-b6d3-9a876de68770"
 
 
 @pytest.fixture
-def app(services: None) -> Celery:
-    return dispatch_app()
+def app(services: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
+    """The dispatch app, every task routed to a queue of this test's own in the real Redis
+    (workers of other tests may be consuming the turn queues)."""
+    prefix = f"test-messages-{uuid.uuid4()}-"
+    for name, route in list(contract.TASK_ROUTES.items()):
+        monkeypatch.setitem(contract.TASK_ROUTES, name, {"queue": prefix + route["queue"]})
+    app = make_celery("test-task-messages", get_settings())
+    set_dispatch_app(app)
+    try:
+        yield app
+    finally:
+        client = _client(app)
+        left = client.keys(f"{prefix}*")
+        if left:
+            client.delete(*left)
+        reset_dispatch_app()
 
 
-@pytest.fixture
-def pushed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """Every message pushed onto a queue from now on, by kombu or by chordline, kept here
-    instead of sent (workers of other tests may be consuming the turn queues)."""
-    kept: list[tuple[str, dict[str, Any]]] = []
+def _client(app: Celery) -> Any:
+    backend = app.backend
+    assert isinstance(backend, RedisResultBackend)
+    return backend.client
 
-    def lpush(self: Any, name: str, *values: Any) -> Any:
-        kept.extend((name, json.loads(value)) for value in values)
-        return self if hasattr(self, "command_stack") else len(values)
 
-    monkeypatch.setattr(ListCommands, "lpush", lpush)
-    yield kept
+def published(app: Celery, name: str) -> list[dict[str, Any]]:
+    """The messages on task ``name``'s queue, oldest first, taken off it."""
+    client = _client(app)
+    queue = contract.TASK_ROUTES[name]["queue"]
+    messages = [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+    client.delete(queue)
+    return messages
 
 
 def comparable(message: dict[str, Any], keep: Collection[str] = ()) -> dict[str, Any]:
@@ -67,48 +82,39 @@ def comparable(message: dict[str, Any], keep: Collection[str] = ()) -> dict[str,
     return same
 
 
-def test_a_parallel_turns_chord_is_the_chord_celery_publishes(
-    app: Celery, pushed: list[tuple[str, dict[str, Any]]]
-) -> None:
+def test_a_parallel_turns_chord_is_the_chord_celery_publishes(app: Celery) -> None:
     contract.turn_workflow(app, turn_id=TURN, topology=Topology.PARALLEL).apply_async()
-    celerys = list(pushed)
-    pushed.clear()
     dispatch.publish_turn(TURN, Topology.PARALLEL.value)
-    assert [queue for queue, _ in pushed] == [queue for queue, _ in celerys]
-    assert [m["headers"]["task"] for _, m in pushed] == [ORCHESTRATOR_TASK, RESEARCHER_TASK]
-    for (_, mine), (_, theirs) in zip(pushed, celerys, strict=True):
-        assert comparable(mine) == comparable(theirs)
+    mine = []
+    for name in (ORCHESTRATOR_TASK, RESEARCHER_TASK):
+        theirs, my_message = published(app, name)  # on its queue: Celery's first, then mine
+        assert my_message["headers"]["task"] == name
+        assert comparable(my_message) == comparable(theirs)
+        mine.append(my_message)
     # one chord: both header tasks name the same group and carry the same merge
-    groups = {m["headers"]["group"] for _, m in pushed}
-    merges = {json.dumps(comparable(m)["body"][2]["chord"]) for _, m in pushed}
+    groups = {m["headers"]["group"] for m in mine}
+    merges = {json.dumps(comparable(m)["body"][2]["chord"]) for m in mine}
     assert len(groups) == 1 and len(merges) == 1
 
 
-def test_an_agent_is_the_message_celery_publishes(
-    app: Celery, pushed: list[tuple[str, dict[str, Any]]]
-) -> None:
+def test_an_agent_is_the_message_celery_publishes(app: Celery) -> None:
     for agent in Agent:
-        pushed.clear()
         contract.agent_signature(app, turn_id=TURN, agent=agent, retrieve=False).apply_async()
         dispatch.publish_agent(TURN, agent, retrieve=False)
-        (their_queue, theirs), (my_queue, mine) = pushed
-        assert my_queue == their_queue
+        theirs, mine = published(app, AGENT_TASKS[agent])
         assert comparable(mine) == comparable(theirs)
 
 
-def test_the_merge_a_chord_publishes_is_the_message_celery_publishes(
-    app: Celery, pushed: list[tuple[str, dict[str, Any]]]
-) -> None:
+def test_the_merge_a_chord_publishes_is_the_message_celery_publishes(app: Celery) -> None:
     group, merge_id, client = (str(uuid.uuid4()) for _ in range(3))
-    chord = merge_chord(app, turn_id=TURN, merge_id=merge_id, group_id=group)
+    chord = merge_chord(app, {"turn_id": TURN}, merge_id=merge_id, group_id=group)
     chord["options"]["reply_to"] = client  # the publishing client's, not this thread's
     results = [{"stage": "orchestrator", "ok": True}, {"stage": "researcher", "ok": True}]
     app.signature(dict(chord)).delay(results)
     backend = app.backend
     assert isinstance(backend, RedisResultBackend)
     backend._send_callback(app.signature(dict(chord)), results)
-    (their_queue, theirs), (my_queue, mine) = pushed
-    assert my_queue == their_queue
+    theirs, mine = published(app, MERGE_TASK)
     assert mine["headers"]["task"] == MERGE_TASK
     given = (group, merge_id, client)
     assert comparable(mine, keep=given) == comparable(theirs, keep=given)
@@ -116,24 +122,20 @@ def test_the_merge_a_chord_publishes_is_the_message_celery_publishes(
 
 
 def test_the_chord_goes_out_in_one_round_trip_with_its_size_before_its_tasks(
-    app: Celery, monkeypatch: pytest.MonkeyPatch, redis_round_trips: list[bytes]
+    app: Celery, redis_round_trips: list[bytes]
 ) -> None:
-    queues = {name: f"test-chord-{uuid.uuid4()}" for name in (ORCHESTRATOR_TASK, RESEARCHER_TASK)}
-    for name, queue in queues.items():
-        monkeypatch.setitem(contract.TASK_ROUTES, name, {"queue": queue})
+    header = (ORCHESTRATOR_TASK, RESEARCHER_TASK)
+    queues = [contract.TASK_ROUTES[name]["queue"] for name in header]
     backend = app.backend
     assert isinstance(backend, RedisResultBackend)
-    client = backend.client
-    try:
-        redis_round_trips.clear()
-        dispatch.publish_turn(TURN, Topology.PARALLEL.value)
-        assert len(redis_round_trips) == 1
-        trip = redis_round_trips[0]
-        size_at = trip.index(b".s")
-        assert all(size_at < trip.index(queue.encode()) for queue in queues.values())
-        headers = [json.loads(client.lpop(queue))["headers"] for queue in queues.values()]
-        assert [h["task"] for h in headers] == [ORCHESTRATOR_TASK, RESEARCHER_TASK]
-        group = headers[0]["group"]
-        assert int(client.get(backend.get_key_for_group(group, ".s"))) == 2
-    finally:
-        client.delete(*queues.values())
+    backend.client.ping()  # connected before the count starts
+    redis_round_trips.clear()
+    dispatch.publish_turn(TURN, Topology.PARALLEL.value)
+    assert len(redis_round_trips) == 1
+    trip = redis_round_trips[0]
+    size_at = trip.index(b".s")
+    assert all(size_at < trip.index(queue.encode()) for queue in queues)
+    headers = [published(app, name)[0]["headers"] for name in header]
+    assert [h["task"] for h in headers] == list(header)
+    group = headers[0]["group"]
+    assert int(backend.client.get(backend.get_key_for_group(group, ".s"))) == 2
