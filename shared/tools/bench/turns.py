@@ -44,10 +44,12 @@ from shared.dispatch import flush_dispatch
 from shared.errors import InvalidInput
 from shared.kb.ingest import ingest_paths
 from shared.providers.registry import get_providers
+from shared.redis_conn import get_redis
 from shared.schemas import TERMINAL_STATUSES, Topology
 from shared.tools.bench import bare_chord
 from shared.tools.bench.cpu_time import CpuMeter, Processes, listener_pid, ms_per_unit
 from shared.tools.bench.overhead_hops import HOPS, chordline_hops, mean_hops
+from shared.tools.bench.redis_forks import compact_append_only_file, forks, forks_between
 from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.processes import ProcessGroup
 from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
@@ -377,13 +379,16 @@ def run_bench(
     topologies: tuple[Topology, ...] = TOPOLOGIES,
     via_http: bool = False,
     progress: Console | None = None,
+    compact_redis: bool = False,
 ) -> BenchRun:
     """Every system gets the same arrivals. The schedule is cut into rounds, and the
     systems take turns round by round (each round in a rotated order, each system's turns
     drained before the next system starts), so that a machine whose speed drifts during
     the run favours none of them. With ``via_http``, each topology also takes the same
     arrivals posted through the HTTP API (a `web` process from the Procfile), as
-    ``<topology>-http``."""
+    ``<topology>-http``. With ``compact_redis`` (chordline's own embedded server), Redis
+    rewrites its append-only file first, so that no rewrite forks it during the rounds;
+    the forks there were anyway are counted (``redis_forks``, see redis_forks.py)."""
     offsets = poisson_offsets(rate, duration_s, seed)  # checks the load before anything runs
     rounds = check_rounds(rounds if rounds is not None else default_rounds(duration_s))
     tag = uuid.uuid4().hex[:8]
@@ -409,7 +414,10 @@ def run_bench(
             )
             systems.insert(0, _baseline_system(bare))
             stack.callback(bare_chord.release_results)
+        if compact_redis:
+            compact_append_only_file(get_redis())
         _warm_up(systems, rate, tag)
+        forks_before = forks(get_redis())
         first_index = 0
         for number, part in enumerate(segments(offsets, rounds)):
             order = systems[number % len(systems) :] + systems[: number % len(systems)]
@@ -419,8 +427,11 @@ def run_bench(
             first_index += len(part)
         results = {system.name: (system, system.ended(system.arrivals)) for system in systems}
         hops = {s.name: mean_hops(s.hops(_arrived_at(s.arrivals))) for s in systems if s.hops}
+        fork_window = forks_between(forks_before, forks(get_redis()))
     run = _bench_result(rate, len(offsets), rounds, results)
     run.summary["overhead_hops_ms"] = hops
+    if fork_window is not None:
+        run.summary["redis_forks"] = fork_window
     return run
 
 

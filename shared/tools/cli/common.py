@@ -8,13 +8,16 @@ import inspect
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 from shared.config import get_settings
+
+if TYPE_CHECKING:
+    from shared.tools.stack.embedded import EmbeddedServices
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
@@ -61,14 +64,15 @@ class CommandGroup(TyperGroup):
 
 
 @contextlib.contextmanager
-def needed_services(*, redis: bool = True) -> Iterator[None]:
-    """Postgres (migrated) and, unless told otherwise, Redis: configured or embedded."""
+def needed_services(*, redis: bool = True) -> Iterator[EmbeddedServices]:
+    """Postgres (migrated) and, unless told otherwise, Redis: configured or embedded (the
+    embedded ones are those it yields)."""
     from shared.db.migrations import migrate
     from shared.tools.stack.services import services
 
-    with services(redis=redis):
+    with services(redis=redis) as embedded:
         migrate()
-        yield
+        yield embedded
 
 
 @contextlib.contextmanager

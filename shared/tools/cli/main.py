@@ -353,6 +353,7 @@ def bench(
     --tenants: latency per tenant with one tenant flooding, against the quiet tenants'
     solo run."""
     from shared.schemas import Topology
+    from shared.tools.bench.redis_forks import fork_warning
     from shared.tools.bench.turns import TOPOLOGIES, plot_cdfs, print_bench_table, run_bench
 
     if tenants is not None:
@@ -383,7 +384,7 @@ def bench(
         raise typer.BadParameter(f"{plot} does not end in .png", param_hint="--plot")
     if plot is not None and not plot.resolve().parent.is_dir():
         raise typer.BadParameter(f"{plot.parent} is not a folder", param_hint="--plot")
-    with needed_services():
+    with needed_services() as embedded:
         run = run_bench(
             rate=rate,
             duration_s=duration,
@@ -393,7 +394,10 @@ def bench(
             topologies=chosen,
             via_http=via == "http",
             progress=err,
+            compact_redis=embedded.redis is not None,
         )
+    if (warning := fork_warning(run.summary.get("redis_forks"))) is not None:
+        err.print(warning)
     if plot is not None:
         plot_cdfs(run, plot)
         err.print(f"latency CDFs written to {plot}")
