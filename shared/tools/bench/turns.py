@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import random
 import time
@@ -418,10 +419,12 @@ def run_bench(
             compact_append_only_file(get_redis())
         _warm_up(systems, rate, tag)
         forks_before = forks(get_redis())
+        stack.callback(gc.unfreeze)
         first_index = 0
         for number, part in enumerate(segments(offsets, rounds)):
             order = systems[number % len(systems) :] + systems[: number % len(systems)]
             for system in order:
+                _settle_heap()
                 _announce(progress, system.name, part, rate, number, rounds)
                 system.run(part, first_index=first_index)
             first_index += len(part)
@@ -433,6 +436,21 @@ def run_bench(
     if fork_window is not None:
         run.summary["redis_forks"] = fork_window
     return run
+
+
+def _settle_heap() -> None:
+    """Before each round, everything this process holds so far leaves the cyclic garbage
+    collector's view (``gc.freeze``), so that no full collection of it pauses the round.
+
+    This process publishes every system's turns. Its heap grows over a run (the bare
+    chord's pending results among it), and a full collection scans all of it with the GIL
+    held: 20-90 ms here, during which no turn of the system running could be published.
+    Frozen, the objects of earlier rounds are never scanned again; the round's own are, as
+    any client's would be. (chordline's workers freeze what they made at start-up for the
+    same reason, workers/lifecycle.py; the bare chord's workers are left as Celery runs them.)
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _arrived_at(arrivals: list[Arrival]) -> dict[str, float]:
