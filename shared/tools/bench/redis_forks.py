@@ -2,13 +2,13 @@
 
 Redis and Valkey fork to rewrite their append-only file (automatically, each time it has
 grown by ``auto-aof-rewrite-percentage``) or to save a snapshot. The fork stops the server
-while the kernel copies its page tables, and every turn in flight then waits, in whichever
-system is running at that moment: on a small virtual machine with a few hundred thousand
-keys this was seen to hold up a burst of turns for 50-110 ms, enough to set a system's p99 by
-itself. So a benchmark counts the server's forks over its measured rounds and says when
-there were some, and on chordline's own embedded server, which keeps what earlier runs
-wrote, it compacts the append-only file first: the rewrite then comes before the
-measurement, and the next one only after the file has grown as much again.
+while the kernel copies its page tables (the server reports how long, ``latest_fork_usec``),
+and every turn in flight then waits, in whichever system is running at that moment. So a
+benchmark counts the server's forks over its measured rounds and says when there were some,
+and on chordline's own embedded server, which keeps what earlier runs wrote (it rewrote its
+file every second or third bench run on the development machine), it compacts the
+append-only file first: the rewrite then comes before the measurement, and the next one only
+after the file has grown as much again.
 """
 
 from __future__ import annotations
