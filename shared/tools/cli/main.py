@@ -397,7 +397,7 @@ def bench(
             compact_redis=embedded.redis is not None,
         )
     if (warning := fork_warning(run.summary.get("redis_forks"))) is not None:
-        err.print(warning)
+        err.print(warning, soft_wrap=True)  # one line, whatever the width
     if plot is not None:
         plot_cdfs(run, plot)
         err.print(f"latency CDFs written to {plot}")
