@@ -48,7 +48,6 @@ class TaskMessage:
     """One task message, in kombu's Redis envelope, and the queue it goes to."""
 
     name: str
-    task_id: str
     queue: str
     envelope: str
     headers: dict[str, Any]
@@ -114,7 +113,7 @@ def task_message(
             "delivery_tag": str(uuid.uuid4()),
         },
     }
-    return TaskMessage(name, task_id, queue, json.dumps(envelope), headers, body)
+    return TaskMessage(name, queue, json.dumps(envelope), headers, body)
 
 
 def _plain_repr(value: tuple[Any, ...] | dict[str, Any]) -> str | None:
