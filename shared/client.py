@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from shared.errors import (
     TurnTimeout,
     UnknownTenant,
 )
+from shared.ids import time_ordered_uuid
 from shared.schemas import TERMINAL_STATUSES, Admission, TurnStatus
 from shared.streaming import StreamEvent, follow, read_events
 from shared.validation import check_idempotency_key, check_message, check_slug, check_turn_id
@@ -120,7 +120,7 @@ def enqueue_turn(
     key = check_idempotency_key(idempotency_key)
     with transient_database_failures(SAFE_RETRY):
         tenant_settings = recent_tenant_settings.get(tenant)
-    turn_id = str(uuid.uuid4())
+    turn_id = str(time_ordered_uuid())  # new turns go to the end of the turns' indexes
     policy = tenant_settings.admission
     admitted = _admit(tenant, turn_id, policy, key, conversation=conversation, message=message)
     if isinstance(admitted, str):  # refused, but the key's turn was accepted before

@@ -26,6 +26,7 @@ from shared.db.direct import transaction_pipeline
 from shared.db.models import Conversation, Turn, TurnOutbox
 from shared.db.spans import INSERT_SPAN_FROM, SpanRecord, span_params
 from shared.errors import ConversationBusy, IllegalTransition, TurnNotFound
+from shared.ids import time_ordered_uuid
 from shared.schemas import Qualification, Stage, TurnStatus
 from shared.turn_state import (
     AWAITING_CONVERSATION,
@@ -244,7 +245,7 @@ def accept_turn(
     idempotency key (see ``is_idempotency_conflict``).
     """
     params = {
-        "conversation_row_id": uuid.uuid4(),
+        "conversation_row_id": time_ordered_uuid(),
         "tenant_id": tenant_id,
         "external_id": conversation,
         "id": uuid.UUID(turn_id),
