@@ -15,6 +15,7 @@ from shared.db.session import session_scope
 from shared.db.spans import spans_of
 from shared.db.turns import load_turn
 from shared.errors import InvalidInput, UnknownTenant
+from shared.ids import made_at_ms
 from shared.redis_conn import get_redis
 from shared.schemas import Agent
 from shared.streaming import ReplyStream, follow, publish_end, stream_key
@@ -141,6 +142,12 @@ def test_turns_of_one_conversation_run_in_order(workers: None, tenant: str) -> N
     ids = [enqueue_turn(tenant, "ordered", m) for m in messages]
     views = [wait_for_turn(i, timeout=60) for i in ids]
     assert [v.seq for v in views] == [1, 2, 3, 4]
+    # time-ordered ids (version 7): a later turn's id sorts after an earlier one's
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    made = [made_at_ms(uuid.UUID(i)) for i in ids]
+    assert made == sorted(made)
+    accepted_ms = views[0].accepted_at * 1000
+    assert accepted_ms - 1000 <= made[0] <= accepted_ms + 1  # made just before its acceptance
     assert all(v.status == "completed" for v in views)
     with session_scope() as session:
         starts = {}
@@ -157,6 +164,7 @@ def test_turns_of_one_conversation_run_in_order(workers: None, tenant: str) -> N
             )
         )
         assert conv is not None
+        assert conv.id.version == 7
         assert conv.active_turn_id is None
         assert conv.contextual_memory["turns"] == 4
         assert conv.qualification_status == "qualified"
