@@ -80,6 +80,12 @@ def test_bench_with_baseline_prints_both_systems_with_cpu_and_draws_the_cdfs(
     assert "postgres" in result["cpu_ms_per_turn"]["parallel"]
     assert "postgres" not in result["cpu_ms_per_turn"]["baseline"]
     assert set(result["vs_baseline"]) == {"overhead_p50", "overhead_p99", "cpu_per_turn"}
+    # chordline's turns write the WAL (each commits its row, spans and outbox); the bare
+    # chord has no Postgres
+    wal = result["wal_per_turn"]
+    assert set(wal) == {"parallel"}
+    assert wal["parallel"]["bytes"] > 1000 and wal["parallel"]["records"] >= 10
+    assert 0 <= wal["parallel"]["full_page_images"] < wal["parallel"]["records"]
     for system in ("baseline", "parallel"):  # every hop between stages takes the broker's time
         hops = result["overhead_hops_ms"][system]
         assert list(hops) == list(HOPS)

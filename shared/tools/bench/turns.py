@@ -51,6 +51,7 @@ from shared.tools.bench import bare_chord
 from shared.tools.bench.cpu_time import CpuMeter, Processes, listener_pid, ms_per_unit
 from shared.tools.bench.overhead_hops import HOPS, chordline_hops, mean_hops
 from shared.tools.bench.redis_forks import compact_append_only_file, forks, forks_between
+from shared.tools.bench.wal_volume import WalVolume, wal_written
 from shared.tools.demo.conversation import DEMO_KB
 from shared.tools.stack.processes import ProcessGroup
 from shared.tools.stack.procfile import TURN_PROCESSES, running_workers
@@ -288,17 +289,24 @@ class System:
     ended: Callable[[list[Arrival]], dict[str, tuple[float, float]]]
     processes: dict[str, Processes]
     hops: Callable[[dict[str, float]], list[dict[str, float]]] | None = None
+    writes_wal: bool = False  # chordline's systems: Postgres WAL is metered over their runs
     arrivals: list[Arrival] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    wal: WalVolume | None = None
 
     def run(self, offsets: list[float], *, first_index: int) -> None:
-        """Drive ``offsets`` and wait for every turn to end, metering CPU meanwhile."""
+        """Drive ``offsets`` and wait for every turn to end, metering CPU (and WAL)
+        meanwhile."""
         meter = CpuMeter(self.processes)
+        wal_before = wal_written() if self.writes_wal else None
         meter.start()
         arrivals = drive(offsets, self.submit, first_index=first_index)
         self.wait(arrivals)
         for kind, seconds in meter.stop().items():
             self.cpu_s[kind] = self.cpu_s.get(kind, 0.0) + seconds
+        wal_after = wal_written() if wal_before is not None else None
+        if wal_before is not None and wal_after is not None:
+            self.wal = (self.wal or WalVolume()) + (wal_after - wal_before)
         self.arrivals.extend(arrivals)
 
 
@@ -324,6 +332,7 @@ def _chordline_systems(
             ended=functools.partial(chordline_ended, topology),
             processes=processes,
             hops=chordline_hops if topology is Topology.PARALLEL else None,
+            writes_wal=True,
         )
         for topology in topologies
     ]
@@ -489,6 +498,9 @@ def _bench_result(
         summary[name].pop("_mean_ideal_ms")
         summary[name].pop("_mean_latency_ms")
     summary["cpu_ms_per_turn"] = cpu_ms
+    wal = {n: s.wal.per_turn(turns) for n, (s, _) in results.items() if s.wal is not None}
+    if wal:
+        summary["wal_per_turn"] = wal
     if BASELINE in results and "parallel" in results:
         summary["vs_baseline"] = versus_baseline(summary)
     over_http = {
@@ -579,6 +591,8 @@ def print_bench_table(result: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     console.print(cpu_table(result["cpu_ms_per_turn"], systems))
+    if result.get("wal_per_turn"):
+        console.print(wal_line(result["wal_per_turn"]))
     if "measured_saving_ms" in result:
         console.print(
             f"saving of parallel over sequential (mean latency): measured "
@@ -603,6 +617,17 @@ def print_bench_table(result: dict[str, Any], console: Console) -> None:
 
 
 CPU_KINDS = ("client", "web", *TURN_PROCESSES, "postgres", "redis", "total")
+
+
+def wal_line(wal: dict[str, dict[str, float]]) -> str:
+    """Postgres WAL per turn of each system that writes it (wal_volume.py)."""
+    parts = [
+        f"{name} {figures['bytes'] / 1000:,.1f} kB ({figures['full_page_images']:.2f} "
+        "full-page images)"
+        for name, figures in wal.items()
+        if figures
+    ]
+    return "Postgres WAL per turn: " + ", ".join(parts)
 
 
 def hops_table(baseline: dict[str, float], parallel: dict[str, float]) -> Table:

@@ -108,6 +108,7 @@ def http_systems(client_systems: list[System], web: WebUnderTest) -> list[System
                 wait=system.wait,
                 ended=system.ended,
                 processes={**system.processes, "web": Processes((web.pid,))},
+                writes_wal=system.writes_wal,
             )
         )
     return systems
