@@ -7,7 +7,8 @@ index must stay in memory, and the first change to each page after a checkpoint 
 full copy of the page in the WAL. A version 7 id starts with the Unix time in
 milliseconds, so new keys go to the index's rightmost pages, as a serial key's would,
 while ids stay unguessable (74 random bits) and can be made anywhere without a database
-round trip. Python's ``uuid.uuid7`` arrives only in 3.14.
+round trip. An id tells when it was made, to the millisecond, which the turn's own
+``accepted_at`` says anyway. Python's ``uuid.uuid7`` arrives only in 3.14.
 """
 
 from __future__ import annotations

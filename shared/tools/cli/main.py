@@ -349,9 +349,9 @@ def bench(
     """Open-loop benchmark of both topologies, beside a bare Celery chord with --baseline.
 
     Simulated stage latencies, the same arrivals for every system, in interleaved rounds;
-    overhead percentiles and the CPU milliseconds per turn of every process. With
-    --tenants: latency per tenant with one tenant flooding, against the quiet tenants'
-    solo run."""
+    overhead percentiles, the CPU milliseconds per turn of every process and the Postgres
+    WAL per turn. With --tenants: latency per tenant with one tenant flooding, against the
+    quiet tenants' solo run."""
     from shared.schemas import Topology
     from shared.tools.bench.redis_forks import fork_warning
     from shared.tools.bench.turns import TOPOLOGIES, plot_cdfs, print_bench_table, run_bench
