@@ -156,7 +156,10 @@ def test_bench_refuses_a_rate_or_duration_that_is_not_above_zero(
     monkeypatch.setattr(shared.tools.cli.main, "needed_services", must_not_start)
     result = CliRunner().invoke(app, ["bench", *args])
     assert result.exit_code == 2, result.output
-    assert f"Invalid value for '{args[0]}'" in result.output
+    # one wording for every value refused, negative numbers included
+    assert f"Invalid value for '{args[0]}': is {float(args[1]):g}; it must be above 0" in (
+        " ".join(result.output.replace("│", " ").split())
+    )
 
 
 @pytest.mark.timeout(10)

@@ -264,10 +264,11 @@ def tenant_show(tenant: Annotated[str, typer.Argument(help="Tenant id.")]) -> No
 
 
 def _above_zero(value: float) -> float:
-    """Typer's ``min=`` is inclusive: a rate or duration of 0 (or NaN, or infinity) is refused
-    too. The upper limits are those of shared.tools.bench.turns, checked before anything runs."""
+    """A rate, a duration or a skew: above 0 and finite (0, a negative number, NaN and
+    infinity are refused alike, in the words of the upper limits, which
+    shared.tools.bench.turns checks before anything runs)."""
     if not (value > 0 and math.isfinite(value)):
-        raise typer.BadParameter(f"{value:g} is not a number above 0.")  # Typer names the option
+        raise typer.BadParameter(f"is {value:g}; it must be above 0")  # Typer names the option
     return value
 
 
@@ -275,15 +276,11 @@ def _above_zero(value: float) -> float:
 def bench(
     rate: Annotated[
         float,
-        typer.Option(
-            help="Turns per second (Poisson arrivals), above 0.", min=0, callback=_above_zero
-        ),
+        typer.Option(help="Turns per second (Poisson arrivals), above 0.", callback=_above_zero),
     ] = 25.0,
     duration: Annotated[
         float,
-        typer.Option(
-            help="Seconds of arrivals per topology, above 0.", min=0, callback=_above_zero
-        ),
+        typer.Option(help="Seconds of arrivals per topology, above 0.", callback=_above_zero),
     ] = 20.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the arrival process.")] = 7,
@@ -333,7 +330,6 @@ def bench(
         typer.Option(
             help="With --tenants: the noisy tenant sends this many times the share "
             "of each other tenant.",
-            min=0,
             callback=_above_zero,
         ),
     ] = 10.0,
