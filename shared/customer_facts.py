@@ -55,10 +55,19 @@ CURRENT_TOOL = re.compile(
     r"which|that|so|because)\b)[A-Za-z0-9][\w.&/-]*){0,2})",
     re.IGNORECASE,
 )
+# An amount of money: with a currency ("$20k", "800 euros"), or a bare number where the words
+# around it say it is money ("our budget is 5000").
+_MONEY = (
+    r"(?:[$€£]\s?\d[\d,.]*\s?(?:k|m)?|\d[\d,.]*\s?(?:k|m)?\s?"
+    r"(?:usd|eur|gbp|dollars|euros|pounds)\b)"
+)
+_PER = r"(?:\s?(?:a|per|/)\s?(?:year|month|user|seat|person))?"
+_ABOUT = r"(?:(?:around|about|roughly|approximately|up to|under|at most|maybe) )?"
 BUDGET = re.compile(
-    r"\b(?:budget (?:is |of |around |about )?|up to |spend )"
-    r"((?:[$€£]\s?)?\d[\d,.]*\s?(?:k|m|usd|eur|gbp|dollars|euros)?(?:\s?(?:a|per) "
-    r"(?:year|month))?)",
+    r"\b(?:budget (?:is |of |was |would be |will be )?"
+    rf"({_ABOUT}(?:{_MONEY}|\d[\d,.]*\s?(?:k|m)?\b){_PER})"
+    r"|(?:spend|afford|pay) "
+    rf"({_ABOUT}{_MONEY}{_PER}))",
     re.IGNORECASE,
 )
 TIMELINE = re.compile(
@@ -73,6 +82,10 @@ COMPANY = re.compile(
     r"\b(?i:I'm|I am|we're|we are|this is \w+)\s+(?:[a-z]+\s+){0,3}(?i:at|from|with)\s+"
     r"([A-Z][\w&.-]*(?:\s+[A-Z][\w&.-]*){0,2})"
     r"|\b(?i:at)\s+([A-Z][\w&.-]*(?:\s+[A-Z][\w&.-]*){0,2}),?\s+(?i:we)\b"
+    # "We are Acme Builders, ...": a name right after "we are", ending the clause (not "we
+    # are GDPR compliant")
+    r"|\b(?i:we're|we are)\s+([A-Z][\w&.-]*(?:\s+[A-Z][\w&.-]*){0,2})"
+    r"(?=\s*(?:[,.;:!?]|$)|\s+(?i:and|with|from|in)\b)"
 )
 DECIDERS = re.compile(
     r"\b(?:our|my|the)\s+(CFO|CTO|CEO|COO|CIO|CISO|IT team|finance team|procurement|board|"
@@ -82,7 +95,9 @@ DECIDERS = re.compile(
 )
 NEEDS = re.compile(
     r"\b(?:we need|we want|we must have|we are looking for|we're looking for|looking for)\s+"
-    r"(?!(?:it|them|this|that|you|to know)\b)"  # "we want it live by Q3" is a timeline
+    # "we want it live by Q3", "we want to decide by March": a timeline, not a need
+    r"(?!(?:it|them|this|that|you|to know|to decide|to make a decision|to go live|to start|"
+    r"to sign)\b)"
     r"((?:[\w'-]+\s*){1,6}?)(?=[,.;!?]|\s+(?:and|but|so|because|that)\b|$)",
     re.IGNORECASE,
 )
@@ -106,11 +121,11 @@ def facts_in(message: str) -> CustomerFacts:
     if tool := CURRENT_TOOL.search(message):
         facts["current_tool"] = tool.group(1).strip(" .,;:!?")
     if budget := BUDGET.search(message):
-        facts["budget"] = budget.group(1).strip()
+        facts["budget"] = (budget.group(1) or budget.group(2)).strip(" .,")
     if timeline := TIMELINE.search(message):
         facts["timeline"] = timeline.group(1).strip()
     if company := COMPANY.search(message):
-        facts["company"] = (company.group(1) or company.group(2)).strip(" .,")
+        facts["company"] = next(name for name in company.groups() if name).strip(" .,")
     if deciders := DECIDERS.findall(message):
         facts["decision_makers"] = list(dict.fromkeys(d.strip() for d in deciders))
     if needs := NEEDS.findall(message):
@@ -155,16 +170,57 @@ QUESTIONS = (
 )
 
 
-def discovery_question(facts: CustomerFacts) -> str:
-    """The next one or two things to ask, without any the customer already said."""
+TRIAL_OFFER = "Shall I set up a trial with that in mind?"
+# "What else do you need to know?": the customer asks to be asked, questions let pass included.
+INVITES_QUESTIONS = re.compile(
+    r"\b(?:what else|anything else|what do you need|need to know|what information)\b",
+    re.IGNORECASE,
+)
+
+
+def discovery_question(facts: CustomerFacts, asked_before: str = "") -> str:
+    """The next one or two things to ask: none the customer already said, and none asked
+    in ``asked_before`` (the conversation's recent replies: a question the customer let
+    pass is not put again). With nothing left to ask, the offer of a trial, once; then
+    nothing."""
+    earlier = asked_before.lower()
+    asked = {key for keys, question in QUESTIONS if question in earlier for key in keys}
     wanted: list[str] = []
-    asked: set[str] = set()
     for keys, question in QUESTIONS:
         if all(k not in facts and k not in asked for k in keys):
             wanted.append(question)
             asked.update(keys)
         if len(wanted) == 2:
             break
-    if not wanted:
-        return "Shall I set up a trial with that in mind?"
-    return f"To point you at the right setup: {' and '.join(wanted)}?"
+    if wanted:
+        return f"To point you at the right setup: {' and '.join(wanted)}?"
+    return "" if TRIAL_OFFER.lower() in earlier else TRIAL_OFFER
+
+
+def acknowledgement(stated: CustomerFacts) -> str:
+    """What the customer just told us, said back in one sentence (empty when nothing), so
+    that they see it was heard: "Thanks, noted: Acme Builders, 40 people across 3 sites,
+    paper timesheets today."."""
+    parts: list[str] = []
+    if company := stated.get("company"):
+        parts.append(company)
+    people, sites = stated.get("people"), stated.get("sites")
+    headcount = None if people is None else f"{people} {'person' if people == 1 else 'people'}"
+    places = None if sites is None else f"{sites} site{'' if sites == 1 else 's'}"
+    if headcount and places:
+        parts.append(f"{headcount} across {places}")
+    elif headcount or places:
+        parts.append(headcount or places or "")
+    if tool := stated.get("current_tool"):
+        parts.append(f"{tool} today")
+    said_counts = {str(n) for n in (people, sites) if n is not None}
+    for need in stated.get("needs", []):
+        if not said_counts & set(re.findall(r"\d+", need)):  # "up to 40 users": said above
+            parts.append(f"looking for {need}")
+    if budget := stated.get("budget"):
+        parts.append(f"a budget of {budget}")
+    if timeline := stated.get("timeline"):
+        parts.append(timeline)
+    if deciders := stated.get("decision_makers"):
+        parts.append(f"your {' and your '.join(deciders)} in the decision")
+    return f"Thanks, noted: {', '.join(parts)}." if parts else ""

@@ -20,9 +20,15 @@ from collections.abc import Iterator, Sequence
 
 from wordfreq import zipf_frequency
 
-from shared.customer_facts import discovery_question, facts_in, remembered_facts
+from shared.customer_facts import (
+    INVITES_QUESTIONS,
+    acknowledgement,
+    discovery_question,
+    facts_in,
+    merged_facts,
+)
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
-from shared.providers.intent import classify
+from shared.providers.intent import classify, is_question
 from shared.schemas import (
     Agent,
     ConversationMemory,
@@ -82,6 +88,25 @@ def _best_sentences(
     return (relevant or [(s, title) for _, _, s, title in sentences[:1]])[:limit]
 
 
+def _fix_steps(hits: Sequence[ResearchHit], problem: str, limit: int) -> list[tuple[str, str]]:
+    """For a described problem: the sentence of the top hits that matches it best, and the
+    sentences that follow it in its passage (a troubleshooting section states the symptom,
+    then the fix, in order, and the fix rarely repeats the customer's words); the best
+    sentences overall when none matches."""
+    wanted = set(content_terms(problem))
+    best: tuple[float, int, int] | None = None  # (score, hit, sentence)
+    for rank, hit in enumerate(hits[:3]):
+        for index, (_, terms) in enumerate(_sentences_and_terms(_body(hit))):
+            score = len(wanted & terms) - 0.1 * rank
+            if score > 0 and (best is None or score > best[0]):
+                best = (score, rank, index)
+    if best is None:
+        return _best_sentences(hits, problem, limit)
+    _, rank, index = best
+    hit = hits[rank]
+    return [(s, hit.title) for s, _ in _sentences_and_terms(_body(hit))[index : index + limit]]
+
+
 def compose_reply(request: ReplyRequest) -> str:
     """The offline agents: a reply in each agent's manner, grounded in the hits."""
     ctx, hits = request.context, request.hits
@@ -91,11 +116,22 @@ def compose_reply(request: ReplyRequest) -> str:
     sources = f" (Source: {titles}.)" if titles else ""
     agent = request.agent
     if agent is Agent.DISCOVERY:
-        lead = " ".join(facts[:2]) or "Happy to help you find the right fit."
-        known = remembered_facts(ctx.memory, ctx.message)  # never ask what was said
-        return f"{lead} {discovery_question(known)}"
+        stated = facts_in(ctx.message)
+        known = merged_facts(ctx.memory.facts, stated)  # never ask what was said
+        # What the customer just said, heard; then what the documents say, when the message
+        # asks for something and they cover it (a sentence that merely shares a word with
+        # "we are looking for a timesheet tool" would be noise).
+        asks = is_question(ctx.message) or not stated
+        covered = request.kb_information_level is not KbLevel.MISSING and asks
+        lead = " ".join([acknowledgement(stated), *(facts[:2] if covered else [])]).strip()
+        invited = INVITES_QUESTIONS.search(ctx.message) is not None
+        asked_before = "" if invited else " ".join(t.get("reply", "") for t in ctx.history)
+        question = discovery_question(known, asked_before)
+        return f"{lead or 'Happy to help you find the right fit.'} {question}".strip()
     if agent is Agent.SUPPORT:
-        steps = "\n".join(f"{i}. {fact}" for i, fact in enumerate(facts, 1))
+        fix = _fix_steps(hits, ctx.message, 3)
+        source = f"(Source: {fix[0][1]}.)" if fix else ""
+        steps = "\n".join(f"{i}. {sentence}" for i, (sentence, _) in enumerate(fix, 1))
         tail = (
             ""
             if request.kb_information_level is KbLevel.ACCURATE
@@ -103,10 +139,7 @@ def compose_reply(request: ReplyRequest) -> str:
                 " If that does not clear it, send me the exact error text and I will open a ticket."
             )
         )
-        return (
-            f"Sorry about the trouble. Here is what usually fixes it:\n{steps}\n"
-            f"{sources.strip()}{tail}"
-        )
+        return f"Sorry about the trouble. Here is what usually fixes it:\n{steps}\n{source}{tail}"
     if agent is Agent.TECHNICAL_CONSULTANT:
         body = " ".join(facts) or "Let me check the details with our engineers."
         return f"{body}{sources} Want me to go deeper on any part of that?"

@@ -3,6 +3,7 @@ follows the evidence, moves the phase forward, and memory keeps facts about the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -99,6 +100,30 @@ def test_facts_about_the_customer_are_read_from_what_they_say() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("message", "facts"),
+    [
+        (
+            "Our budget is around 1000 dollars a month and we want to decide by end of March.",
+            {"budget": "around 1000 dollars a month", "timeline": "by end of March"},
+        ),
+        ("We can spend about €500 per month.", {"budget": "about €500 per month"}),
+        ("Our budget is 5000.", {"budget": "5000"}),
+        (
+            "We are Acme Builders, about 40 people across 3 sites.",
+            {"company": "Acme Builders", "people": 40, "sites": 3},
+        ),
+        # a count is not money, and "we are" followed by a description is not a name
+        ("We need up to 40 users.", {"people": 40, "needs": ["up to 40 users"]}),
+        ("We are GDPR compliant and we could pay 300 a month.", {}),
+    ],
+)
+def test_budget_and_company_are_read_as_customers_say_them(
+    message: str, facts: dict[str, object]
+) -> None:
+    assert facts_in(message) == facts
+
+
 def _turn(message: str, phase: str) -> TurnRecord:
     return cast(TurnRecord, SimpleNamespace(message=message, phase=phase, intent="x"))
 
@@ -158,6 +183,26 @@ def _hit(title: str, text: str) -> ResearchHit:
     return ResearchHit(chunk_id=1, document_id="d", title=title, text=text, score=0.9)
 
 
+def _offline_reply(
+    agent: Agent,
+    message: str,
+    hits: list[ResearchHit],
+    level: KbLevel = KbLevel.ACCURATE,
+    memory: ConversationMemory | dict[str, Any] | None = None,
+) -> str:
+    """The offline agent's reply, routed as proposed."""
+    return compose_reply(
+        ReplyRequest(
+            agent=agent,
+            context=ctx(message, memory),
+            hits=hits,
+            kb_information_level=level,
+            routing_reason=f"{agent.value} as proposed",
+            model="local",
+        )
+    )
+
+
 def test_offline_replies_read_as_sentences_from_the_documents() -> None:
     hits = [
         _hit(
@@ -169,16 +214,7 @@ def test_offline_replies_read_as_sentences_from_the_documents() -> None:
             "Integrations", "Integrations > Accounting: Tallyway connects to Xero and QuickBooks."
         ),
     ]
-    reply = compose_reply(
-        ReplyRequest(
-            agent=Agent.TECHNICAL_CONSULTANT,
-            context=ctx("Is my data encrypted at rest?"),
-            hits=hits,
-            kb_information_level=KbLevel.ACCURATE,
-            routing_reason="technical_consultant as proposed",
-            model="local",
-        )
-    )
+    reply = _offline_reply(Agent.TECHNICAL_CONSULTANT, "Is my data encrypted at rest?", hits)
     assert reply.startswith("We use AES-256 encryption for data at rest")  # no breadcrumb
     assert " > " not in reply and "It also covers" not in reply  # no fragment leaning back
     assert "Xero" not in reply  # nothing that has no bearing on the question
@@ -213,3 +249,132 @@ def test_the_qualification_record_holds_company_needs_and_who_decides() -> None:
         memory, _turn("Our finance director signs off too.", "qualification"), Agent.DISCOVERY, None
     )
     assert more.facts["decision_makers"] == ["CFO", "IT team", "finance director"]
+
+
+def _discovery_reply(
+    message: str, level: KbLevel, memory: ConversationMemory | dict[str, Any]
+) -> str:
+    hits = [
+        _hit("Integrations", "Slack reminders tell people to submit their timesheet."),
+        _hit("Pricing", "Team costs $25 per user per month with unlimited projects."),
+    ]
+    return _offline_reply(Agent.DISCOVERY, message, hits, level, memory)
+
+
+def test_discovery_says_back_what_it_was_told_and_asks_for_what_it_does_not_know() -> None:
+    memory = ConversationMemory(facts={"sites": 3, "people": 40, "current_tool": "paper"})
+    reply = _discovery_reply(
+        "Our budget is around 1000 dollars a month and we want to decide by end of March.",
+        KbLevel.MISSING,
+        memory,
+    )
+    assert reply.startswith(
+        "Thanks, noted: a budget of around 1000 dollars a month, by end of March."
+    )
+    assert "budget do you have" not in reply and "when would you like" not in reply
+    assert "who else will weigh in on the decision?" in reply
+    # the documents do not cover the message: no sentence of theirs that merely shares a word
+    assert "Slack" not in reply and "$25" not in reply
+
+
+def test_discovery_answers_from_the_documents_when_they_cover_the_question() -> None:
+    reply = _discovery_reply("What does the Team plan cost per user?", KbLevel.ACCURATE, {})
+    assert reply.startswith("Team costs $25 per user per month")
+    assert "Thanks, noted" not in reply  # nothing about the customer was said
+
+
+def test_discovery_does_not_quote_the_documents_back_at_a_customer_introducing_themselves() -> None:
+    reply = _discovery_reply(
+        "Hi, we're looking for a timesheet tool.", KbLevel.PARTIAL, ConversationMemory()
+    )
+    assert reply.startswith("Thanks, noted: looking for a timesheet tool.")
+    assert "Slack" not in reply  # shares "timesheet" with the message, answers nothing
+    # a request that states nothing about the customer is answered from the documents
+    assert "Team costs $25" in _discovery_reply("Tell me about the Team plan.", KbLevel.PARTIAL, {})
+
+
+def test_discovery_does_not_put_a_question_again_that_the_customer_let_pass() -> None:
+    earlier = {
+        "message": "We are Acme Builders, about 40 people across 3 sites, on paper.",
+        "reply": "Thanks, noted: Acme Builders. To point you at the right setup: when would "
+        "you like to have it running and what budget do you have in mind?",
+    }
+    context = ConversationContext(
+        tenant_id="t",
+        message="Does it work with Xero?",
+        memory=ConversationMemory(facts={"sites": 3, "people": 40, "current_tool": "paper"}),
+        history=[earlier],
+    )
+    request = ReplyRequest(
+        agent=Agent.DISCOVERY,
+        context=context,
+        hits=[_hit("Integrations", "Tallybook exports approved timesheets to Xero nightly.")],
+        kb_information_level=KbLevel.ACCURATE,
+        routing_reason="discovery as proposed",
+        model="local",
+    )
+    reply = compose_reply(request)
+    assert "budget" not in reply and "when would you like" not in reply
+    assert reply.endswith(
+        "To point you at the right setup: who else will weigh in on the decision?"
+    )
+    # everything unknown asked once: a trial is offered, once, and then nothing is asked
+    asked_all = {**earlier, "reply": reply}
+    offer = compose_reply(
+        ReplyRequest(
+            **{**request.__dict__, "context": replace(context, history=[earlier, asked_all])}
+        )
+    )
+    assert offer.endswith("Shall I set up a trial with that in mind?")
+    quiet = compose_reply(
+        ReplyRequest(
+            **{
+                **request.__dict__,
+                "context": replace(
+                    context, history=[earlier, asked_all, {"message": "ok", "reply": offer}]
+                ),
+            }
+        )
+    )
+    assert quiet == "Tallybook exports approved timesheets to Xero nightly."
+    # unless the customer asks to be asked
+    invited = compose_reply(
+        ReplyRequest(
+            **{
+                **request.__dict__,
+                "context": replace(
+                    context,
+                    message="What else do you need to know from us?",
+                    history=[earlier, asked_all, {"message": "ok", "reply": offer}],
+                ),
+            }
+        )
+    )
+    assert invited.endswith(
+        "when would you like to have it running and what budget do you have in mind?"
+    )
+
+
+def test_support_gives_the_fix_that_follows_the_symptom_in_its_section() -> None:
+    hits = [
+        _hit(
+            "Troubleshooting",
+            "Troubleshooting > Timesheets stuck in Pending sync: If timesheets stay in Pending "
+            "sync for more than an hour, the accounting connection has usually expired. Go to "
+            "Settings > Integrations, click Reconnect next to your accounting tool and sign in "
+            "again. Pending timesheets are sent within five minutes.",
+        ),
+        _hit("Integrations", "Tallybook exports approved timesheets to Xero every night."),
+    ]
+    reply = _offline_reply(
+        Agent.SUPPORT, "Since yesterday our timesheets are stuck in Pending sync.", hits
+    )
+    assert reply == (
+        "Sorry about the trouble. Here is what usually fixes it:\n"
+        "1. If timesheets stay in Pending sync for more than an hour, the accounting "
+        "connection has usually expired.\n"
+        "2. Go to Settings > Integrations, click Reconnect next to your accounting tool and "
+        "sign in again.\n"
+        "3. Pending timesheets are sent within five minutes.\n"
+        "(Source: Troubleshooting.)"
+    )
