@@ -107,6 +107,20 @@ def _fix_steps(hits: Sequence[ResearchHit], problem: str, limit: int) -> list[tu
     return [(s, hit.title) for s, _ in _sentences_and_terms(_body(hit))[index : index + limit]]
 
 
+# A message that only thanks or agrees ("ok thanks", "great, that helps"): nothing was asked,
+# and nothing is missing from the documents.
+_PLEASANTRIES = frozenset(
+    content_terms(
+        "great cool perfect sounds good much awesome nice fine alright sure noted understood "
+        "cheers appreciated helps helpful brilliant excellent lovely wonderful"
+    )
+)
+
+
+def _only_pleasantries(message: str) -> bool:
+    return not is_question(message) and set(content_terms(message)) <= _PLEASANTRIES
+
+
 def compose_reply(request: ReplyRequest) -> str:
     """The offline agents: a reply in each agent's manner, grounded in the hits."""
     ctx, hits = request.context, request.hits
@@ -164,6 +178,8 @@ def compose_reply(request: ReplyRequest) -> str:
             f"Here is what our documentation says: {' '.join(facts[:2])} Could you tell me a "
             "little more about what you need, so I can point you to the right answer?"
         )
+    if _only_pleasantries(ctx.message):
+        return "Glad to help. What else would you like to know?"
     return (
         "I do not have documented information on that, and I would rather not guess. "
         "I have noted your question and a specialist will follow up with a confirmed "

@@ -378,3 +378,14 @@ def test_support_gives_the_fix_that_follows_the_symptom_in_its_section() -> None
         "3. Pending timesheets are sent within five minutes.\n"
         "(Source: Troubleshooting.)"
     )
+
+
+@pytest.mark.parametrize("message", ["ok thanks", "Great, that helps!", "Got it, thanks."])
+def test_a_thank_you_is_not_answered_with_missing_documentation(message: str) -> None:
+    reply = _offline_reply(Agent.ADAPTIVE_RESPONSE, message, [], KbLevel.MISSING)
+    assert reply == "Glad to help. What else would you like to know?"
+    # a message that asks or says something still gets the honest answer
+    asked = _offline_reply(
+        Agent.ADAPTIVE_RESPONSE, "Do you integrate with Salesforce?", [], KbLevel.MISSING
+    )
+    assert asked.startswith("I do not have documented information on that")
