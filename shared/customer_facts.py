@@ -207,10 +207,8 @@ def acknowledgement(stated: CustomerFacts) -> str:
     people, sites = stated.get("people"), stated.get("sites")
     headcount = None if people is None else f"{people} {'person' if people == 1 else 'people'}"
     places = None if sites is None else f"{sites} site{'' if sites == 1 else 's'}"
-    if headcount and places:
-        parts.append(f"{headcount} across {places}")
-    elif headcount or places:
-        parts.append(headcount or places or "")
+    if counts := [c for c in (headcount, places) if c]:
+        parts.append(" across ".join(counts))  # "40 people across 3 sites"
     if tool := stated.get("current_tool"):
         parts.append(f"{tool} today")
     said_counts = {str(n) for n in (people, sites) if n is not None}

@@ -304,8 +304,7 @@ class System:
         self.wait(arrivals)
         for kind, seconds in meter.stop().items():
             self.cpu_s[kind] = self.cpu_s.get(kind, 0.0) + seconds
-        wal_after = wal_written() if wal_before is not None else None
-        if wal_before is not None and wal_after is not None:
+        if wal_before is not None and (wal_after := wal_written()) is not None:
             self.wal = (self.wal or WalVolume()) + (wal_after - wal_before)
         self.arrivals.extend(arrivals)
 
