@@ -13,6 +13,7 @@ not known yet.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from shared.schemas import ConversationMemory, CustomerFacts
 
@@ -178,23 +179,34 @@ INVITES_QUESTIONS = re.compile(
 )
 
 
-def discovery_question(facts: CustomerFacts, asked_before: str = "") -> str:
-    """The next one or two things to ask: none the customer already said, and none asked
-    in ``asked_before`` (the conversation's recent replies: a question the customer let
-    pass is not put again). With nothing left to ask, the offer of a trial, once; then
-    nothing."""
-    earlier = asked_before.lower()
-    asked = {key for keys, question in QUESTIONS if question in earlier for key in keys}
+TRIAL = "trial"  # what the memory's ``asked`` records for the offer of a trial
+
+
+def questions_in(reply: str) -> list[str]:
+    """What a reply asked the customer for: the fact keys of the discovery questions it
+    puts, and ``trial`` when it offers one (the memory keeps them as ``asked``)."""
+    text = reply.lower()
+    keys = [key for keys, question in QUESTIONS if question in text for key in keys]
+    if TRIAL_OFFER.lower() in text:
+        keys.append(TRIAL)
+    return list(dict.fromkeys(keys))
+
+
+def discovery_question(facts: CustomerFacts, asked: Collection[str] = ()) -> str:
+    """The next one or two things to ask: none the customer already said, and none in
+    ``asked`` (what the conversation asked for before: a question the customer let pass is
+    not put again). With nothing left to ask, the offer of a trial, once; then nothing."""
+    done = set(asked)
     wanted: list[str] = []
     for keys, question in QUESTIONS:
-        if all(k not in facts and k not in asked for k in keys):
+        if all(k not in facts and k not in done for k in keys):
             wanted.append(question)
-            asked.update(keys)
+            done.update(keys)
         if len(wanted) == 2:
             break
     if wanted:
         return f"To point you at the right setup: {' and '.join(wanted)}?"
-    return "" if TRIAL_OFFER.lower() in earlier else TRIAL_OFFER
+    return "" if TRIAL in done else TRIAL_OFFER
 
 
 def acknowledgement(stated: CustomerFacts) -> str:

@@ -93,6 +93,9 @@ class ConversationMemory(BaseModel):
     topics: list[str] = Field(default_factory=list)  # titles of the top hits, last 8
     furthest_phase: Phase | None = None  # the furthest sales phase reached
     facts: CustomerFacts = Field(default_factory=CustomerFacts)
+    # What discovery has asked the customer for (fact keys, and "trial" for the offer of a
+    # trial), so that a question the customer let pass is not put again, however long ago.
+    asked: list[str] = Field(default_factory=list)
 
     @classmethod
     def from_stored(cls, stored: Any) -> ConversationMemory:
@@ -105,13 +108,15 @@ class ConversationMemory(BaseModel):
         return cls()
 
     def to_stored(self) -> dict[str, Any]:
-        """The JSON document kept in the conversation's row: ``furthest_phase`` and
-        ``facts`` only once known, as they have always been written."""
+        """The JSON document kept in the conversation's row: ``furthest_phase``, ``facts``
+        and ``asked`` only once known, as they have always been written."""
         stored = self.model_dump(mode="json")
         if self.furthest_phase is None:
             del stored["furthest_phase"]
         if not self.facts:
             del stored["facts"]
+        if not self.asked:
+            del stored["asked"]
         return stored
 
 

@@ -26,6 +26,7 @@ from shared.customer_facts import (
     discovery_question,
     facts_in,
     merged_facts,
+    questions_in,
 )
 from shared.providers.base import ConversationContext, ReplyRequest, Usage
 from shared.providers.intent import classify, is_question
@@ -139,8 +140,17 @@ def compose_reply(request: ReplyRequest) -> str:
         covered = request.kb_information_level is not KbLevel.MISSING and asks
         lead = " ".join([acknowledgement(stated), *(facts[:2] if covered else [])]).strip()
         invited = INVITES_QUESTIONS.search(ctx.message) is not None
-        asked_before = "" if invited else " ".join(t.get("reply", "") for t in ctx.history)
-        question = discovery_question(known, asked_before)
+        # what was asked before: kept in memory, and read from the recent replies of a
+        # conversation whose memory predates that
+        asked = (
+            []
+            if invited
+            else [
+                *ctx.memory.asked,
+                *(key for t in ctx.history for key in questions_in(t.get("reply", ""))),
+            ]
+        )
+        question = discovery_question(known, asked)
         return f"{lead or 'Happy to help you find the right fit.'} {question}".strip()
     if agent is Agent.SUPPORT:
         fix = _fix_steps(hits, ctx.message, 3)

@@ -76,7 +76,13 @@ def memory_left_by(turn: Turn, before: ConversationMemory) -> ConversationMemory
     if turn.memory_after is not None:
         return ConversationMemory.from_stored(turn.memory_after)
     assert turn.next_agent is not None
-    return updated_memory(before, turn, Agent(turn.next_agent), stored_research(turn))
+    return updated_memory(
+        before,
+        turn,
+        Agent(turn.next_agent),
+        stored_research(turn),
+        reply=turn.agent_response or "",
+    )
 
 
 def contexts_before(

@@ -25,7 +25,7 @@ from typing import Any
 
 from shared.admission import end_in_redis, let_go_safely
 from shared.config import get_settings
-from shared.customer_facts import facts_in, remembered_facts
+from shared.customer_facts import facts_in, questions_in, remembered_facts
 from shared.db.direct import direct_connection
 from shared.db.spans import SpanRecord
 from shared.db.turns import Completion, TurnRecord, complete_turn
@@ -92,10 +92,12 @@ def updated_memory(
     agent: Agent,
     research: Research | None,
     stated: CustomerFacts | None = None,
+    reply: str = "",
 ) -> ConversationMemory:
     """The memory as the turn's agent leaves it (keys it does not know are kept).
     ``stated``: the facts the message states, as the stage's ``FactExtractor`` read them;
-    read with patterns when not given (re-scoring, summaries)."""
+    read with patterns when not given (re-scoring, summaries). ``reply``: the agent's reply,
+    whose questions to the customer join ``asked``."""
     topics = list(memory.topics)
     for hit in research.hits[:1] if research else []:
         if hit.title not in topics:
@@ -109,6 +111,7 @@ def updated_memory(
             "topics": topics[-8:],
             "furthest_phase": furthest_phase(memory, turn.phase),
             "facts": remembered_facts(memory, turn.message, stated),
+            "asked": list(dict.fromkeys([*memory.asked, *questions_in(reply)])),
         }
     )
 
@@ -312,7 +315,7 @@ def _commit_reply(
         "status": TurnStatus.COMPLETED.value,
     }
     before = inputs.context.memory
-    memory = updated_memory(before, turn, agent, research, stated)
+    memory = updated_memory(before, turn, agent, research, stated, reply=reply.text)
     values["memory_after"] = memory.to_stored()  # the turn keeps the memory it left
     qualification = next_qualification(inputs.context.qualification_status, turn.phase)
     finished = finish_span(

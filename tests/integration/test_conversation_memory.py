@@ -42,6 +42,8 @@ def test_discovery_never_asks_twice_and_the_phase_moves_forward(workers: None, t
         ).one()
     assert memory["facts"] == {"sites": 3, "people": 40, "current_tool": "spreadsheets"}
     assert memory["furthest_phase"] == "technical_evaluation"
+    # what discovery asked is remembered, not only read back from the recent replies
+    assert memory["asked"] == ["timeline", "budget", "decision_makers"]
     with session_scope() as session:  # the trace lists the memory fields each turn wrote
         written = [
             next(s for s in spans_of(session, v.id) if s.stage == "agent").fields_written
@@ -58,6 +60,7 @@ def test_discovery_never_asks_twice_and_the_phase_moves_forward(workers: None, t
     assert [t["agent"] for t in record["turns"]] == [v.next_agent for v in views]
     printed = chordline("conversation", "show", "remembers", "--tenant", tenant)
     assert "using today" in printed.stdout and "spreadsheets" in printed.stdout
+    assert "timeline, budget, who decides" in printed.stdout
     unknown = chordline("conversation", "show", "nope", "--tenant", tenant)
     assert unknown.returncode == 2
     assert f"conversation: tenant '{tenant}' has no conversation 'nope'" in unknown.stderr

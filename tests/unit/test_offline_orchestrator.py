@@ -355,6 +355,60 @@ def test_discovery_does_not_put_a_question_again_that_the_customer_let_pass() ->
     )
 
 
+def test_memory_keeps_what_discovery_asked_however_long_ago() -> None:
+    facts = {"sites": 3, "people": 40, "current_tool": "paper"}
+    first = _discovery_reply(
+        "Hi, we are looking at timesheet tools.", KbLevel.MISSING, {"facts": facts}
+    )
+    assert first.endswith(
+        "when would you like to have it running and what budget do you have in mind?"
+    )
+    memory = updated_memory(
+        ConversationMemory(facts=facts),
+        _turn("Hi, we are looking at timesheet tools.", "discovery"),
+        Agent.DISCOVERY,
+        None,
+        reply=first,
+    )
+    assert memory.asked == ["timeline", "budget"]
+    assert memory.to_stored()["asked"] == ["timeline", "budget"]
+    # many turns later, the question long out of the recent history: not put again
+    later = _discovery_reply("Tell me about the Team plan.", KbLevel.PARTIAL, memory)
+    assert "budget" not in later and "when would you like" not in later
+    assert later.endswith(
+        "To point you at the right setup: who else will weigh in on the decision?"
+    )
+    memory = updated_memory(
+        memory,
+        _turn("Tell me about the Team plan.", "discovery"),
+        Agent.DISCOVERY,
+        None,
+        reply=later,
+    )
+    offer = _discovery_reply("And the Business plan?", KbLevel.PARTIAL, memory)
+    assert offer.endswith("Shall I set up a trial with that in mind?")
+    memory = updated_memory(
+        memory, _turn("And the Business plan?", "discovery"), Agent.DISCOVERY, None, reply=offer
+    )
+    assert memory.asked == ["timeline", "budget", "decision_makers", "trial"]
+    assert "?" not in _discovery_reply("Thanks, noted.", KbLevel.MISSING, memory)
+    # unless the customer asks to be asked; nothing is recorded twice
+    invited = _discovery_reply("What else do you need to know from us?", KbLevel.MISSING, memory)
+    assert invited.endswith(
+        "when would you like to have it running and what budget do you have in mind?"
+    )
+    again = updated_memory(
+        memory,
+        _turn("What else do you need to know?", "discovery"),
+        Agent.DISCOVERY,
+        None,
+        reply=invited,
+    )
+    assert again.asked == memory.asked
+    # a memory stored before it kept what was asked has none, and stays as it was stored
+    assert "asked" not in ConversationMemory(facts=facts).to_stored()
+
+
 def test_support_gives_the_fix_that_follows_the_symptom_in_its_section() -> None:
     hits = [
         _hit(

@@ -26,6 +26,8 @@ FACT_LABELS = {
     "needs": "needs",
     "decision_makers": "decides",
 }
+# What discovery asked the customer for (memory ``asked``), as the summary names it.
+ASKED_LABELS = {**FACT_LABELS, "decision_makers": "who decides", "trial": "a trial"}
 
 
 def conversation_record(tenant: str, conversation: str) -> dict[str, Any]:
@@ -86,6 +88,8 @@ def _print(record: dict[str, Any]) -> None:
         value = facts.get(key, "-")
         summary.add_row(label, Text(", ".join(value) if isinstance(value, list) else str(value)))
     summary.add_row("topics", Text(", ".join(memory.get("topics") or []) or "-"))
+    asked = [ASKED_LABELS.get(key, key) for key in memory.get("asked") or []]
+    summary.add_row("asked for", Text(", ".join(asked) or "-"))
     console.print(summary)
     turns = Table("#", "phase", "agent", "kb level", "status", "message")
     for turn in record["turns"]:
