@@ -47,6 +47,35 @@ _SUFFIXES = (
 )
 
 
+# The past forms of common irregular English verbs, by their base form. Snowball strips
+# suffixes, so "paid", "kept" and "sent" would never meet "pay", "keep" and "send": a
+# document written in the passive ("invoices are paid by card", "backups are kept for 30
+# days") against a question in the present ("can we pay by card?"). Forms that are more
+# often another word in product documentation ("left", "bound", "lay") are left out.
+_IRREGULAR_VERBS = """
+begin began begun | break broke broken | bring brought | build built | buy bought |
+catch caught | choose chose chosen | come came | deal dealt | draw drew drawn |
+drive drove driven | eat ate eaten | fall fell fallen | feed fed | feel felt |
+fight fought | find found | fly flew flown | forbid forbade forbidden |
+forget forgot forgotten | freeze froze frozen | give gave given | go went gone |
+grow grew grown | hang hung | hear heard | hide hid hidden | hold held | keep kept |
+know knew known | lend lent | lose lost | make made | mean meant | meet met |
+override overrode overridden | overwrite overwrote overwritten | pay paid |
+rebuild rebuilt | rewrite rewrote rewritten | ride rode ridden | ring rang rung |
+rise rose risen | run ran | see saw seen | seek sought | sell sold | send sent |
+shake shook shaken | shoot shot | show shown | sing sang sung | sink sank sunk | sit sat |
+sleep slept | speak spoke spoken | spend spent | spin spun | stand stood |
+steal stole stolen | stick stuck | strike struck | swim swam swum | take took taken |
+teach taught | tear tore torn | think thought | throw threw thrown | undo undid undone |
+understand understood | wake woke woken | wear wore worn | win won |
+withdraw withdrew withdrawn | write wrote written
+"""
+IRREGULAR_FORMS = {
+    form: forms.split()[0]
+    for forms in _IRREGULAR_VERBS.replace("\n", " ").split("|")
+    for form in forms.split()[1:]
+}
+
 _SNOWBALL = snowballstemmer.stemmer("english")
 _SNOWBALL_LOCK = threading.Lock()
 
@@ -54,9 +83,10 @@ _SNOWBALL_LOCK = threading.Lock()
 @functools.lru_cache(maxsize=1 << 16)
 def stem(word: str) -> str:
     """The Snowball (Porter 2) English stem of a lower-case word: "integrations",
-    "integrated" and "integrate" are all "integr"."""
+    "integrated" and "integrate" are all "integr"; a past form of an irregular verb is
+    stemmed as its base form ("paid" as "pay")."""
     with _SNOWBALL_LOCK:  # one stemmer object keeps state between calls
-        return str(_SNOWBALL.stemWord(word))
+        return str(_SNOWBALL.stemWord(IRREGULAR_FORMS.get(word, word)))
 
 
 def light_stem(word: str) -> str:

@@ -378,7 +378,7 @@ class LocalReranker:
     name = "local"
     # Raised whenever its scores change, so that thresholds calibrated on an earlier
     # revision are known as such (see shared/kb/selfcalibration.py ``scorer_of``).
-    revision = 2
+    revision = 3
 
     def __init__(self) -> None:
         specificity("the")  # the word lists load now (about 0.1 s), not in a first turn

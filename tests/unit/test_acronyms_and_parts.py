@@ -3,8 +3,12 @@ offline knowledge levels."""
 
 from __future__ import annotations
 
+import time
+
 from shared.kb.acronyms import Definition, aliases_for, tenant_definitions
 from shared.kb.levels import level_of_parts, question_parts
+from shared.providers.base import Usage
+from shared.providers.local import LocalReranker
 from shared.schemas import KbLevel, LevelThresholds
 from shared.text import stem
 
@@ -56,3 +60,32 @@ def test_a_question_is_accurate_only_when_every_part_is() -> None:
 def test_snowball_stems_meet_where_the_light_stripper_did_not() -> None:
     assert stem("encrypted") == stem("encryption") == stem("encrypts")
     assert stem("integrate") == stem("integrations") == stem("integrated")
+
+
+def test_a_past_form_of_an_irregular_verb_meets_its_base_form() -> None:
+    assert stem("paid") == stem("pay") == stem("paying")
+    assert stem("kept") == stem("keep") == stem("keeps")
+    assert stem("sent") == stem("send") and stem("built") == stem("build")
+    assert stem("led") != stem("lead")  # more often a light (LED) than a verb in product docs
+
+
+def test_documents_in_the_passive_answer_questions_in_the_present() -> None:
+    reranker = LocalReranker()
+    passages = [
+        "Security: Backups run every six hours and are kept for 30 days.",
+        "Pricing: Invoices are paid by bank transfer or credit card.",
+    ]
+    accurate = LevelThresholds().accurate
+
+    def scores(question: str) -> list[float]:
+        return reranker.rerank(
+            query=question,
+            documents=passages,
+            model="local",
+            usage=Usage(),
+            deadline=time.time() + 5,
+        )
+
+    assert scores("How long do you keep backups?")[0] >= accurate
+    assert scores("Can we pay by credit card?")[1] >= accurate
+    assert max(scores("Can I pay with PayPal?")) < LevelThresholds().partial
