@@ -212,6 +212,12 @@ INTENTS: tuple[Intent, ...] = (
             "suit",
             "right for",
             "fit for",
+            # the customer asks to be asked (shared/customer_facts.py INVITES_QUESTIONS)
+            "what else",
+            "anything else",
+            "what do you need",
+            "need to know",
+            "what information",
         ),
     ),
 )

@@ -73,32 +73,50 @@ def _body(hit: ResearchHit) -> str:
     return rest if sep and head.startswith(hit.title) and "\n" not in head else hit.text
 
 
+def _section_terms(hit: ResearchHit) -> frozenset[str]:
+    """The content terms of the hit's section heading, below its document's title
+    ("Drivers do not receive SMS alerts" in "Troubleshooting > Drivers do not receive SMS
+    alerts: ..."): in a troubleshooting document, the symptom its section fixes."""
+    head, sep, _ = hit.text.partition(": ")
+    if not sep or not head.startswith(hit.title) or "\n" in head:
+        return frozenset()
+    return frozenset(content_terms(head[len(hit.title) :].strip(" >")))
+
+
 def _best_sentences(
     hits: Sequence[ResearchHit], question: str, limit: int
 ) -> list[tuple[str, str]]:
     """The sentences of the top hits that share most with the question, each with its
-    document's title; a sentence that shares nothing with it is used only when none does."""
+    document's title: those that share more than half as many of its words as the best one
+    does (a sentence that only shares "carriers" with "Can we set recurring appointments for
+    our regular carriers?" answers something else); a sentence that shares nothing with it
+    is used only when none does."""
     wanted = set(content_terms(question))
-    sentences: list[tuple[float, int, str, str]] = []
+    sentences: list[tuple[float, int, int, str, str]] = []
     for rank, hit in enumerate(hits[:3]):
         for sentence, terms in _sentences_and_terms(_body(hit)):
             overlap = len(wanted & terms)
-            sentences.append((overlap - 0.1 * rank, -len(sentences), sentence, hit.title))
+            sentences.append((overlap - 0.1 * rank, -len(sentences), overlap, sentence, hit.title))
     sentences.sort(reverse=True)
-    relevant = [(s, title) for score, _, s, title in sentences if score > 0]
-    return (relevant or [(s, title) for _, _, s, title in sentences[:1]])[:limit]
+    best = max((overlap for _, _, overlap, _, _ in sentences), default=0)
+    relevant = [
+        (s, title) for score, _, overlap, s, title in sentences if score > 0 and 2 * overlap > best
+    ]
+    return (relevant or [(s, title) for _, _, _, s, title in sentences[:1]])[:limit]
 
 
 def _fix_steps(hits: Sequence[ResearchHit], problem: str, limit: int) -> list[tuple[str, str]]:
-    """For a described problem: the sentence of the top hits that matches it best, and the
-    sentences that follow it in its passage (a troubleshooting section states the symptom,
-    then the fix, in order, and the fix rarely repeats the customer's words); the best
-    sentences overall when none matches."""
+    """For a described problem: the sentence of the top hits that matches it best (a
+    section's first sentence with the section's heading), and the sentences that follow it
+    in its passage (a troubleshooting section states the symptom, then the fix, in order,
+    and the fix rarely repeats the customer's words); the best sentences overall when none
+    matches."""
     wanted = set(content_terms(problem))
     best: tuple[float, int, int] | None = None  # (score, hit, sentence)
     for rank, hit in enumerate(hits[:3]):
+        section = _section_terms(hit)  # the symptom a section names, its first sentence fixes
         for index, (_, terms) in enumerate(_sentences_and_terms(_body(hit))):
-            score = len(wanted & terms) - 0.1 * rank
+            score = len(wanted & (terms | section if index == 0 else terms)) - 0.1 * rank
             if score > 0 and (best is None or score > best[0]):
                 best = (score, rank, index)
     if best is None:
@@ -116,6 +134,12 @@ _PLEASANTRIES = frozenset(
         "cheers appreciated helps helpful brilliant excellent lovely wonderful"
     )
 )
+
+
+# The answer to a message that only thanks or agrees, and the question it ends with when
+# nothing else is left to ask.
+GLAD_TO_HELP = "Glad to help."
+WHAT_ELSE = "What else would you like to know?"
 
 
 def _only_pleasantries(message: str) -> bool:
@@ -136,7 +160,8 @@ def compose_reply(request: ReplyRequest) -> str:
         # What the customer just said, heard; then what the documents say, when the message
         # asks for something and they cover it (a sentence that merely shares a word with
         # "we are looking for a timesheet tool" would be noise).
-        asks = is_question(ctx.message) or not stated
+        thanks = _only_pleasantries(ctx.message)  # "ok thanks": nothing asked, nothing said
+        asks = is_question(ctx.message) or not (stated or thanks)
         covered = request.kb_information_level is not KbLevel.MISSING and asks
         lead = " ".join([acknowledgement(stated), *(facts[:2] if covered else [])]).strip()
         invited = INVITES_QUESTIONS.search(ctx.message) is not None
@@ -151,6 +176,8 @@ def compose_reply(request: ReplyRequest) -> str:
             ]
         )
         question = discovery_question(known, asked)
+        if thanks:
+            return f"{GLAD_TO_HELP} {question or WHAT_ELSE}"
         return f"{lead or 'Happy to help you find the right fit.'} {question}".strip()
     if agent is Agent.SUPPORT:
         fix = _fix_steps(hits, ctx.message, 3)
@@ -189,7 +216,7 @@ def compose_reply(request: ReplyRequest) -> str:
             "little more about what you need, so I can point you to the right answer?"
         )
     if _only_pleasantries(ctx.message):
-        return "Glad to help. What else would you like to know?"
+        return f"{GLAD_TO_HELP} {WHAT_ELSE}"
     return (
         "I do not have documented information on that, and I would rather not guess. "
         "I have noted your question and a specialist will follow up with a confirmed "

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from shared.customer_facts import facts_in
+from shared.customer_facts import facts_in, questions_in
 from shared.db.turns import TurnRecord
 from shared.providers.base import ConversationContext, ReplyRequest
 from shared.providers.intent import classify, confidence_for
@@ -391,7 +391,7 @@ def test_memory_keeps_what_discovery_asked_however_long_ago() -> None:
         memory, _turn("And the Business plan?", "discovery"), Agent.DISCOVERY, None, reply=offer
     )
     assert memory.asked == ["timeline", "budget", "decision_makers", "trial"]
-    assert "?" not in _discovery_reply("Thanks, noted.", KbLevel.MISSING, memory)
+    assert questions_in(_discovery_reply("Thanks, noted.", KbLevel.MISSING, memory)) == []
     # unless the customer asks to be asked; nothing is recorded twice
     invited = _discovery_reply("What else do you need to know from us?", KbLevel.MISSING, memory)
     assert invited.endswith(
@@ -443,3 +443,74 @@ def test_a_thank_you_is_not_answered_with_missing_documentation(message: str) ->
         Agent.ADAPTIVE_RESPONSE, "Do you integrate with Salesforce?", [], KbLevel.MISSING
     )
     assert asked.startswith("I do not have documented information on that")
+
+
+def test_discovery_answers_a_thank_you_and_asks_what_it_still_needs() -> None:
+    known = {"facts": {"sites": 6, "people": 120, "current_tool": "spreadsheets"}}
+    # the documents are not quoted at a thank-you, whatever the knowledge level
+    reply = _discovery_reply("ok thanks", KbLevel.PARTIAL, known)
+    assert reply == (
+        "Glad to help. To point you at the right setup: when would you like to have it "
+        "running and what budget do you have in mind?"
+    )
+    done = {**known, "asked": ["timeline", "budget", "decision_makers", "trial"]}
+    assert _discovery_reply("ok thanks", KbLevel.MISSING, done) == (
+        "Glad to help. What else would you like to know?"
+    )
+
+
+def test_only_the_sentences_that_answer_the_question_are_quoted() -> None:
+    hits = [
+        _hit(
+            "Scheduling appointments",
+            "Carriers book a slot from the booking portal without creating an account. "
+            "When a truck is late by more than the grace period, its slot is released and "
+            "the carrier is asked to rebook. "
+            "Recurring appointments can be set for regular carriers, daily or weekly.",
+        )
+    ]
+    reply = _offline_reply(
+        Agent.TECHNICAL_CONSULTANT,
+        "Can we set recurring appointments for our regular carriers?",
+        hits,
+    )
+    assert reply.startswith(
+        "Recurring appointments can be set for regular carriers, daily or weekly. (Source:"
+    )
+    assert "rebook" not in reply and "without creating an account" not in reply
+
+
+def test_support_finds_the_fix_under_the_heading_that_names_the_symptom() -> None:
+    hits = [
+        ResearchHit(
+            chunk_id=1,
+            document_id="t",
+            title="Troubleshooting",
+            text="Troubleshooting > Drivers do not receive SMS alerts: SMS alerts are only sent "
+            "on the Pro plan. Check that the driver's phone number includes the country code, "
+            "such as +44.",
+            score=0.73,
+        ),
+        ResearchHit(
+            chunk_id=2,
+            document_id="p",
+            title="Plans and pricing",
+            text="Plans and pricing: Pro costs $229 per dock door per month and adds yard "
+            "check-in kiosks, SMS alerts to drivers and an open API. Every plan includes "
+            "unlimited users and carriers.",
+            score=0.73,
+        ),
+    ]
+    reply = _offline_reply(Agent.SUPPORT, "Our drivers are not getting the SMS alerts", hits)
+    assert reply.startswith(
+        "Sorry about the trouble. Here is what usually fixes it:\n"
+        "1. SMS alerts are only sent on the Pro plan.\n"
+        "2. Check that the driver's phone number includes the country code, such as +44.\n"
+        "(Source: Troubleshooting.)"
+    )
+
+
+def test_a_customer_who_asks_to_be_asked_goes_to_discovery() -> None:
+    after_support = {"last_agent": "support", "last_phase": "support"}
+    result = classify(ctx("What else do you need to know from us?", after_support))
+    assert result.proposed_agent is Agent.DISCOVERY
