@@ -77,10 +77,15 @@ def _section_terms(hit: ResearchHit) -> frozenset[str]:
     """The content terms of the hit's section heading, below its document's title
     ("Drivers do not receive SMS alerts" in "Troubleshooting > Drivers do not receive SMS
     alerts: ..."): in a troubleshooting document, the symptom its section fixes."""
-    head, sep, _ = hit.text.partition(": ")
-    if not sep or not head.startswith(hit.title) or "\n" in head:
+    return _heading_terms(hit.text, hit.title)
+
+
+@functools.lru_cache(maxsize=4096)
+def _heading_terms(text: str, title: str) -> frozenset[str]:
+    head, sep, _ = text.partition(": ")
+    if not sep or not head.startswith(title) or "\n" in head:
         return frozenset()
-    return frozenset(content_terms(head[len(hit.title) :].strip(" >")))
+    return frozenset(content_terms(head[len(title) :].strip(" >")))
 
 
 def _best_sentences(
