@@ -173,10 +173,8 @@ QUESTIONS = (
 
 TRIAL_OFFER = "Shall I set up a trial with that in mind?"
 # "What else do you need to know?": the customer asks to be asked, questions let pass included.
-INVITES_QUESTIONS = re.compile(
-    r"\b(?:what else|anything else|what do you need|need to know|what information)\b",
-    re.IGNORECASE,
-)
+INVITATIONS = ("what else", "anything else", "what do you need", "need to know", "what information")
+INVITES_QUESTIONS = re.compile(rf"\b(?:{'|'.join(map(re.escape, INVITATIONS))})\b", re.IGNORECASE)
 
 
 TRIAL = "trial"  # what the memory's ``asked`` records for the offer of a trial

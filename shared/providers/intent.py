@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shared.customer_facts import INVITATIONS
 from shared.providers.base import ConversationContext
 from shared.schemas import Agent, ConversationMemory, Orchestration, Phase
 
@@ -212,12 +213,7 @@ INTENTS: tuple[Intent, ...] = (
             "suit",
             "right for",
             "fit for",
-            # the customer asks to be asked (shared/customer_facts.py INVITES_QUESTIONS)
-            "what else",
-            "anything else",
-            "what do you need",
-            "need to know",
-            "what information",
+            *INVITATIONS,  # the customer asks to be asked
         ),
     ),
 )

@@ -67,25 +67,26 @@ def _sentences_and_terms(passage: str) -> tuple[tuple[str, frozenset[str]], ...]
     return tuple(found)
 
 
+def _heading_path(hit: ResearchHit) -> tuple[str, str]:
+    """The heading path the hit's text starts with ("Security > Encryption"), and the text
+    after it; no heading path, and the whole text, when it does not start with one."""
+    head, sep, rest = hit.text.partition(": ")
+    if sep and head.startswith(hit.title) and "\n" not in head:
+        return head, rest
+    return "", hit.text
+
+
 def _body(hit: ResearchHit) -> str:
     """The hit's text without the heading path it starts with ("Security > Encryption: ")."""
-    head, sep, rest = hit.text.partition(": ")
-    return rest if sep and head.startswith(hit.title) and "\n" not in head else hit.text
-
-
-def _section_terms(hit: ResearchHit) -> frozenset[str]:
-    """The content terms of the hit's section heading, below its document's title
-    ("Drivers do not receive SMS alerts" in "Troubleshooting > Drivers do not receive SMS
-    alerts: ..."): in a troubleshooting document, the symptom its section fixes."""
-    return _heading_terms(hit.text, hit.title)
+    return _heading_path(hit)[1]
 
 
 @functools.lru_cache(maxsize=4096)
-def _heading_terms(text: str, title: str) -> frozenset[str]:
-    head, sep, _ = text.partition(": ")
-    if not sep or not head.startswith(title) or "\n" in head:
-        return frozenset()
-    return frozenset(content_terms(head[len(title) :].strip(" >")))
+def _heading_terms(heading: str, title: str) -> frozenset[str]:
+    """The content terms of a section heading below its document's title ("Drivers do not
+    receive SMS alerts" in "Troubleshooting > Drivers do not receive SMS alerts"): in a
+    troubleshooting document, the symptom its section fixes."""
+    return frozenset(content_terms(heading[len(title) :].strip(" >")))
 
 
 def _best_sentences(
@@ -119,7 +120,8 @@ def _fix_steps(hits: Sequence[ResearchHit], problem: str, limit: int) -> list[tu
     wanted = set(content_terms(problem))
     best: tuple[float, int, int] | None = None  # (score, hit, sentence)
     for rank, hit in enumerate(hits[:3]):
-        section = _section_terms(hit)  # the symptom a section names, its first sentence fixes
+        # the symptom a section's heading names, which its first sentence fixes
+        section = _heading_terms(_heading_path(hit)[0], hit.title)
         for index, (_, terms) in enumerate(_sentences_and_terms(_body(hit))):
             score = len(wanted & (terms | section if index == 0 else terms)) - 0.1 * rank
             if score > 0 and (best is None or score > best[0]):
