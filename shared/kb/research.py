@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from shared.config import get_settings
 from shared.db.direct import direct_connection
 from shared.errors import ChordlineError
+from shared.kb.focus import question_focus
 from shared.kb.levels import level_of_parts, question_parts
 from shared.kb.search import Candidate, hybrid_search
 from shared.kb.stores import store_for
@@ -93,9 +94,10 @@ def scored_candidates(
     deadline: float,
     vector: list[float] | None = None,
 ) -> ScoredCandidates | None:
-    """One embedding (unless ``vector`` is the question's, embedded in a batch) and one
-    search for the question; one rerank per part of it (a question with one part, the usual
-    case, is reranked once). None without candidates."""
+    """One embedding (unless ``vector`` is the question's focus, embedded in a batch) and
+    one search for the question's focus; one rerank per part of it (a question with one
+    part, the usual case, is reranked once). None without candidates."""
+    question = question_focus(question)
     providers = get_providers()
     kb = get_settings().kb
     if vector is None:

@@ -184,13 +184,14 @@ def score_derived(
 ) -> list[ScoredQuestion]:
     """Each question searched and reranked as the researcher does it; the questions are
     embedded together, in batches (one call per batch with an embedding API)."""
+    from shared.kb.focus import question_focus
     from shared.kb.ingest import embed_texts, embedding_deadline
     from shared.kb.research import scored_candidates
     from shared.providers.registry import get_providers
 
     vectors = embed_texts(
         get_providers().embedder,
-        [q.question for q in questions],
+        [question_focus(q.question) for q in questions],
         batch=get_settings().kb.embed_batch,
         deadline=embedding_deadline(),
     )

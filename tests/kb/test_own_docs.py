@@ -62,6 +62,17 @@ def ask(tenant_id: str, question: str) -> Research:
         # one half answered (Xero), the other not (Sage)
         ("Does it integrate with Xero and with Sage?", KbLevel.PARTIAL),
         ("Do you have a mobile app for Android?", KbLevel.MISSING),
+        # a content request about what integrations.md states: its ask, deliverable and
+        # audience are not what the documents must cover
+        (
+            "Can you write a short email to our bookkeeper explaining how the QuickBooks "
+            "sync works?",
+            KbLevel.ACCURATE,
+        ),
+        # a problem report's time frame is not its topic
+        ("Since Monday our invoices no longer sync to Xero.", KbLevel.ACCURATE),
+        # framing taken out leaves what the documents never name
+        ("Write a one-page summary of your HIPAA certification for my boss.", KbLevel.MISSING),
     ],
 )
 def test_levels_on_a_small_knowledge_base_of_ones_own(
