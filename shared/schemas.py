@@ -214,7 +214,7 @@ class LevelThresholds(Frozen):
     unless ``pinned``: setting either threshold by hand pins both."""
 
     accurate: Confidence = 0.74
-    partial: Confidence = 0.332
+    partial: Confidence = 0.342
     pinned: bool = False
 
     @model_validator(mode="after")

@@ -38,6 +38,7 @@ from shared.schemas import (
     Orchestration,
     ResearchHit,
 )
+from shared.synonyms import equivalent_stems
 from shared.text import STOPWORDS, content_terms, count_tokens, light_stem, stem, words
 
 # --------------------------------------------------------------------------- classifier
@@ -405,14 +406,16 @@ class LocalReranker:
     contains, with a bonus for adjacent pairs; it lies in [0, 1]. A term weighs by its
     rarity among the candidates (one found in none says the knowledge base does not know
     the thing asked about) times its ``specificity`` in English (a missing "PayPal" says
-    more than a missing "truck"). The level thresholds are calibrated on this score (see
+    more than a missing "truck"). A passage holds a term when it holds the word or one the
+    customer and the documents use for the same thing ("staff" and "employees";
+    ``shared.synonyms``). The level thresholds are calibrated on this score (see
     ``chordline kb calibrate``).
     """
 
     name = "local"
     # Raised whenever its scores change, so that thresholds calibrated on an earlier
     # revision are known as such (see shared/kb/selfcalibration.py ``scorer_of``).
-    revision = 3
+    revision = 4
 
     def __init__(self) -> None:
         specificity("the")  # the word lists load now (about 0.1 s), not in a first turn
@@ -426,17 +429,20 @@ class LocalReranker:
             return [0.0 for _ in documents]
         terms = list(specific)
         passages = [_passage_terms(doc) for doc in documents]
+        # A term is present in a passage that holds it or a word of the same meaning.
+        meanings = [(t, equivalent_stems(t)) for t in terms]
+        found = [{t for t, same in meanings if not same.isdisjoint(p)} for p, _ in passages]
         # Terms found in every candidate explain little; weight by in-candidate rarity.
         weights = {
-            t: (1.0 + math.log((1 + len(documents)) / (1 + sum(t in d for d, _ in passages))))
+            t: (1.0 + math.log((1 + len(documents)) / (1 + sum(t in f for f in found))))
             * specific[t]
             for t in terms
         }
         total = sum(weights.values())
         pairs = [f" {a} {b} " for a, b in itertools.pairwise(terms)]
         scores = []
-        for present, joined in passages:
-            covered = sum(weights[t] for t in terms if t in present) / total
+        for present, (_, joined) in zip(found, passages, strict=True):
+            covered = sum(weights[t] for t in present) / total
             pair_bonus = sum(pair in joined for pair in pairs) / len(pairs) if pairs else 0.0
             scores.append(round(min(1.0, 0.85 * covered + 0.15 * pair_bonus), 4))
         return scores

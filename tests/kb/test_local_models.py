@@ -75,3 +75,14 @@ def test_a_missing_rare_word_weighs_more_than_a_missing_common_one() -> None:
 def test_an_ingest_job_id_must_be_a_uuid() -> None:
     with pytest.raises(InvalidInput, match="job_id"):
         run_ingest_job("not-a-uuid", embedder=LocalEmbedder())
+
+
+def test_a_word_the_documents_say_otherwise_counts_as_present() -> None:
+    passage = "Employees can offer a shift to colleagues in the staff app."
+    [synonym] = rerank("Can workers swap shifts?", [passage])
+    [stranger] = rerank("Can robots swap shifts?", [passage])
+    assert synonym > stranger + 0.2  # "workers" is what the passage calls "employees"
+    # a word on two lines meets both, but the two lines do not meet each other
+    [car] = rerank("Are vehicles counted?", ["Each car is counted once."])
+    [truck] = rerank("Are trucks counted?", ["Each car is counted once."])
+    assert car > truck + 0.2
