@@ -86,3 +86,33 @@ def test_a_word_the_documents_say_otherwise_counts_as_present() -> None:
     [car] = rerank("Are vehicles counted?", ["Each car is counted once."])
     [truck] = rerank("Are trucks counted?", ["Each car is counted once."])
     assert car > truck + 0.2
+
+
+def test_a_fact_stated_for_another_plan_answers_in_part() -> None:
+    passage = (
+        "Plans and pricing > Plans\n"
+        "The Team plan costs 4 USD per desk per month. The Business plan costs 7 USD and adds "
+        "single sign-on. Enterprise is quoted per contract and adds a dedicated success manager."
+    )
+    [other_plan] = rerank("Is a dedicated success manager included in the Team plan?", [passage])
+    [its_plan] = rerank("Is single sign-on included in the Business plan?", [passage])
+    [no_plan] = rerank("Is a dedicated success manager included?", [passage])
+    assert other_plan <= 0.6 < its_plan
+    assert no_plan > 0.6
+    # a sentence that refers back speaks of the plan the sentence before it named
+    [referred] = rerank(
+        "Does the Business plan include single sign-on?",
+        ["Plans\nThe Business plan costs 7 USD per desk. It adds single sign-on and audit logs."],
+    )
+    assert referred > 0.6
+
+
+def test_words_that_only_shape_a_question_are_not_looked_for() -> None:
+    passage = "Lumenfield suits offices from 20 to 5,000 employees."
+    [handle] = rerank("How many employees can Lumenfield handle?", [passage])
+    [plain] = rerank("Lumenfield employees", [passage])
+    assert handle == plain
+    released = "Bookings are released when no one checks in within 15 minutes."
+    [nobody] = rerank("What happens to a booking when nobody checks in?", [released])
+    [bare] = rerank("booking checks in", [released])
+    assert nobody == bare
