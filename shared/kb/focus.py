@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from shared.kb.levels import question_parts
+
 _WEEKDAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
 _PERIOD = r"(?:morning|afternoon|evening|night|week|weekend|month|year|quarter|shift)"
 _COUNT = r"(?:a\s+few|a\s+couple\s+of|several|two|three|four|five|\d+)"
@@ -87,3 +89,10 @@ def question_focus(message: str) -> str:
     focus = _TIME_FRAME.sub(" ", _content_topic(message))
     focus = _SPACE_BEFORE_MARK.sub("", _SPACES.sub(" ", focus)).strip(" ,")
     return focus if any(ch.isalnum() for ch in focus) else message
+
+
+def retrieval_query(message: str) -> str:
+    """What the researcher reranks first for a message: the first part of its focus. The
+    simulated providers draw a turn's retrieval time by it, and so does the bare chord that
+    ``chordline bench --baseline`` runs beside chordline, so both wait the same."""
+    return question_parts(question_focus(message))[0]

@@ -3,19 +3,23 @@ levels follow what the documents say, with the default thresholds and the offlin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared.db.session import session_scope
 from shared.db.tenants import tenant_settings
+from shared.kb.focus import retrieval_query
 from shared.kb.ingest import ingest_paths, list_documents
 from shared.kb.research import research_question
 from shared.providers.base import Usage
 from shared.providers.local import LocalEmbedder
+from shared.providers.registry import get_providers
 from shared.schemas import KbLevel, Research
 from tests.conftest import new_tenant
 
@@ -143,3 +147,35 @@ def test_search_shows_how_each_part_of_a_two_part_question_scored(own_tenant: st
     assert "part 'with Sage?': top score" in printed.stdout
     single = chordline("kb", "search", "Does it integrate with Xero?", "-t", own_tenant, "--json")
     assert json.loads(single.stdout)["parts"] == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Since Monday our invoices no longer sync to Xero.",
+        "Does it integrate with Xero, and how much does the Business plan cost?",
+        "Write a short email to my team explaining how the QuickBooks sync works.",
+    ],
+)
+def test_the_bare_chord_draws_retrieval_by_what_the_researcher_reranks_first(
+    own_tenant: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the simulated reranker draws a turn's retrieval time by its first query, and the bare
+    # chord of `chordline bench --baseline` draws its own by retrieval_query: the same key
+    # is the same wait for the same message
+    real = get_providers()
+    asked: list[str] = []
+
+    class Recording:
+        name = real.reranker.name
+
+        def rerank(self, *, query: str, **kwargs: Any) -> list[float]:
+            asked.append(query)
+            return real.reranker.rerank(query=query, **kwargs)
+
+    recording = dataclasses.replace(real, reranker=Recording())
+    monkeypatch.setattr("shared.kb.research.get_providers", lambda: recording)
+    ask(own_tenant, message)
+    assert asked[0] == retrieval_query(message)
+    assert asked[0] != message  # each of these is searched without its framing or second part

@@ -29,7 +29,7 @@ import redis
 from celery import Celery, chord
 
 from shared.config import get_settings
-from shared.kb.levels import question_parts
+from shared.kb.focus import retrieval_query
 from shared.providers.simulated import LatencyDistribution, StageLatencies, draw_ms
 from shared.tools.bench.overhead_hops import StageTimes, turn_hops
 from shared.tools.stack.procfile import TURN_PROCESSES, read_procfile
@@ -108,9 +108,9 @@ def orchestrator(message: str) -> list[float]:
 
 @app.task(name=TASKS["researcher"])
 def researcher(message: str) -> list[float]:
-    # chordline's simulated reranker draws the retrieval time from the first part of the
-    # question (a question asked in parts is reranked once per part, within one draw)
-    return _timed_stage("retrieval", question_parts(message)[0])
+    # chordline's simulated reranker draws the retrieval time from what the researcher
+    # reranks first: the first part of the message's focus (one draw per retrieval)
+    return _timed_stage("retrieval", retrieval_query(message))
 
 
 @app.task(name=TASKS["merge"], ignore_result=True)
