@@ -56,7 +56,7 @@ _CONTENT_ASK = re.compile(
 # Who the content is for: "to my store managers", "for our owner" (a possessive only, so
 # "for the Plus plan" stays), and "that I can send to my manager".
 _AUDIENCE = re.compile(
-    r"\s+(?:to|for)\s+(?:my|our)\s+(?:[\w-]+\s+){0,2}?[\w-]+"
+    r"\s+(?:to|for)\s+(?:my|our|all(?:\s+(?:of\s+)?(?:my|our|the))?)\s+(?:[\w-]+\s+){0,2}?[\w-]+"
     r"(?=\s*(?:explaining|describing|covering|outlining|summari[sz]ing|about|on|that|which"
     r"|so|,|\.|\?|!|$))",
     re.IGNORECASE,

@@ -346,7 +346,7 @@ much many long often kind sort way possible able available support supported wor
 use used using happen happens make need exist exists offer offered provide provided
 include included includes anything something thing things there
 handle handled handles handling nothing nobody none anyone anybody someone somebody everyone
-everybody
+everybody far whole entire even though although
 """
 QUESTION_SCAFFOLDING = frozenset(_SCAFFOLDING_TEXT.split())
 
@@ -380,6 +380,8 @@ def specificity(word: str) -> float:
     while a question about something the documents never name hinges on a rare one
     ("PayPal", "HIPAA"), so a missing rare word counts for more than a missing common one.
     """
+    if word.isdigit():
+        return 2.5  # a number asked for ("30 days") is what a passage must state
     return min(2.5, max(0.1, (7.0 - zipf_frequency(word, "en")) / 2.0))
 
 
@@ -479,7 +481,7 @@ class LocalReranker:
     name = "local"
     # Raised whenever its scores change, so that thresholds calibrated on an earlier
     # revision are known as such (see shared/kb/selfcalibration.py ``scorer_of``).
-    revision = 5
+    revision = 6
 
     def __init__(self) -> None:
         specificity("the")  # the word lists load now (about 0.1 s), not in a first turn

@@ -116,3 +116,14 @@ def test_words_that_only_shape_a_question_are_not_looked_for() -> None:
     [nobody] = rerank("What happens to a booking when nobody checks in?", [released])
     [bare] = rerank("booking checks in", [released])
     assert nobody == bare
+
+
+def test_a_number_asked_for_is_what_the_passage_must_state() -> None:
+    passage = "Employees reserve a space in the app up to 14 days ahead."
+    [stated] = rerank("Can employees reserve a space 14 days ahead?", [passage])
+    [other] = rerank("Can employees reserve a space 30 days ahead?", [passage])
+    assert stated > 0.9
+    assert other < 0.6  # the number is the question's point, not a detail
+    # "how far" shapes the question as "how long" does
+    [far] = rerank("How far ahead can employees reserve a space?", [passage])
+    assert far == rerank("ahead employees reserve space", [passage])[0]

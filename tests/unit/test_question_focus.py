@@ -34,6 +34,10 @@ from shared.kb.focus import question_focus
             "the app has been crashing on login",
         ),
         ("Who won the football match last night?", "Who won the football match?"),
+        (
+            "Can you write a short note to all staff explaining how the waiting list works?",
+            "how the waiting list works?",
+        ),
         # "for the ..." is no audience (only "my" or "our" people are): it stays
         ("Write an email for the launch of the Plus plan", "for the launch of the Plus plan"),
     ],
