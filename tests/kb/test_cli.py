@@ -39,6 +39,16 @@ def test_search_prints_hits_scores_and_the_level(tenant: str) -> None:
 
 
 @pytest.mark.integration
+def test_search_says_what_it_searched_when_it_left_framing_out(tenant: str) -> None:
+    question = "Since Monday our webhooks are no longer signed."
+    result = chordline("kb", "search", question, "--tenant", tenant)
+    assert result.returncode == 0, result.stderr
+    assert "searched as 'our webhooks are signed.'" in result.stdout
+    plain = chordline("kb", "search", "How are webhooks signed?", "--tenant", tenant, "--json")
+    assert json.loads(plain.stdout)["searched_as"] == "How are webhooks signed?"
+
+
+@pytest.mark.integration
 def test_queue_mode_without_an_ingest_worker_is_refused_and_writes_nothing(
     empty_tenant: str, tmp_path: Path
 ) -> None:

@@ -213,6 +213,7 @@ def kb_search(
 
     from shared.db.session import session_scope
     from shared.db.tenants import require_tenant
+    from shared.kb.focus import question_focus
     from shared.kb.research import research_question
     from shared.kb.search import check_question
     from shared.kb.stores import store_for
@@ -241,6 +242,7 @@ def kb_search(
             json.dumps(
                 {
                     **result.model_dump(mode="json"),
+                    "searched_as": question_focus(question),
                     "vector_store": store.table,
                     "calibration_warning": stale,
                 }
@@ -258,6 +260,12 @@ def kb_search(
             escape(hit.text[:160].replace("\n", " ")),
         )
     console.print(table)
+    if (focus := question_focus(question)) != question:
+        console.print(
+            f"searched as {escape(repr(focus))}: a content request's framing or a problem's "
+            "time frame is left out",
+            highlight=False,
+        )
     for part, top in result.parts:  # a question asking several things, graded per part
         console.print(f"part {escape(repr(part))}: top score {top:.3f}", highlight=False)
     console.print(
@@ -497,9 +505,15 @@ def _print_evaluation(report: dict[str, Any], thresholds: dict[str, float]) -> N
         console.print(
             f"[dim]{wrong['level']:>8} -> {wrong['predicted_level']:<8} "
             f"{wrong['top_score']:.3f}  {wrong['agent'] or '-'} -> {wrong['routed_agent']} "
-            f"({wrong['intent']} {wrong['confidence']:.2f})  {escape(wrong['question'])}[/]",
+            f"({wrong['intent']} {wrong['confidence']:.2f})  {escape(wrong['question'])}"
+            f"{_searched_as(wrong['question'], wrong['searched_as'])}[/]",
             highlight=False,
         )
+
+
+def _searched_as(question: str, focus: str) -> str:
+    """What the researcher searched, when it left framing out of the question."""
+    return "" if focus == question else f" (searched as {escape(repr(focus))})"
 
 
 @app.command("eval")

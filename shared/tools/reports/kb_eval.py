@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.kb.calibration import LabelledQuestion
+from shared.kb.focus import question_focus
 from shared.providers.base import ConversationContext, Usage
 from shared.providers.registry import get_providers
 from shared.schemas import Agent, KbLevel, TenantSettings
@@ -119,6 +120,7 @@ def evaluation_report(results: Sequence[Evaluated]) -> dict[str, Any]:
         "wrong": [
             {
                 "question": r.question,
+                "searched_as": question_focus(r.question),
                 "level": r.level.value,
                 "predicted_level": r.predicted_level.value,
                 "top_score": r.top_score,
