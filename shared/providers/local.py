@@ -405,8 +405,6 @@ def _passage_terms(text: str) -> tuple[frozenset[str], str]:
 # "Is a dedicated success manager included in the Team plan?": the word before "plan" names
 # the plan the question is about.
 _PLAN_NOUNS = frozenset({"plan", "plans", "tier", "tiers", "edition", "editions"})
-# A sentence opening with one of these speaks of what the sentence before it named.
-_BACK_REFERENCES = frozenset({"it", "this", "that", "they", "these", "both", "each", "also"})
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 # A passage that states what a question asks only for another plan than the one it names
 # ("Enterprise ... adds a dedicated success manager", asked about the Team plan) answers it
@@ -429,14 +427,14 @@ def _plan_qualifiers(query: str) -> frozenset[str]:
 def _heading_and_sentences(
     passage: str,
 ) -> tuple[frozenset[str], tuple[tuple[frozenset[str], bool], ...]]:
-    """A passage's heading terms, and each sentence's terms with whether it opens by
-    referring back to the sentence before it."""
+    """A passage's heading terms, and each sentence's terms with whether it leans on the
+    sentence before it (``_LEANS_BACK``: "It adds single sign-on")."""
     heading, _, body = passage.partition("\n")
     sentences = []
     for sentence in _SENTENCE_END.split(body):
-        opening = words(sentence)[:1]
-        if opening:
-            sentences.append((frozenset(_rerank_terms(sentence)), opening[0] in _BACK_REFERENCES))
+        if words(sentence):
+            leans_back = _LEANS_BACK.match(sentence.strip(" -*#")) is not None
+            sentences.append((frozenset(_rerank_terms(sentence)), leans_back))
     return frozenset(_rerank_terms(heading)), tuple(sentences)
 
 
