@@ -212,7 +212,7 @@ def score_derived(
 
 def scorer_of(settings: TenantSettings) -> str:
     """What scores the tenant's questions, as a calibration records it: the reranker and
-    its model ("cohere:rerank-v3.5"), or the offline reranker and its revision ("local@6")."""
+    its model ("cohere:rerank-v3.5"), or the offline reranker and its revision ("local@7")."""
     from shared.providers.registry import get_providers
 
     reranker = get_providers().reranker

@@ -357,10 +357,27 @@ def _match_form(word: str) -> str:
     return stem(word.removesuffix("'s"))
 
 
+# "we're", "doesn't", "it's": a contraction's ending, and the bases of "can't", "won't" and
+# "shan't" once it is cut off.
+_CONTRACTION = re.compile(r"(?:n't|'s|'re|'ve|'ll|'d|'m)$")
+_CUT_NEGATIONS = frozenset({"ca", "wo", "sha", "ai"})
+
+
+def _plain_words(text: str) -> Iterator[str]:
+    """The words of a text with contractions undone: "we're" is "we" and "doesn't" is "does"
+    (so both are function words, not content), "Lockerly's" is "Lockerly"; a typographic
+    apostrophe counts as a plain one."""
+    for word in words(text.replace("\u2019", "'")):
+        base = _CONTRACTION.sub("", word)
+        if base != word and base in _CUT_NEGATIONS:
+            continue
+        yield base
+
+
 def _content_parts(text: str, skip: frozenset[str]) -> Iterator[str]:
     """Content words in order; a hyphenated word counts as its parts ("sign-on" is "sign"),
     so a passage that writes "sign-on" meets a question that writes "sign on"."""
-    for w in words(text):
+    for w in _plain_words(text):
         for part in w.split("-"):
             if part not in STOPWORDS and part not in skip and len(part) > 1:
                 yield part
@@ -479,7 +496,7 @@ class LocalReranker:
     name = "local"
     # Raised whenever its scores change, so that thresholds calibrated on an earlier
     # revision are known as such (see shared/kb/selfcalibration.py ``scorer_of``).
-    revision = 6
+    revision = 7
 
     def __init__(self) -> None:
         specificity("the")  # the word lists load now (about 0.1 s), not in a first turn

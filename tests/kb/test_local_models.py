@@ -127,3 +127,16 @@ def test_a_number_asked_for_is_what_the_passage_must_state() -> None:
     # "how far" shapes the question as "how long" does
     [far] = rerank("How far ahead can employees reserve a space?", [passage])
     assert far == rerank("ahead employees reserve space", [passage])[0]
+
+
+def test_a_contraction_is_its_words_not_a_word_of_its_own() -> None:
+    """ "we're" and "doesn't" are function words however they are typed; a customer on a
+    phone types a typographic apostrophe."""
+    passage = "Wrenchwise syncs with QuickBooks Online."
+    plain = rerank("QuickBooks Online sync", [passage])[0]
+    for question in (
+        "We're on QuickBooks Online, doesn't it sync?",
+        "We\u2019re on QuickBooks Online, doesn\u2019t it sync?",
+        "It's QuickBooks Online we're on: won't it sync?",
+    ):
+        assert rerank(question, [passage])[0] == plain, question
