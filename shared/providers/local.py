@@ -479,6 +479,18 @@ def _states_it_for_another_plan(
     return plans.isdisjoint(terms)
 
 
+def words_not_found(query: str, passage: str) -> list[str]:
+    """The question's content words, as the customer wrote them, that the passage holds
+    neither as written nor as a word of the same meaning (question scaffolding left out):
+    what keeps the passage's score below full coverage."""
+    terms = _passage_terms(passage)[0]
+    lacking: dict[str, None] = {}
+    for word in _content_parts(query, QUESTION_SCAFFOLDING):
+        if equivalent_stems(_match_form(word)).isdisjoint(terms):
+            lacking.setdefault(word)
+    return list(lacking)
+
+
 class LocalReranker:
     """Coverage of the question's terms by the passage, weighted towards telling terms.
 

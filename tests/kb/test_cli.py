@@ -49,6 +49,20 @@ def test_search_says_what_it_searched_when_it_left_framing_out(tenant: str) -> N
 
 
 @pytest.mark.integration
+def test_search_names_the_words_the_best_passage_does_not_hold(tenant: str) -> None:
+    """Why a question came back below ACCURATE: the words the offline reranker did not find."""
+    question = "Does Halyard integrate with Magento?"
+    result = chordline("kb", "search", question, "--tenant", tenant)
+    assert result.returncode == 0, result.stderr
+    assert "kb_information_level: ACCURATE" not in result.stdout
+    assert "not in the best passage: magento" in result.stdout
+    as_json = chordline("kb", "search", question, "--tenant", tenant, "--json")
+    assert json.loads(as_json.stdout)["words_not_found"] == ["magento"]
+    covered = chordline("kb", "search", "How are webhooks signed?", "--tenant", tenant, "--json")
+    assert json.loads(covered.stdout)["words_not_found"] == []
+
+
+@pytest.mark.integration
 def test_queue_mode_without_an_ingest_worker_is_refused_and_writes_nothing(
     empty_tenant: str, tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from shared.kb.documents import Discovery
     from shared.kb.ingest import IngestReport, Outcome
-    from shared.schemas import TenantSettings
+    from shared.schemas import ResearchHit, TenantSettings
 
 app = typer.Typer(cls=CommandGroup, help="The knowledge base of a tenant.", no_args_is_help=True)
 
@@ -219,6 +219,7 @@ def kb_search(
     from shared.kb.stores import store_for
     from shared.providers.base import Usage
     from shared.providers.registry import get_providers
+    from shared.schemas import KbLevel
     from shared.validation import check_slug
 
     check_slug("tenant", tenant)
@@ -237,6 +238,7 @@ def kb_search(
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
         store = store_for(get_providers().embedder)
+        lacking = _words_the_best_passage_lacks(question_focus(question), result.hits)
     if as_json:
         print(
             json.dumps(
@@ -245,6 +247,7 @@ def kb_search(
                     "searched_as": question_focus(question),
                     "vector_store": store.table,
                     "calibration_warning": stale,
+                    "words_not_found": lacking,
                 }
             )
         )
@@ -268,6 +271,12 @@ def kb_search(
         )
     for part, top in result.parts:  # a question asking several things, graded per part
         console.print(f"part {escape(repr(part))}: top score {top:.3f}", highlight=False)
+    if lacking and result.kb_information_level is not KbLevel.ACCURATE:
+        console.print(
+            f"not in the best passage: {escape(', '.join(lacking))} (the offline reranker "
+            "matches words and words of the same meaning, not paraphrases)",
+            highlight=False,
+        )
     console.print(
         f"kb_information_level: [bold]{result.kb_information_level.value}[/] (top score "
         f"{max((h.score for h in result.hits), default=0.0):.3f}; accurate >= "
@@ -276,6 +285,18 @@ def kb_search(
         highlight=False,
     )
     _warn_stale(stale)
+
+
+def _words_the_best_passage_lacks(question: str, hits: list[ResearchHit]) -> list[str] | None:
+    """With the offline reranker, the question's words that the top passage holds neither as
+    written nor as a word of the same meaning; None with another reranker or no passage."""
+    from shared.providers.local import LocalReranker, words_not_found
+    from shared.providers.registry import get_providers
+
+    reranker = get_providers().reranker
+    if getattr(reranker, "name", None) != LocalReranker.name or not hits:
+        return None
+    return words_not_found(question, hits[0].text)
 
 
 def _print_bench(result: dict[str, Any]) -> None:
