@@ -130,6 +130,17 @@ def scored_candidates(
     return ScoredCandidates(candidates, part_scores, parts)
 
 
+def words_the_best_passage_lacks(question: str, hits: list[ResearchHit]) -> list[str] | None:
+    """With the offline reranker, the words of the question's focus that the top passage
+    holds neither as written nor as a word of the same meaning: why it scored below full
+    coverage. None with another reranker, or without a passage."""
+    from shared.providers.local import LocalReranker, words_not_found
+
+    if getattr(get_providers().reranker, "name", None) != LocalReranker.name or not hits:
+        return None
+    return words_not_found(question_focus(question), hits[0].text)
+
+
 # What the researcher gate skips (a tenant with researcher_gate = gated): turns whose cheap
 # intent needs no knowledge base. The live stage and re-scoring both decide with these.
 GATE_SKIPS = frozenset({"handoff", "off_topic"})

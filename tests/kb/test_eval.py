@@ -110,8 +110,13 @@ def test_kb_eval_prints_what_the_researcher_decides(services: None) -> None:
         expected[q.level.value][research.kb_information_level.value] += 1
     assert report["confusion"] == expected
     assert sum(sum(row.values()) for row in report["routing"].values()) == len(questions)
+    # each wrong answer says which of its words the best passage did not hold
+    below = [w for w in report["wrong"] if w["predicted_level"] != "ACCURATE"]
+    assert below and all(isinstance(w["words_not_found"], list) for w in below)
+    assert any(w["words_not_found"] for w in below)
 
     printed = chordline("kb", "eval", "--questions", str(EVAL_QUESTIONS), "--tenant", tenant_id)
     assert printed.returncode == 0, printed.stderr
     assert "balanced accuracy" in printed.stdout and "routing accuracy" in printed.stdout
     assert "described problems routed to support" in printed.stdout
+    assert "(not found: " in printed.stdout

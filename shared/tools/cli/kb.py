@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from shared.kb.documents import Discovery
     from shared.kb.ingest import IngestReport, Outcome
-    from shared.schemas import ResearchHit, TenantSettings
+    from shared.schemas import TenantSettings
 
 app = typer.Typer(cls=CommandGroup, help="The knowledge base of a tenant.", no_args_is_help=True)
 
@@ -214,7 +214,7 @@ def kb_search(
     from shared.db.session import session_scope
     from shared.db.tenants import require_tenant
     from shared.kb.focus import question_focus
-    from shared.kb.research import research_question
+    from shared.kb.research import research_question, words_the_best_passage_lacks
     from shared.kb.search import check_question
     from shared.kb.stores import store_for
     from shared.providers.base import Usage
@@ -238,7 +238,7 @@ def kb_search(
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
         store = store_for(get_providers().embedder)
-        lacking = _words_the_best_passage_lacks(question_focus(question), result.hits)
+        lacking = words_the_best_passage_lacks(question, result.hits)
     if as_json:
         print(
             json.dumps(
@@ -285,18 +285,6 @@ def kb_search(
         highlight=False,
     )
     _warn_stale(stale)
-
-
-def _words_the_best_passage_lacks(question: str, hits: list[ResearchHit]) -> list[str] | None:
-    """With the offline reranker, the question's words that the top passage holds neither as
-    written nor as a word of the same meaning; None with another reranker or no passage."""
-    from shared.providers.local import LocalReranker, words_not_found
-    from shared.providers.registry import get_providers
-
-    reranker = get_providers().reranker
-    if getattr(reranker, "name", None) != LocalReranker.name or not hits:
-        return None
-    return words_not_found(question, hits[0].text)
 
 
 def _print_bench(result: dict[str, Any]) -> None:
@@ -527,7 +515,8 @@ def _print_evaluation(report: dict[str, Any], thresholds: dict[str, float]) -> N
             f"[dim]{wrong['level']:>8} -> {wrong['predicted_level']:<8} "
             f"{wrong['top_score']:.3f}  {wrong['agent'] or '-'} -> {wrong['routed_agent']} "
             f"({wrong['intent']} {wrong['confidence']:.2f})  {escape(wrong['question'])}"
-            f"{_searched_as(wrong['question'], wrong['searched_as'])}[/]",
+            f"{_searched_as(wrong['question'], wrong['searched_as'])}"
+            f"{_not_found(wrong)}[/]",
             highlight=False,
         )
 
@@ -535,6 +524,15 @@ def _print_evaluation(report: dict[str, Any], thresholds: dict[str, float]) -> N
 def _searched_as(question: str, focus: str) -> str:
     """What the researcher searched, when it left framing out of the question."""
     return "" if focus == question else f" (searched as {escape(repr(focus))})"
+
+
+def _not_found(wrong: dict[str, Any]) -> str:
+    """The question's words the best passage did not hold, when it came back too low."""
+    from shared.schemas import KbLevel
+
+    lacking = wrong.get("words_not_found")
+    below = KbLevel(wrong["predicted_level"]) is not KbLevel.ACCURATE
+    return f" (not found: {escape(', '.join(lacking))})" if lacking and below else ""
 
 
 @app.command("eval")

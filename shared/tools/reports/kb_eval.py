@@ -36,13 +36,14 @@ class Evaluated:
     intent: str
     confidence: float
     proposed_agent: Agent | None = None
+    words_not_found: list[str] | None = None  # offline reranker: what the best passage lacked
 
 
 def evaluate_question(
     item: LabelledQuestion, *, tenant_id: str, settings: TenantSettings
 ) -> Evaluated:
     """One question through the researcher, the orchestrator and the routing rule."""
-    from shared.kb.research import research_question
+    from shared.kb.research import research_question, words_the_best_passage_lacks
 
     deadline = time.time() + 30
     research = research_question(
@@ -69,6 +70,7 @@ def evaluate_question(
         intent=orchestration.intent,
         confidence=orchestration.confidence,
         proposed_agent=orchestration.proposed_agent,
+        words_not_found=words_the_best_passage_lacks(item.question, research.hits),
     )
 
 
@@ -128,6 +130,7 @@ def evaluation_report(results: Sequence[Evaluated]) -> dict[str, Any]:
                 "routed_agent": r.routed_agent.value,
                 "intent": r.intent,
                 "confidence": r.confidence,
+                "words_not_found": r.words_not_found,
             }
             for r in results
             if r.level is not r.predicted_level or (r.agent and r.agent is not r.routed_agent)
