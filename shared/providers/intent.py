@@ -105,6 +105,16 @@ INTENTS: tuple[Intent, ...] = (
             "does not work",
             "won't",
             "glitch",
+            # asking what to do about something is asking for help with it
+            "what should i do",
+            "what should we do",
+            "what do i do",
+            "what do we do",
+            "what now",
+            "how do i fix",
+            "how do we fix",
+            "how can i fix",
+            "how can we fix",
         ),
     ),
     Intent(
@@ -245,7 +255,8 @@ PROBLEM_SIGNS: tuple[tuple[re.Pattern[str], float], ...] = (
         re.compile(
             r"\b(?:stuck|pending|missing|disappeared|blank|frozen|freezes|slow|wrong|"
             r"empty|zero|spinning|timed out|times out|lost|duplicated|twice|invalid|"
-            r"denied|expired|unable)\b"
+            r"denied|expired|unable|forgot|forgotten|vanished|damaged|cracked|jammed|jams|bent|"
+            r"stolen|drained)\b"
         ),
         0.5,
     ),

@@ -34,6 +34,12 @@ def ctx(
         "Nobody on the night shift got a reminder this week.",
         "The dashboard has been stuck on loading since yesterday.",
         "Our invoices no longer show up in the accounting system.",
+        # asking what to do about something, and symptoms named by one word
+        "The kiosk printer jams every morning, what should we do?",
+        "The screen on our kiosk is cracked. What now?",
+        "Our tablet is stuck on the loading screen, what should I do?",
+        "One of our drivers forgot her PIN.",
+        "My booking vanished from the app.",
     ],
 )
 def test_a_described_problem_is_a_support_turn(message: str) -> None:
